@@ -1,0 +1,134 @@
+//! mini_hypervisor, version A: one VM, 64-bit long mode, serial port 0xE9.
+//!
+//! C counterpart: `main` in `Version_A/mini_hypervisor.c`. Same steps, same order:
+//! parse the options → check the image → open /dev/kvm → build the VM → run it → exit status.
+//! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod args;
+mod devices;
+mod image;
+mod kvm;
+mod long_mode;
+mod serial;
+mod stats;
+mod vm;
+mod watchdog;
+
+use std::fs::File;
+use std::io::{self, IsTerminal};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use args::{Command, Config};
+use devices::Devices;
+use long_mode::{Layout, PageSize};
+use serial::Serial;
+use vm::{Outcome, Report, RunOptions};
+
+/// Exit statuses (SPEC §1).
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("mini_hypervisor {} (version A: one VM)", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("mini_hypervisor: {e}\n\n{}", args::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(&config) {
+        Ok(reports) if reports.iter().all(|r| r.outcome == Outcome::Halted) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(EXIT_FAILED),
+        Err(message) => {
+            eprintln!("mini_hypervisor: {message}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Everything after parsing. `Err` is a startup failure: no VM ran.
+fn run(config: &Config) -> Result<Vec<Report>, String> {
+    let layout = Layout::new(config.mem_size, config.page);
+    // Every check before any VM starts (SPEC §1).
+    let image = image::check(&config.images[0], &layout)?;
+    let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
+    if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
+        return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
+    }
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdout: {e}"))?);
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
+    let line_buffered = stdout.is_terminal();
+
+    let label = format!("vm0 ({})", image.path.display());
+    let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
+    let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the timeout signal handler: {e}"))?;
+    if !config.quiet {
+        eprintln!(
+            "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
+            config.mem_size >> 20,
+            page_name(config.page),
+            image.bytes.len()
+        );
+    }
+    let mut devices = Devices::new(label.clone(), Serial::new(stdout, stdin, line_buffered));
+    let opts = RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout };
+    let body_label = label.clone();
+    let job = watchdog::Job {
+        name: "vm0".to_owned(),
+        kick,
+        body: Box::new(move || vm::run_vm(&mut vm, &mut devices, &body_label, &opts)),
+    };
+    let reports = watchdog::run_all(vec![job], config.timeout);
+    for report in &reports {
+        summarize(&label, report, config);
+    }
+    Ok(reports)
+}
+
+/// The closing line per VM on stderr (and the `--stats` block).
+fn summarize(label: &str, report: &Report, config: &Config) {
+    if !config.quiet {
+        let how = match &report.outcome {
+            Outcome::Halted => "halted".to_owned(),
+            Outcome::Failed(_) => "failed".to_owned(),
+        };
+        eprintln!(
+            "mini_hypervisor: {label}: {how} after {} exits in {:.3} ms",
+            report.stats.exits,
+            stats::ms(report.wall)
+        );
+    }
+    if config.stats {
+        eprint!("mini_hypervisor: {label}: stats\n{}", report.stats.report(report.wall));
+    }
+}
+
+fn page_name(page: PageSize) -> &'static str {
+    match page {
+        PageSize::Small4K => "4 KiB",
+        PageSize::Large2M => "2 MiB",
+    }
+}
+
+/// Why /dev/kvm did not open, and what to do about it.
+fn kvm_open_error(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            "/dev/kvm: not found: KVM is not available; load the kvm module (kvm_intel or kvm_amd) and enable virtualization in the BIOS".to_owned()
+        }
+        io::ErrorKind::PermissionDenied => {
+            "/dev/kvm: permission denied: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run with sudo".to_owned()
+        }
+        _ => format!("/dev/kvm: {e}"),
+    }
+}

@@ -1,0 +1,269 @@
+//! The built hypervisor on real guests under real KVM: stdout bytes, exit status, stderr.
+//! The guest images come from `guest/` (`make guests`); `make test` builds them first.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+struct Run {
+    status: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+fn guest(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest").join(name);
+    assert!(p.is_file(), "{} is missing: build the guests first (make guests)", p.display());
+    p.to_str().unwrap().to_owned()
+}
+
+/// KVM is needed from here on; without it (and not in CI) the test is skipped.
+fn kvm_available() -> bool {
+    match std::fs::File::options().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP: /dev/kvm: {e}");
+            false
+        }
+        Err(e) => panic!("/dev/kvm must work in CI: {e}"),
+    }
+}
+
+fn run_with_input(args: &[&str], input: &[u8]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mini_hypervisor_b"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mini_hypervisor");
+    let mut stdin = child.stdin.take().unwrap();
+    // The guest may stop reading (or never start): a broken pipe here is not the test's concern.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        status: out.status.code().expect("exited, not killed by a signal"),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    run_with_input(args, b"")
+}
+
+#[test]
+fn hello_prints_exactly_the_guest_output_and_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "4", "-p", "2", "-g", &guest("guest.img")]);
+    assert_eq!(r.stdout(), "Hello, world!\n");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("vm0") && r.stderr.contains("halted"), "{}", r.stderr);
+    let quiet = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("guest.img")]);
+    assert_eq!((quiet.status, quiet.stdout(), quiet.stderr.as_str()), (0, "Hello, world!\n".to_owned(), ""));
+}
+
+#[test]
+fn page_tables_for_all_six_memory_and_page_sizes() {
+    if !kvm_available() {
+        return;
+    }
+    for mem in [2u64, 4, 8] {
+        for (page, name) in [("4", "4K"), ("2", "2M")] {
+            let r = run(&["-q", "-m", &mem.to_string(), "-p", page, "-g", &guest("paging.img")]);
+            assert_eq!(r.status, 0, "{}", r.stderr);
+            let tables = if page == "2" { 3 } else { 3 + mem / 2 };
+            let base = mem * 1024 * 1024 - tables * 4096;
+            assert_eq!(
+                r.stdout(),
+                format!(
+                    "paging: mem={mem} page={name} cr3={base:#x} rsp={base:#x} tables={tables} identity=ok above=unmapped\n"
+                ),
+                "-m {mem} -p {page}"
+            );
+        }
+    }
+}
+
+#[test]
+fn serial_input_is_echoed_byte_for_byte_then_eof_reads_ff() {
+    if !kvm_available() {
+        return;
+    }
+    let input: Vec<u8> = (0u8..=0xfe).chain(*b"\nline two\n").collect();
+    let r = run_with_input(&["-q", "-m", "2", "-p", "2", "-g", &guest("echo.img")], &input);
+    let mut expected = input.clone();
+    expected.extend_from_slice(b"[eof]\n");
+    assert_eq!(r.stdout, expected);
+    assert_eq!(r.status, 0);
+    let empty = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("echo.img")]);
+    assert_eq!(empty.stdout(), "[eof]\n");
+}
+
+#[test]
+fn rep_outsb_and_rep_insb_move_every_byte_in_order() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run_with_input(&["-q", "-m", "2", "-p", "4", "-g", &guest("stringio.img")], b"abcdefXYZ");
+    assert_eq!(r.stdout(), "rep outsb ok\ngot: abcdef\n");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    // Input shorter than the rep insb count: the rest reads as end of file (0xFF).
+    let r = run_with_input(&["-q", "-m", "2", "-p", "4", "-g", &guest("stringio.img")], b"ab");
+    assert_eq!(r.stdout, b"rep outsb ok\ngot: ab\xff\xff\xff\xff\n");
+}
+
+#[test]
+fn sse_is_enabled_in_cr0_and_cr4() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("sse.img")]);
+    assert_eq!(r.stdout(), "sse: cr0.em=0 cr0.mp=1 cr4.osfxsr=1 cr4.osxmmexcpt=1 => enabled\n");
+    assert_eq!(r.status, 0);
+}
+
+#[test]
+fn a_crashing_guest_fails_with_its_rip_and_keeps_its_output() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "2", "-p", "2", "-g", &guest("crash.img")]);
+    assert_eq!(r.status, 1);
+    assert_eq!(r.stdout(), "crashing now\n", "output before the crash is flushed");
+    let line = r.stderr.lines().find(|l| l.contains("failed at RIP")).unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(line.contains("vm0") && line.contains("crash.img") && line.contains("triple fault"), "{line}");
+    for reg in ["rip", "rsp", "rflags", "rax", "r15", "cr0", "cr2", "cr3", "cr4", "efer"] {
+        assert!(r.stderr.contains(&format!(" {reg} 0x")), "register dump lacks {reg}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn mmio_outside_ram_and_wide_serial_access_are_guest_errors() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "4", "-p", "4", "-g", &guest("mmio.img")]);
+    assert_eq!((r.status, r.stdout()), (1, "touching mmio\n".to_owned()));
+    assert!(
+        r.stderr.contains("MMIO write") && r.stderr.contains("0x40000000") && r.stderr.contains("RIP"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["-q", "-m", "4", "-p", "2", "-g", &guest("wide.img")]);
+    assert_eq!((r.status, r.stdout()), (1, "wide out\n".to_owned()));
+    assert!(r.stderr.contains("2-byte out on serial port 0xe9"), "{}", r.stderr);
+}
+
+#[test]
+fn unknown_ports_are_ignored_read_ff_and_warn_once_per_port() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("ports.img")]);
+    assert_eq!(r.stdout(), "in 0x81 = 0xff\ndone\n");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    for port in ["0x80", "0x81", "0x3f8"] {
+        let n = r.stderr.lines().filter(|l| l.contains("warning") && l.contains(&format!("port {port} "))).count();
+        assert_eq!(n, 1, "one warning for port {port}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn bad_images_are_refused_before_any_vm_starts() {
+    let dir = std::env::temp_dir().join(format!("mh_images_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let big = dir.join("big.img");
+    std::fs::write(&big, vec![0xf4u8; 2 * 1024 * 1024 - 4 * 4096 + 1]).unwrap();
+    let cases = [
+        (empty.to_str().unwrap().to_owned(), "empty"),
+        (big.to_str().unwrap().to_owned(), "do not fit"),
+        (dir.join("missing.img").to_str().unwrap().to_owned(), "No such file"),
+        (dir.to_str().unwrap().to_owned(), "directory"),
+    ];
+    for (path, why) in &cases {
+        let r = run(&["-m", "2", "-p", "4", "-g", path]);
+        assert_eq!(r.status, 1, "{path}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+        assert!(r.stderr.contains(path.as_str()) && r.stderr.contains(why), "{path}: {}", r.stderr);
+        assert!(!r.stderr.contains("vm0"), "no VM was created: {}", r.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest_and_one_waiting_for_input() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "2", "-p", "2", "--timeout", "0.5", "-g", &guest("spin.img")]);
+    assert_eq!((r.status, r.stdout()), (1, "spinning\n".to_owned()));
+    assert!(r.stderr.contains("timed out after 0.5 s") && r.stderr.contains("RIP"), "{}", r.stderr);
+
+    // echo.img blocks on stdin, which stays open: the kick must interrupt the read.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mini_hypervisor_b"))
+        .args(["-q", "-m", "2", "-p", "2", "--timeout", "0.5", "-g", &guest("echo.img")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed").unwrap();
+    stdin.flush().unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stdout, b"typed", "echoed bytes are flushed when the VM is stopped");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+}
+
+#[test]
+fn usage_errors_exit_2_with_the_usage_and_help_exits_0() {
+    for args in [
+        &["-m", "3", "-p", "2", "-g", "x.img"][..],
+        &["-p", "2", "-g", "x.img"],
+        &["-m", "2", "-p", "2", "-g", "a", "--bogus"],
+    ] {
+        let r = run(args);
+        assert_eq!(r.status, 2, "{args:?}");
+        assert!(r.stdout.is_empty());
+        assert!(r.stderr.starts_with("mini_hypervisor: ") && r.stderr.contains("Usage:"), "{}", r.stderr);
+    }
+    let r = run(&["--help"]);
+    assert_eq!(r.status, 0);
+    assert!(r.stdout().starts_with("Usage: mini_hypervisor"));
+    let r = run(&["--version"]);
+    assert_eq!(r.status, 0);
+    assert!(r.stdout().starts_with("mini_hypervisor "));
+}
+
+#[test]
+fn stats_and_trace_describe_the_exits() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "--stats", "--trace", "-m", "2", "-p", "2", "-g", &guest("guest.img")]);
+    assert_eq!((r.status, r.stdout()), (0, "Hello, world!\n".to_owned()));
+    // "Hello, world!\n" is 14 one-byte outs, then hlt.
+    assert_eq!(
+        r.stderr.lines().filter(|l| l.starts_with("trace: ") && l.contains("io out port=0xe9")).count(),
+        14,
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("exits: 15 total, 1 hlt, 0 other"), "{}", r.stderr);
+    assert!(r.stderr.contains("port 0x00e9: 14 out exits (14 bytes), 0 in exits (0 bytes)"), "{}", r.stderr);
+    assert!(r.stderr.contains("in KVM_RUN") && r.stderr.contains("handling exits"), "{}", r.stderr);
+}

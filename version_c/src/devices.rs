@@ -1,0 +1,94 @@
+//! The I/O ports a guest sees (SPEC §3, §4). The run loop hands every I/O exit here as plain
+//! bytes; nothing in this file knows about KVM.
+//!
+//! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+
+use crate::kvm::Mmap;
+use crate::serial::{SERIAL_PORT, Serial};
+
+/// Why a port access ends the VM.
+#[derive(Debug)]
+pub enum IoError {
+    /// The guest broke the port's rules (e.g. a 2-byte access to 0xE9).
+    Guest(String),
+    /// The host side failed (e.g. stdout is closed).
+    Host(String),
+    /// A kick (timeout) arrived while the port was waiting for stdin.
+    Stopped,
+}
+
+/// All ports of one VM.
+#[derive(Debug)]
+pub struct Devices {
+    /// `vmN (image)`, for warnings.
+    label: String,
+    pub serial: Serial<File, File>,
+    /// Unknown ports already warned about (one warning per VM and port).
+    warned: Vec<u16>,
+}
+
+impl Devices {
+    pub fn new(label: String, serial: Serial<File, File>) -> Devices {
+        Devices { label, serial, warned: Vec::new() }
+    }
+
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order.
+    /// `_mem` is guest RAM, for devices that reach into it (version A has none).
+    pub fn out(&mut self, port: u16, size: u8, data: &[u8], _mem: &Mmap) -> Result<(), IoError> {
+        match port {
+            SERIAL_PORT => {
+                serial_size(size, "out")?;
+                self.serial.write(data).map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+            }
+            _ => {
+                self.warn_once(port, "out to", "ignored");
+                Ok(())
+            }
+        }
+    }
+
+    /// `in`: fill `data`, `data.len() / size` accesses of `size` bytes.
+    pub fn inp(&mut self, port: u16, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        match port {
+            SERIAL_PORT => {
+                serial_size(size, "in")?;
+                self.serial.read(data, stop).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::Interrupted => IoError::Stopped,
+                    _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
+                })
+            }
+            _ => {
+                self.warn_once(port, "in from", "reads 0xff");
+                data.fill(0xFF); // an empty ISA bus
+                Ok(())
+            }
+        }
+    }
+
+    /// The VM has ended (however it ended): write out what is buffered.
+    pub fn finish(&mut self) -> Result<(), IoError> {
+        self.serial.flush().map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+    }
+
+    fn warn_once(&mut self, port: u16, what: &str, effect: &str) {
+        if !self.warned.contains(&port) {
+            self.warned.push(port);
+            eprintln!(
+                "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+                self.label
+            );
+        }
+    }
+}
+
+/// Port 0xE9 moves single bytes: a 2- or 4-byte access is a guest error (SPEC §3).
+fn serial_size(size: u8, what: &str) -> Result<(), IoError> {
+    if size == 1 {
+        Ok(())
+    } else {
+        Err(IoError::Guest(format!("{size}-byte {what} on serial port {SERIAL_PORT:#x} (it takes single bytes)")))
+    }
+}

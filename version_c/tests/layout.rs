@@ -1,0 +1,210 @@
+//! Our hand-written KVM declarations against the kernel's own `<linux/kvm.h>`: a small C
+//! program compiled with the system C compiler prints every ioctl number, size and offset
+//! the hypervisor relies on, and each must equal ours.
+
+#[allow(dead_code)]
+#[path = "../src/kvm.rs"]
+mod kvm;
+
+use std::collections::HashMap;
+use std::mem::{offset_of, size_of};
+use std::process::Command;
+
+use kvm::*;
+
+const PROBE: &str = r#"
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/kvm.h>
+#define V(n, x) printf("%s %llu\n", n, (unsigned long long)(x))
+#define SIZE(t) V("sizeof_" #t, sizeof(struct t))
+#define OFF(t, f, name) V("off_" #t "_" name, offsetof(struct t, f))
+int main(void) {
+    V("KVM_API_VERSION", KVM_API_VERSION);
+    V("KVM_GET_API_VERSION", KVM_GET_API_VERSION);
+    V("KVM_CREATE_VM", KVM_CREATE_VM);
+    V("KVM_CHECK_EXTENSION", KVM_CHECK_EXTENSION);
+    V("KVM_GET_VCPU_MMAP_SIZE", KVM_GET_VCPU_MMAP_SIZE);
+    V("KVM_CREATE_VCPU", KVM_CREATE_VCPU);
+    V("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION);
+    V("KVM_RUN", KVM_RUN);
+    V("KVM_GET_REGS", KVM_GET_REGS);
+    V("KVM_SET_REGS", KVM_SET_REGS);
+    V("KVM_GET_SREGS", KVM_GET_SREGS);
+    V("KVM_SET_SREGS", KVM_SET_SREGS);
+    V("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT);
+    V("KVM_EXIT_IO", KVM_EXIT_IO);
+    V("KVM_EXIT_HLT", KVM_EXIT_HLT);
+    V("KVM_EXIT_MMIO", KVM_EXIT_MMIO);
+    V("KVM_EXIT_SHUTDOWN", KVM_EXIT_SHUTDOWN);
+    V("KVM_EXIT_FAIL_ENTRY", KVM_EXIT_FAIL_ENTRY);
+    V("KVM_EXIT_INTR", KVM_EXIT_INTR);
+    V("KVM_EXIT_INTERNAL_ERROR", KVM_EXIT_INTERNAL_ERROR);
+    V("KVM_EXIT_IO_IN", KVM_EXIT_IO_IN);
+    V("KVM_EXIT_IO_OUT", KVM_EXIT_IO_OUT);
+    SIZE(kvm_regs); SIZE(kvm_segment); SIZE(kvm_dtable); SIZE(kvm_sregs);
+    SIZE(kvm_userspace_memory_region);
+    OFF(kvm_regs, rax, "rax"); OFF(kvm_regs, rsp, "rsp"); OFF(kvm_regs, r8, "r8");
+    OFF(kvm_regs, r15, "r15"); OFF(kvm_regs, rip, "rip"); OFF(kvm_regs, rflags, "rflags");
+    OFF(kvm_segment, base, "base"); OFF(kvm_segment, limit, "limit");
+    OFF(kvm_segment, selector, "selector"); OFF(kvm_segment, type, "type");
+    OFF(kvm_segment, present, "present"); OFF(kvm_segment, dpl, "dpl"); OFF(kvm_segment, db, "db");
+    OFF(kvm_segment, s, "s"); OFF(kvm_segment, l, "l"); OFF(kvm_segment, g, "g");
+    OFF(kvm_segment, avl, "avl"); OFF(kvm_segment, unusable, "unusable");
+    OFF(kvm_dtable, base, "base"); OFF(kvm_dtable, limit, "limit");
+    OFF(kvm_sregs, cs, "cs"); OFF(kvm_sregs, ds, "ds"); OFF(kvm_sregs, es, "es");
+    OFF(kvm_sregs, fs, "fs"); OFF(kvm_sregs, gs, "gs"); OFF(kvm_sregs, ss, "ss");
+    OFF(kvm_sregs, tr, "tr"); OFF(kvm_sregs, ldt, "ldt"); OFF(kvm_sregs, gdt, "gdt");
+    OFF(kvm_sregs, idt, "idt"); OFF(kvm_sregs, cr0, "cr0"); OFF(kvm_sregs, cr2, "cr2");
+    OFF(kvm_sregs, cr3, "cr3"); OFF(kvm_sregs, cr4, "cr4"); OFF(kvm_sregs, cr8, "cr8");
+    OFF(kvm_sregs, efer, "efer"); OFF(kvm_sregs, apic_base, "apic_base");
+    OFF(kvm_sregs, interrupt_bitmap, "interrupt_bitmap");
+    OFF(kvm_userspace_memory_region, slot, "slot"); OFF(kvm_userspace_memory_region, flags, "flags");
+    OFF(kvm_userspace_memory_region, guest_phys_addr, "guest_phys_addr");
+    OFF(kvm_userspace_memory_region, memory_size, "memory_size");
+    OFF(kvm_userspace_memory_region, userspace_addr, "userspace_addr");
+    OFF(kvm_run, immediate_exit, "immediate_exit"); OFF(kvm_run, exit_reason, "exit_reason");
+    OFF(kvm_run, io, "exit_union");
+    OFF(kvm_run, io.direction, "io_direction"); OFF(kvm_run, io.size, "io_size");
+    OFF(kvm_run, io.port, "io_port"); OFF(kvm_run, io.count, "io_count");
+    OFF(kvm_run, io.data_offset, "io_data_offset");
+    OFF(kvm_run, mmio.phys_addr, "mmio_phys_addr"); OFF(kvm_run, mmio.data, "mmio_data");
+    OFF(kvm_run, mmio.len, "mmio_len"); OFF(kvm_run, mmio.is_write, "mmio_is_write");
+    OFF(kvm_run, fail_entry.hardware_entry_failure_reason, "fail_entry_reason");
+    OFF(kvm_run, fail_entry.cpu, "fail_entry_cpu");
+    OFF(kvm_run, internal.suberror, "internal_suberror"); OFF(kvm_run, internal.ndata, "internal_ndata");
+    return 0;
+}
+"#;
+
+/// Compiles and runs the probe; `None` (test skipped) only when there is no C compiler at all.
+fn probe() -> Option<HashMap<String, u64>> {
+    let dir = std::env::temp_dir().join(format!("mh_layout_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("probe.c");
+    let exe = dir.join("probe");
+    std::fs::write(&src, PROBE).unwrap();
+    let Ok(status) = Command::new("cc").args(["-Wall", "-Wextra", "-o"]).arg(&exe).arg(&src).status() else {
+        eprintln!("SKIP: no C compiler (cc) to compile the <linux/kvm.h> probe");
+        return None;
+    };
+    assert!(status.success(), "probe.c did not compile: are the kernel headers (linux-libc-dev) installed?");
+    let out = Command::new(&exe).output().unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').unwrap();
+                (k.to_owned(), v.parse().unwrap())
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
+    let Some(c) = probe() else { return };
+    let mut checked = 0;
+    let mut eq = |name: &str, ours: u64| {
+        let theirs = *c.get(name).unwrap_or_else(|| panic!("probe did not print {name}"));
+        assert_eq!(ours, theirs, "{name}: ours {ours:#x}, <linux/kvm.h> {theirs:#x}");
+        checked += 1;
+    };
+    eq("KVM_API_VERSION", KVM_API_VERSION as u64);
+    eq("KVM_GET_API_VERSION", KVM_GET_API_VERSION);
+    eq("KVM_CREATE_VM", KVM_CREATE_VM);
+    eq("KVM_CHECK_EXTENSION", KVM_CHECK_EXTENSION);
+    eq("KVM_GET_VCPU_MMAP_SIZE", KVM_GET_VCPU_MMAP_SIZE);
+    eq("KVM_CREATE_VCPU", KVM_CREATE_VCPU);
+    eq("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION);
+    eq("KVM_RUN", KVM_RUN);
+    eq("KVM_GET_REGS", KVM_GET_REGS);
+    eq("KVM_SET_REGS", KVM_SET_REGS);
+    eq("KVM_GET_SREGS", KVM_GET_SREGS);
+    eq("KVM_SET_SREGS", KVM_SET_SREGS);
+    eq("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT);
+    eq("KVM_EXIT_IO", KVM_EXIT_IO.into());
+    eq("KVM_EXIT_HLT", KVM_EXIT_HLT.into());
+    eq("KVM_EXIT_MMIO", KVM_EXIT_MMIO.into());
+    eq("KVM_EXIT_SHUTDOWN", KVM_EXIT_SHUTDOWN.into());
+    eq("KVM_EXIT_FAIL_ENTRY", KVM_EXIT_FAIL_ENTRY.into());
+    eq("KVM_EXIT_INTR", KVM_EXIT_INTR.into());
+    eq("KVM_EXIT_INTERNAL_ERROR", KVM_EXIT_INTERNAL_ERROR.into());
+    eq("KVM_EXIT_IO_IN", KVM_EXIT_IO_IN.into());
+    eq("KVM_EXIT_IO_OUT", KVM_EXIT_IO_OUT.into());
+
+    macro_rules! size {
+        ($c:literal, $t:ty) => {
+            eq(concat!("sizeof_", $c), size_of::<$t>() as u64)
+        };
+    }
+    size!("kvm_regs", KvmRegs);
+    size!("kvm_segment", KvmSegment);
+    size!("kvm_dtable", KvmDtable);
+    size!("kvm_sregs", KvmSregs);
+    size!("kvm_userspace_memory_region", KvmUserspaceMemoryRegion);
+
+    macro_rules! off {
+        ($c:literal, $t:ty, $($f:ident),+) => {
+            $( eq(concat!("off_", $c, "_", stringify!($f)), offset_of!($t, $f) as u64); )+
+        };
+    }
+    off!("kvm_regs", KvmRegs, rax, rsp, r8, r15, rip, rflags);
+    off!("kvm_segment", KvmSegment, base, limit, selector, present, dpl, db, s, l, g, avl, unusable);
+    eq("off_kvm_segment_type", offset_of!(KvmSegment, type_) as u64);
+    off!("kvm_dtable", KvmDtable, base, limit);
+    off!(
+        "kvm_sregs",
+        KvmSregs,
+        cs,
+        ds,
+        es,
+        fs,
+        gs,
+        ss,
+        tr,
+        ldt,
+        gdt,
+        idt,
+        cr0,
+        cr2,
+        cr3,
+        cr4,
+        cr8,
+        efer,
+        apic_base,
+        interrupt_bitmap
+    );
+    off!(
+        "kvm_userspace_memory_region",
+        KvmUserspaceMemoryRegion,
+        slot,
+        flags,
+        guest_phys_addr,
+        memory_size,
+        userspace_addr
+    );
+
+    // kvm_run: the offsets we read, and the exit structs we read at the union's offset.
+    let u = RUN_EXIT_UNION as u64;
+    eq("off_kvm_run_immediate_exit", RUN_IMMEDIATE_EXIT as u64);
+    eq("off_kvm_run_exit_reason", RUN_EXIT_REASON as u64);
+    eq("off_kvm_run_exit_union", u);
+    eq("off_kvm_run_io_direction", u + offset_of!(KvmRunIo, direction) as u64);
+    eq("off_kvm_run_io_size", u + offset_of!(KvmRunIo, size) as u64);
+    eq("off_kvm_run_io_port", u + offset_of!(KvmRunIo, port) as u64);
+    eq("off_kvm_run_io_count", u + offset_of!(KvmRunIo, count) as u64);
+    eq("off_kvm_run_io_data_offset", u + offset_of!(KvmRunIo, data_offset) as u64);
+    eq("off_kvm_run_mmio_phys_addr", u + offset_of!(KvmRunMmio, phys_addr) as u64);
+    eq("off_kvm_run_mmio_data", u + offset_of!(KvmRunMmio, data) as u64);
+    eq("off_kvm_run_mmio_len", u + offset_of!(KvmRunMmio, len) as u64);
+    eq("off_kvm_run_mmio_is_write", u + offset_of!(KvmRunMmio, is_write) as u64);
+    eq("off_kvm_run_fail_entry_reason", u + offset_of!(KvmRunFailEntry, hardware_entry_failure_reason) as u64);
+    eq("off_kvm_run_fail_entry_cpu", u + offset_of!(KvmRunFailEntry, cpu) as u64);
+    eq("off_kvm_run_internal_suberror", u + offset_of!(KvmRunInternal, suberror) as u64);
+    eq("off_kvm_run_internal_ndata", u + offset_of!(KvmRunInternal, ndata) as u64);
+    assert_eq!(checked, c.len(), "every value the probe printed is compared");
+}
