@@ -36,7 +36,7 @@ impl Devices {
     }
 
     /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order.
-    /// `_mem` is guest RAM, for devices that reach into it (version A has none).
+    /// `_mem` is guest RAM, for devices that reach into it (only version C's file port does).
     pub fn out(&mut self, port: u16, size: u8, data: &[u8], _mem: &Mmap) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {

@@ -1,63 +1,12 @@
 //! The built hypervisor on real guests under real KVM: stdout bytes, exit status, stderr.
 //! The guest images come from `guest/` (`make guests`); `make test` builds them first.
 
+mod common;
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-struct Run {
-    status: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-fn guest(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest").join(name);
-    assert!(p.is_file(), "{} is missing: build the guests first (make guests)", p.display());
-    p.to_str().unwrap().to_owned()
-}
-
-/// KVM is needed from here on; without it (and not in CI) the test is skipped.
-fn kvm_available() -> bool {
-    match std::fs::File::options().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIP: /dev/kvm: {e}");
-            false
-        }
-        Err(e) => panic!("/dev/kvm must work in CI: {e}"),
-    }
-}
-
-fn run_with_input(args: &[&str], input: &[u8]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mini_hypervisor_a"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mini_hypervisor");
-    let mut stdin = child.stdin.take().unwrap();
-    // The guest may stop reading (or never start): a broken pipe here is not the test's concern.
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    Run {
-        status: out.status.code().expect("exited, not killed by a signal"),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn run(args: &[&str]) -> Run {
-    run_with_input(args, b"")
-}
+use common::{BIN, guest, kvm_available, run, run_with_input};
 
 #[test]
 fn hello_prints_exactly_the_guest_output_and_exits_0() {
@@ -212,7 +161,7 @@ fn timeout_stops_a_spinning_guest_and_one_waiting_for_input() {
     assert!(r.stderr.contains("timed out after 0.5 s") && r.stderr.contains("RIP"), "{}", r.stderr);
 
     // echo.img blocks on stdin, which stays open: the kick must interrupt the read.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mini_hypervisor_a"))
+    let mut child = Command::new(BIN)
         .args(["-q", "-m", "2", "-p", "2", "--timeout", "0.5", "-g", &guest("echo.img")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -11,12 +11,13 @@ use std::time::Duration;
 use crate::long_mode::{MIB, PageSize};
 
 pub const USAGE: &str = "\
-Usage: mini_hypervisor -m|--memory <2|4|8> -p|--page <4|2> -g|--guest <image> [options]
-Runs a flat 64-bit guest image in a KVM virtual machine (one vCPU, long mode).
+Usage: mini_hypervisor -m|--memory <2|4|8> -p|--page <4|2> -g|--guest <image> [<image> ...] [options]
+Runs flat 64-bit guest images in KVM virtual machines (one vCPU each, long mode), all at once.
 
   -m, --memory <2|4|8>   guest RAM in MiB
   -p, --page <4|2>       page size: 4 = 4 KiB pages, 2 = 2 MiB pages
-  -g, --guest <image>    the guest image: a flat binary, loaded and started at address 0
+  -g, --guest <image>... guest images: flat binaries, each loaded and started at address 0 of
+                         its own VM; one VM (and thread) per image, numbered vm0, vm1, ...
   -q, --quiet            say nothing on stderr but warnings and errors
       --timeout <secs>   stop a VM still running after this many seconds (it counts as failed)
       --stats            print per-VM statistics on stderr at the end
@@ -25,7 +26,8 @@ Runs a flat 64-bit guest image in a KVM virtual machine (one vCPU, long mode).
       --version          print the version and exit
 
 Options may come in any order; --opt=value works as well as --opt value.
-Exit status: 0 when the VM halted, 1 when it failed or a startup check failed, 2 for usage errors.
+With several VMs, each output line is prefixed [vmN] (N = the image's position, from 0).
+Exit status: 0 when every VM halted, 1 when any failed or a startup check failed, 2 for usage errors.
 ";
 
 /// Everything a run needs, validated.
@@ -34,7 +36,7 @@ pub struct Config {
     /// Guest RAM in bytes (2, 4 or 8 MiB).
     pub mem_size: u64,
     pub page: PageSize,
-    /// The guest images, in command-line order (version A: exactly one).
+    /// The guest images, in command-line order: one VM each.
     pub images: Vec<PathBuf>,
     pub quiet: bool,
     pub timeout: Option<Duration>,
@@ -170,9 +172,6 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.is_empty() {
         return err("missing -g/--guest <image>");
     }
-    if images.len() > 1 {
-        return err(format!("version A runs one guest image, got {} (version B runs several)", images.len()));
-    }
     Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace }))
 }
 
@@ -216,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn several_images_after_one_or_repeated_g() {
+        let expect: Vec<PathBuf> = ["a.img", "b.img", "c.img"].iter().map(PathBuf::from).collect();
+        assert_eq!(config("-m 2 -p 4 -g a.img b.img c.img").images, expect);
+        assert_eq!(config("-g a.img -m 2 -g b.img c.img -p 4").images, expect);
+        assert_eq!(config("--guest=a.img b.img -p 4 --guest c.img -m 2").images, expect);
+    }
+
+    #[test]
     fn help_and_version() {
         assert_eq!(parse_str("-h"), Ok(Command::Help));
         assert_eq!(parse_str("-m 4 --help"), Ok(Command::Help));
@@ -248,8 +255,6 @@ mod tests {
             ("-m 4 -p 2 -g x -x", "unknown option '-x'"),
             ("-m 4 -p 2 -g x --quiet=yes", "--quiet takes no value"),
             ("stray -m 4 -p 2 -g x", "unexpected argument 'stray'"),
-            ("-m 4 -p 2 -g a.img b.img", "version A runs one guest image, got 2"),
-            ("-m 4 -p 2 -g a.img -g b.img", "version A runs one guest image, got 2"),
         ];
         for (args, expected) in cases {
             let msg = error(args);

@@ -1,7 +1,8 @@
-//! mini_hypervisor, version A: one VM, 64-bit long mode, serial port 0xE9.
+//! mini_hypervisor, version B: several VMs at once, one thread each.
 //!
-//! C counterpart: `main` in `Version_A/mini_hypervisor.c`. Same steps, same order:
-//! parse the options → check the image → open /dev/kvm → build the VM → run it → exit status.
+//! C counterpart: `main` in `Version_B/mini_hypervisor.c`. Same steps, same order:
+//! parse the options → check every image → open /dev/kvm → build the VMs → one thread per VM
+//! (C: `pthread_create` running `run_vm`) → join them → exit status.
 //! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -19,11 +20,12 @@ use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use args::{Command, Config};
 use devices::Devices;
 use long_mode::{Layout, PageSize};
-use serial::Serial;
+use serial::{Console, Serial};
 use vm::{Outcome, Report, RunOptions};
 
 /// Exit statuses (SPEC §1).
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("mini_hypervisor {} (version A: one VM)", env!("CARGO_PKG_VERSION"));
+            println!("mini_hypervisor {} (version B: several VMs)", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -60,7 +62,7 @@ fn main() -> ExitCode {
 fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (SPEC §1).
-    let image = image::check(&config.images[0], &layout)?;
+    let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
     let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
     if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
         return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
@@ -68,29 +70,40 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdout: {e}"))?);
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
     let line_buffered = stdout.is_terminal();
-
-    let label = format!("vm0 ({})", image.path.display());
-    let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
-    let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the timeout signal handler: {e}"))?;
-    if !config.quiet {
-        eprintln!(
-            "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
-            config.mem_size >> 20,
-            page_name(config.page),
-            image.bytes.len()
-        );
-    }
-    let mut devices = Devices::new(label.clone(), Serial::new(stdout, stdin, line_buffered));
+    let console = Arc::new(Console::new(stdout, stdin, line_buffered));
+    // With several VMs, output lines are prefixed with the VM's number (SPEC §3).
+    let several = images.len() > 1;
     let opts = RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout };
-    let body_label = label.clone();
-    let job = watchdog::Job {
-        name: "vm0".to_owned(),
-        kick,
-        body: Box::new(move || vm::run_vm(&mut vm, &mut devices, &body_label, &opts)),
-    };
-    let reports = watchdog::run_all(vec![job], config.timeout);
-    for report in &reports {
-        summarize(&label, report, config);
+
+    let mut jobs = Vec::with_capacity(images.len());
+    let mut labels = Vec::with_capacity(images.len());
+    for (index, image) in images.iter().enumerate() {
+        let label = format!("vm{index} ({})", image.path.display());
+        let mut vm = vm::create(&kvm, &layout, image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
+        let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the timeout signal handler: {e}"))?;
+        if !config.quiet {
+            eprintln!(
+                "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
+                config.mem_size >> 20,
+                page_name(config.page),
+                image.bytes.len()
+            );
+        }
+        let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
+        let mut devices = Devices::new(label.clone(), serial);
+        let body_label = label.clone();
+        jobs.push(watchdog::Job {
+            name: format!("vm{index}"),
+            kick,
+            body: Box::new(move || vm::run_vm(&mut vm, &mut devices, &body_label, &opts)),
+        });
+        labels.push(label);
+    }
+    drop(images); // the bytes are in guest RAM now
+
+    let reports = watchdog::run_all(jobs, config.timeout);
+    for (label, report) in labels.iter().zip(&reports) {
+        summarize(label, report, config);
     }
     Ok(reports)
 }

@@ -1,70 +1,175 @@
 //! The serial port on 0xE9 (SPEC §3): guest bytes out to stdout, stdin bytes in.
 //!
-//! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` and a `scanf("%d")`
-//! behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio: line-buffered
-//! when stdout is a terminal, block-buffered otherwise, flushed before blocking on stdin and
-//! when the VM ends. No syscall per guest byte.
+//! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` under a mutex and a
+//! `scanf("%d")` behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio:
+//! line-buffered when stdout is a terminal, block-buffered otherwise, flushed before blocking
+//! on stdin and when a VM ends. No syscall per guest byte, and no lock per guest byte.
+//!
+//! Version B: several VMs share one [`Console`] (stdout and stdin, each behind its lock).
+//! With one VM the output is the guest's bytes, unchanged. With several, each VM collects its
+//! bytes into lines and writes each whole line, prefixed `[vmN] `, under the stdout lock, so
+//! lines of different VMs never mix; an unfinished line is written (with a newline added) when
+//! its VM halts, fails or reads input.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const SERIAL_PORT: u16 = 0xE9;
 /// Output is written in blocks of this size (C's `BUFSIZ`) when stdout is not a terminal.
 const BLOCK: usize = 8192;
+/// A guest line longer than this is written in pieces of this size, each ended by a newline,
+/// so that one VM cannot make the hypervisor hold unbounded output.
+pub const MAX_LINE: usize = 64 * 1024;
 /// How much stdin is read at once.
 const INPUT_CHUNK: usize = 4096;
 /// What an `in` reads once stdin is at end of file.
 pub const EOF_BYTE: u8 = 0xFF;
 
-/// Port 0xE9 of one VM.
+/// stdout and stdin, shared by every VM.
 #[derive(Debug)]
-pub struct Serial<W: Write, R: Read> {
-    out: W,
-    buf: Vec<u8>,
+pub struct Console<W: Write, R: Read> {
+    out: Mutex<Output<W>>,
+    input: Mutex<Input<R>>,
     line_buffered: bool,
-    input: R,
-    in_buf: Vec<u8>,
-    in_pos: usize,
+}
+
+/// stdout: whole lines (or blocks) from every VM, written in blocks.
+#[derive(Debug)]
+struct Output<W> {
+    w: W,
+    buf: Vec<u8>,
+}
+
+/// stdin: bytes read ahead, handed out one `in` at a time to whichever VM asks.
+#[derive(Debug)]
+struct Input<R> {
+    r: R,
+    buf: Vec<u8>,
+    pos: usize,
     eof: bool,
 }
 
-impl<W: Write, R: Read> Serial<W, R> {
+/// A poisoned lock only means another VM thread panicked while writing; the data is still
+/// usable bytes, so carry on with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<W: Write, R: Read> Console<W, R> {
     /// `line_buffered`: flush at every newline (stdout is a terminal), else in blocks.
     pub fn new(out: W, input: R, line_buffered: bool) -> Self {
-        Serial { out, buf: Vec::new(), line_buffered, input, in_buf: Vec::new(), in_pos: 0, eof: false }
-    }
-
-    /// One or more bytes the guest wrote (`out`, or `rep outsb`).
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= BLOCK || (self.line_buffered && bytes.contains(&b'\n')) {
-            self.flush()?;
+        Console {
+            out: Mutex::new(Output { w: out, buf: Vec::new() }),
+            input: Mutex::new(Input { r: input, buf: Vec::new(), pos: 0, eof: false }),
+            line_buffered,
         }
-        Ok(())
     }
 
-    /// Writes out everything buffered.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes `parts` back to back under one lock, then flushes if the buffering rule says so.
+    fn emit(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut out = lock(&self.out);
+        for part in parts {
+            out.buf.extend_from_slice(part);
+        }
+        if self.line_buffered || out.buf.len() >= BLOCK { out.flush() } else { Ok(()) }
+    }
+
+    /// Writes out everything every VM has handed over so far.
+    pub fn flush(&self) -> io::Result<()> {
+        lock(&self.out).flush()
+    }
+}
+
+impl<W: Write> Output<W> {
+    fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let result = self.out.write_all(&self.buf).and_then(|()| self.out.flush());
+            let result = self.w.write_all(&self.buf).and_then(|()| self.w.flush());
             self.buf.clear();
             result?;
         }
         Ok(())
     }
+}
+
+/// Port 0xE9 of one VM.
+#[derive(Debug)]
+pub struct Serial<W: Write, R: Read> {
+    console: Arc<Console<W, R>>,
+    /// `[vmN] ` when several VMs run; `None`: the guest's bytes go out unchanged.
+    prefix: Option<Box<[u8]>>,
+    /// This VM's bytes not yet handed to the console: the current line, or (without a prefix)
+    /// the current block.
+    pending: Vec<u8>,
+}
+
+impl<W: Write, R: Read> Serial<W, R> {
+    pub fn new(console: Arc<Console<W, R>>, prefix: Option<String>) -> Self {
+        Serial { console, prefix: prefix.map(|p| p.into_bytes().into_boxed_slice()), pending: Vec::new() }
+    }
+
+    /// One or more bytes the guest wrote (`out`, or `rep outsb`).
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.prefix.is_none() {
+            self.pending.extend_from_slice(bytes);
+            if self.pending.len() >= BLOCK || (self.console.line_buffered && bytes.contains(&b'\n')) {
+                self.hand_over()?;
+            }
+            return Ok(());
+        }
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let mut rest = line;
+            while !rest.is_empty() {
+                let (now, later) = rest.split_at(rest.len().min(MAX_LINE - self.pending.len()));
+                self.pending.extend_from_slice(now);
+                rest = later;
+                if self.pending.ends_with(b"\n") || self.pending.len() == MAX_LINE {
+                    self.hand_over()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands this VM's pending bytes to the console: a block as it is, or one whole prefixed
+    /// line (a newline is added to an unfinished one).
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &self.prefix {
+            None => self.console.emit(&[&self.pending]),
+            Some(prefix) if self.pending.ends_with(b"\n") => self.console.emit(&[prefix, &self.pending]),
+            Some(prefix) => self.console.emit(&[prefix, &self.pending, b"\n"]),
+        };
+        self.pending.clear();
+        result
+    }
+
+    /// The VM has ended, or is about to wait for stdin: everything it wrote goes out now.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.hand_over()?;
+        self.console.flush()
+    }
 
     /// Fills `dst` with the next stdin bytes (`in`, or `rep insb`), `EOF_BYTE` after end of file.
-    /// Flushes the output first whenever it has to wait for stdin. If the read is interrupted
-    /// by a signal and `stop()` says the VM is being stopped, returns `ErrorKind::Interrupted`.
+    /// Any other VM may take bytes in between: each byte goes to whichever VM asks first.
+    /// Before it has to wait for stdin, all output so far (every VM's) is flushed. If the wait
+    /// is interrupted by a signal and `stop()` says this VM is being stopped, returns
+    /// `ErrorKind::Interrupted`.
     pub fn read(&mut self, dst: &mut [u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
+        // With several VMs, an unfinished line is written when its VM reads input (SPEC §3);
+        // with one, the bytes join the console's buffer, flushed below before any wait.
+        self.hand_over()?;
+        let mut input = lock(&self.console.input);
         for byte in dst {
-            if self.in_pos == self.in_buf.len() && !self.eof {
-                self.flush()?;
-                self.fill(stop)?;
+            if input.pos == input.buf.len() && !input.eof {
+                self.console.flush()?;
+                input.fill(stop)?;
             }
-            *byte = match self.in_buf.get(self.in_pos) {
+            *byte = match input.buf.get(input.pos) {
                 Some(&b) => {
-                    self.in_pos += 1;
+                    input.pos += 1;
                     b
                 }
                 None => EOF_BYTE,
@@ -72,16 +177,18 @@ impl<W: Write, R: Read> Serial<W, R> {
         }
         Ok(())
     }
+}
 
+impl<R: Read> Input<R> {
     /// One `read(2)` of stdin into the (empty) input buffer.
     fn fill(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
-        self.in_buf.resize(INPUT_CHUNK, 0);
-        self.in_pos = 0;
+        self.buf.resize(INPUT_CHUNK, 0);
+        self.pos = 0;
         let n = loop {
-            match self.input.read(&mut self.in_buf) {
+            match self.r.read(&mut self.buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => {
-                    self.in_buf.clear();
+                    self.buf.clear();
                     return Err(e);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -89,7 +196,7 @@ impl<W: Write, R: Read> Serial<W, R> {
                 Err(_) => break 0,
             }
         };
-        self.in_buf.truncate(n);
+        self.buf.truncate(n);
         self.eof = n == 0;
         Ok(())
     }
@@ -115,10 +222,19 @@ mod tests {
             Ok(())
         }
     }
-    impl Chunks {
-        fn written(&self) -> Vec<Vec<u8>> {
-            self.0.iter().filter(|c| !c.is_empty()).cloned().collect()
-        }
+
+    type TestConsole = Console<Chunks, &'static [u8]>;
+
+    fn console(input: &'static [u8], line_buffered: bool) -> Arc<TestConsole> {
+        Arc::new(Console::new(Chunks::default(), input, line_buffered))
+    }
+
+    fn written(c: &TestConsole) -> Vec<Vec<u8>> {
+        lock(&c.out).w.0.iter().filter(|c| !c.is_empty()).cloned().collect()
+    }
+
+    fn all_written(c: &TestConsole) -> Vec<u8> {
+        written(c).concat()
     }
 
     fn never() -> bool {
@@ -126,38 +242,91 @@ mod tests {
     }
 
     #[test]
-    fn block_buffered_output_is_written_in_blocks_and_at_flush() {
-        let mut s = Serial::new(Chunks::default(), &b""[..], false);
+    fn one_vm_block_buffered_output_is_written_in_blocks_and_at_flush() {
+        let c = console(b"", false);
+        let mut s = Serial::new(Arc::clone(&c), None);
         s.write(b"hello\n").unwrap();
-        assert!(s.out.written().is_empty(), "nothing written before a block is full");
+        assert!(written(&c).is_empty(), "nothing written before a block is full");
         s.write(&vec![b'x'; BLOCK]).unwrap();
-        assert_eq!(s.out.written().len(), 1);
+        assert_eq!(written(&c).len(), 1);
         s.write(b"tail").unwrap();
         s.flush().unwrap();
-        assert_eq!(s.out.written()[1], b"tail");
+        assert_eq!(written(&c)[1], b"tail", "no prefix, no newline added with one VM");
     }
 
     #[test]
-    fn line_buffered_output_is_written_at_each_newline() {
-        let mut s = Serial::new(Chunks::default(), &b""[..], true);
+    fn one_vm_line_buffered_output_is_written_at_each_newline() {
+        let c = console(b"", true);
+        let mut s = Serial::new(Arc::clone(&c), None);
         s.write(b"abc").unwrap();
-        assert!(s.out.written().is_empty());
+        assert!(written(&c).is_empty());
         s.write(b"\n").unwrap();
-        assert_eq!(s.out.written(), vec![b"abc\n".to_vec()]);
+        assert_eq!(written(&c), vec![b"abc\n".to_vec()]);
+    }
+
+    #[test]
+    fn several_vms_write_whole_prefixed_lines() {
+        let c = console(b"", false);
+        let mut a = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
+        let mut b = Serial::new(Arc::clone(&c), Some("[vm1] ".into()));
+        a.write(b"hel").unwrap();
+        b.write(b"wor").unwrap();
+        a.write(b"lo\nsecond").unwrap();
+        b.write(b"ld\n").unwrap();
+        a.write(b" line\n").unwrap();
+        b.write(b"unfinished").unwrap();
+        b.flush().unwrap();
+        a.flush().unwrap();
+        assert_eq!(
+            String::from_utf8(all_written(&c)).unwrap(),
+            "[vm0] hello\n[vm1] world\n[vm0] second line\n[vm1] unfinished\n"
+        );
+    }
+
+    #[test]
+    fn an_overlong_line_is_cut_into_pieces_each_with_the_prefix() {
+        let c = console(b"", false);
+        let mut s = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
+        s.write(&vec![b'y'; MAX_LINE + 10]).unwrap();
+        s.flush().unwrap();
+        let out = all_written(&c);
+        let lines: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), 6 + MAX_LINE + 1);
+        assert_eq!(lines[1], &b"[vm0] yyyyyyyyyy\n"[..]);
     }
 
     #[test]
     fn input_bytes_then_ff_at_eof_and_output_flushed_before_waiting() {
-        let mut s = Serial::new(Chunks::default(), &b"ab"[..], false);
+        let c = console(b"ab", false);
+        let mut s = Serial::new(Arc::clone(&c), None);
         s.write(b"prompt> ").unwrap();
         let mut one = [0u8; 1];
         s.read(&mut one, &never).unwrap();
         assert_eq!(one, *b"a");
-        assert_eq!(s.out.written(), vec![b"prompt> ".to_vec()], "flushed before reading stdin");
+        assert_eq!(written(&c), vec![b"prompt> ".to_vec()], "flushed before reading stdin");
         let mut three = [0u8; 3];
         s.read(&mut three, &never).unwrap();
         assert_eq!(three, [b'b', 0xff, 0xff]);
         s.read(&mut one, &never).unwrap();
         assert_eq!(one, [0xff]);
+    }
+
+    #[test]
+    fn several_vms_share_stdin_and_an_unfinished_line_is_written_at_input() {
+        let c = console(b"xyz", false);
+        let mut a = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
+        let mut b = Serial::new(Arc::clone(&c), Some("[vm1] ".into()));
+        a.write(b"name? ").unwrap();
+        let mut one = [0u8; 1];
+        a.read(&mut one, &never).unwrap();
+        assert_eq!(one, *b"x");
+        assert_eq!(all_written(&c), b"[vm0] name? \n", "unfinished line written, newline added");
+        b.read(&mut one, &never).unwrap();
+        assert_eq!(one, *b"y", "the next byte goes to whichever VM asks");
+        a.read(&mut one, &never).unwrap();
+        assert_eq!(one, *b"z");
+        b.read(&mut one, &never).unwrap();
+        assert_eq!(one, [EOF_BYTE]);
     }
 }

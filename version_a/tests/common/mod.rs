@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests: run the built binary, find guest images.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mini_hypervisor_a");
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+pub fn guest(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest").join(name);
+    assert!(p.is_file(), "{} is missing: build the guests first (make guests)", p.display());
+    p.to_str().unwrap().to_owned()
+}
+
+/// KVM is needed from here on; without it (and not in CI) the test is skipped.
+pub fn kvm_available() -> bool {
+    match std::fs::File::options().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP: /dev/kvm: {e}");
+            false
+        }
+        Err(e) => panic!("/dev/kvm must work in CI: {e}"),
+    }
+}
+
+pub fn run_with_input(args: &[&str], input: &[u8]) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mini_hypervisor");
+    let mut stdin = child.stdin.take().unwrap();
+    // The guest may stop reading (or never start): a broken pipe here is not the test's concern.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        status: out.status.code().expect("exited, not killed by a signal"),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn run(args: &[&str]) -> Run {
+    run_with_input(args, b"")
+}

@@ -1,0 +1,126 @@
+//! Version B under real KVM: several VMs at once, whole prefixed lines, isolated failures.
+
+mod common;
+
+use common::{guest, kvm_available, run, run_with_input};
+
+/// The lines of one VM, prefix removed, in the order they were written.
+fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
+    let prefix = format!("[vm{vm}] ");
+    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+}
+
+fn every_line_is_prefixed(stdout: &str, vms: usize) {
+    assert!(stdout.ends_with('\n'), "whole lines only: {stdout:?}");
+    for line in stdout.lines() {
+        let ok = (0..vms).any(|i| line.starts_with(&format!("[vm{i}] ")));
+        assert!(ok, "line without a VM prefix (interleaved?): {line:?}");
+    }
+}
+
+#[test]
+fn two_vms_write_whole_prefixed_lines_each_in_order() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("counter.img"), &guest("counter.img")]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let out = r.stdout();
+    every_line_is_prefixed(&out, 2);
+    let expected: Vec<String> = (1..=5).map(|i| format!("count {i}")).collect();
+    assert_eq!(lines_of(&out, 0), expected);
+    assert_eq!(lines_of(&out, 1), expected);
+}
+
+#[test]
+fn a_crashing_vm_does_not_stop_the_others() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "2", "-p", "2", "-g", &guest("counter.img"), &guest("crash.img"), &guest("guest.img")]);
+    assert_eq!(r.status, 1, "one VM failed");
+    let out = r.stdout();
+    every_line_is_prefixed(&out, 3);
+    assert_eq!(lines_of(&out, 0).len(), 5, "vm0 ran to the end: {out}");
+    assert_eq!(lines_of(&out, 1), ["crashing now"]);
+    assert_eq!(lines_of(&out, 2), ["Hello, world!"]);
+    assert!(r.stderr.contains("vm1 (") && r.stderr.contains("crash.img): failed at RIP"), "{}", r.stderr);
+    assert!(r.stderr.contains("vm0 (") && r.stderr.contains("counter.img): halted"), "{}", r.stderr);
+}
+
+#[test]
+fn sixty_four_vms_of_2_mib_all_halt() {
+    if !kvm_available() {
+        return;
+    }
+    let hello = guest("guest.img");
+    let mut args = vec!["-q", "-m", "2", "-p", "4", "-g"];
+    args.extend(std::iter::repeat_n(hello.as_str(), 64));
+    let r = run(&args);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let out = r.stdout();
+    every_line_is_prefixed(&out, 64);
+    for vm in 0..64 {
+        assert_eq!(lines_of(&out, vm), ["Hello, world!"], "vm{vm}");
+    }
+    assert_eq!(out.lines().count(), 64);
+}
+
+#[test]
+fn a_missing_image_among_several_starts_no_vm() {
+    let r = run(&["-m", "2", "-p", "2", "-g", &guest("guest.img"), "/nonexistent/second.img", &guest("guest.img")]);
+    assert_eq!(r.status, 1);
+    assert!(r.stdout.is_empty(), "no guest output: {:?}", r.stdout());
+    assert!(r.stderr.contains("/nonexistent/second.img") && !r.stderr.contains("vm0"), "{}", r.stderr);
+}
+
+#[test]
+fn an_unfinished_last_line_is_written_with_a_newline() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("partial.img"), &guest("guest.img")]);
+    assert_eq!(r.status, 0);
+    let out = r.stdout();
+    every_line_is_prefixed(&out, 2);
+    assert_eq!(lines_of(&out, 0), ["complete line", "unfinished"]);
+    // One VM: byte-exact, no prefix and no newline added.
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("partial.img")]);
+    assert_eq!(r.stdout(), "complete line\nunfinished");
+}
+
+#[test]
+fn timeout_stops_a_spinning_vm_while_another_finishes() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["--timeout", "2", "-m", "2", "-p", "2", "-g", &guest("spin.img"), &guest("counter.img")]);
+    assert_eq!(r.status, 1);
+    let out = r.stdout();
+    assert_eq!(lines_of(&out, 0), ["spinning"]);
+    assert_eq!(lines_of(&out, 1).len(), 5, "{out}");
+    assert!(r.stderr.contains("vm0 (") && r.stderr.contains("timed out after 2 s"), "{}", r.stderr);
+    assert!(r.stderr.contains("counter.img): halted"), "{}", r.stderr);
+}
+
+#[test]
+fn stdin_is_shared_each_byte_going_to_one_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let input = b"abcdefghijklmnop";
+    let r = run_with_input(&["-q", "-m", "2", "-p", "2", "-g", &guest("echo.img"), &guest("echo.img")], input);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let out = r.stdout();
+    every_line_is_prefixed(&out, 2);
+    let mut echoed: Vec<u8> = Vec::new();
+    for vm in 0..2 {
+        let text = lines_of(&out, vm).concat();
+        let bytes = text.strip_suffix("[eof]").unwrap_or_else(|| panic!("vm{vm} saw end of file: {out}"));
+        // Each VM got its bytes in stdin order.
+        assert!(bytes.as_bytes().windows(2).all(|w| w[0] < w[1]), "vm{vm}: {bytes}");
+        echoed.extend_from_slice(bytes.as_bytes());
+    }
+    echoed.sort();
+    assert_eq!(echoed, input, "every byte went to exactly one VM");
+}
