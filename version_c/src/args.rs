@@ -11,13 +11,19 @@ use std::time::Duration;
 use crate::long_mode::{MIB, PageSize};
 
 pub const USAGE: &str = "\
-Usage: mini_hypervisor -m|--memory <2|4|8> -p|--page <4|2> -g|--guest <image> [<image> ...] [options]
-Runs flat 64-bit guest images in KVM virtual machines (one vCPU each, long mode), all at once.
+Usage: mini_hypervisor -m|--memory <2|4|8> -p|--page <4|2> -g|--guest <image> [<image> ...]
+                       [-f|--file <path> [<path> ...]] [options]
+Runs flat 64-bit guest images in KVM virtual machines (one vCPU each, long mode), all at once,
+with guest file I/O on port 0x0278.
 
   -m, --memory <2|4|8>   guest RAM in MiB
   -p, --page <4|2>       page size: 4 = 4 KiB pages, 2 = 2 MiB pages
   -g, --guest <image>... guest images: flat binaries, each loaded and started at address 0 of
                          its own VM; one VM (and thread) per image, numbered vm0, vm1, ...
+  -f, --file <path>...   files shared (read-only) with every VM, under their file name; a VM
+                         that writes one gets its own copy (copy-on-write)
+      --files-dir <dir>  where each VM's private directory <stem>_vm<N>_files/ goes
+                         (default: the current directory)
   -q, --quiet            say nothing on stderr but warnings and errors
       --timeout <secs>   stop a VM still running after this many seconds (it counts as failed)
       --stats            print per-VM statistics on stderr at the end
@@ -38,6 +44,10 @@ pub struct Config {
     pub page: PageSize,
     /// The guest images, in command-line order: one VM each.
     pub images: Vec<PathBuf>,
+    /// The `-f` files shared with every VM.
+    pub files: Vec<PathBuf>,
+    /// Where the VMs' private directories go (`None`: the current directory).
+    pub files_dir: Option<PathBuf>,
     pub quiet: bool,
     pub timeout: Option<Duration>,
     pub stats: bool,
@@ -84,8 +94,8 @@ fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageEr
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
-    let (mut mem, mut page, mut timeout) = (None, None, None);
-    let mut images: Vec<PathBuf> = Vec::new();
+    let (mut mem, mut page, mut timeout, mut files_dir) = (None, None, None, None);
+    let (mut images, mut files): (Vec<PathBuf>, Vec<PathBuf>) = (Vec::new(), Vec::new());
     let (mut quiet, mut stats, mut trace) = (false, false, false);
 
     while let Some(word) = args.next() {
@@ -145,16 +155,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                     }
                 }
             }
-            "-g" | "--guest" => {
-                let before = images.len();
-                images.extend(inline.take().map(PathBuf::from));
-                while let Some(w) = args.next_if(|w| !is_option(w)) {
-                    images.push(PathBuf::from(w));
-                }
-                if images.len() == before {
-                    return err(format!("{name} needs at least one guest image"));
-                }
-            }
+            "-g" | "--guest" => take_list(&mut images, inline.take(), &mut args, &name, "at least one guest image")?,
+            "-f" | "--file" => take_list(&mut files, inline.take(), &mut args, &name, "at least one file path")?,
+            "--files-dir" => set_once(&mut files_dir, "--files-dir", PathBuf::from(value("a directory")?))?,
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
@@ -172,7 +175,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.is_empty() {
         return err("missing -g/--guest <image>");
     }
-    Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace }))
+    Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace }))
+}
+
+/// `-g`/`-f`: the inline value if any, then every following word that is not an option.
+fn take_list(
+    list: &mut Vec<PathBuf>,
+    inline: Option<OsString>,
+    args: &mut std::iter::Peekable<impl Iterator<Item = OsString>>,
+    name: &str,
+    what: &str,
+) -> Result<(), UsageError> {
+    let before = list.len();
+    list.extend(inline.map(PathBuf::from));
+    while let Some(w) = args.next_if(|w| !is_option(w)) {
+        list.push(PathBuf::from(w));
+    }
+    if list.len() == before {
+        return err(format!("{name} needs {what}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -220,6 +242,21 @@ mod tests {
         assert_eq!(config("-m 2 -p 4 -g a.img b.img c.img").images, expect);
         assert_eq!(config("-g a.img -m 2 -g b.img c.img -p 4").images, expect);
         assert_eq!(config("--guest=a.img b.img -p 4 --guest c.img -m 2").images, expect);
+    }
+
+    #[test]
+    fn shared_files_and_files_dir() {
+        let c = config("-m 4 -p 2 -g a.img b.img -f x.txt y.bin --files-dir out");
+        assert_eq!(c.images, [PathBuf::from("a.img"), PathBuf::from("b.img")]);
+        assert_eq!(c.files, [PathBuf::from("x.txt"), PathBuf::from("y.bin")]);
+        assert_eq!(c.files_dir, Some(PathBuf::from("out")));
+        let c = config("-f x.txt -g a.img --file=y.bin -m 4 -p 2 -f z");
+        assert_eq!(c.files, ["x.txt", "y.bin", "z"].map(PathBuf::from));
+        assert_eq!(c.files_dir, None);
+        assert!(config("-m 4 -p 2 -g a.img").files.is_empty());
+        assert!(error("-m 4 -p 2 -g a.img -f").contains("-f needs at least one file path"));
+        assert!(error("-m 4 -p 2 -g a.img --files-dir").contains("--files-dir needs a value"));
+        assert!(error("-m 4 -p 2 -g a --files-dir d --files-dir e").contains("--files-dir given more than once"));
     }
 
     #[test]

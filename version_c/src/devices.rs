@@ -1,11 +1,13 @@
-//! The I/O ports a guest sees (SPEC §3, §4). The run loop hands every I/O exit here as plain
+//! The I/O ports a guest sees (SPEC §3, §4, §5). The run loop hands every I/O exit here as plain
 //! bytes; nothing in this file knows about KVM.
 //!
 //! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
+use std::io;
 
+use crate::fileio::{FILE_PORT, FileDevice, GuestRam};
 use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
 
@@ -26,22 +28,30 @@ pub struct Devices {
     /// `vmN (image)`, for warnings.
     label: String,
     pub serial: Serial<File, File>,
+    /// Port 0x0278: the guest's files.
+    pub files: FileDevice,
     /// Unknown ports already warned about (one warning per VM and port).
     warned: Vec<u16>,
 }
 
 impl Devices {
-    pub fn new(label: String, serial: Serial<File, File>) -> Devices {
-        Devices { label, serial, warned: Vec::new() }
+    pub fn new(label: String, serial: Serial<File, File>, files: FileDevice) -> Devices {
+        Devices { label, serial, files, warned: Vec::new() }
     }
 
     /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order.
-    /// `_mem` is guest RAM, for devices that reach into it (only version C's file port does).
-    pub fn out(&mut self, port: u16, size: u8, data: &[u8], _mem: &Mmap) -> Result<(), IoError> {
+    /// `mem` is guest RAM, for devices that reach into it (the file port's bulk commands).
+    pub fn out(&mut self, port: u16, size: u8, data: &[u8], mem: &Mmap) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {
                 serial_size(size, "out")?;
                 self.serial.write(data).map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+            }
+            FILE_PORT => {
+                for access in data.chunks(usize::from(size)) {
+                    self.files.out(access, mem);
+                }
+                Ok(())
             }
             _ => {
                 self.warn_once(port, "out to", "ignored");
@@ -60,6 +70,12 @@ impl Devices {
                     _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
                 })
             }
+            FILE_PORT => {
+                for access in data.chunks_mut(usize::from(size)) {
+                    self.files.inp(access);
+                }
+                Ok(())
+            }
             _ => {
                 self.warn_once(port, "in from", "reads 0xff");
                 data.fill(0xFF); // an empty ISA bus
@@ -68,8 +84,9 @@ impl Devices {
         }
     }
 
-    /// The VM has ended (however it ended): write out what is buffered.
+    /// The VM has ended (however it ended): close its files, write out what is buffered.
     pub fn finish(&mut self) -> Result<(), IoError> {
+        self.files.close_all();
         self.serial.flush().map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
     }
 
@@ -81,6 +98,19 @@ impl Devices {
                 self.label
             );
         }
+    }
+}
+
+/// Guest RAM for the file port's bulk commands: copies go straight between file and mapping.
+impl GuestRam for Mmap {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_from_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<usize> {
+        self.copy_from_file(file, usize::try_from(gpa).map_err(io::Error::other)?, len)
+    }
+    fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<()> {
+        self.copy_to_file(file, usize::try_from(gpa).map_err(io::Error::other)?, len)
     }
 }
 

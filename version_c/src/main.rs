@@ -1,16 +1,18 @@
-//! mini_hypervisor, version B: several VMs at once, one thread each.
+//! mini_hypervisor, version C: several VMs at once, one thread each, with guest file I/O.
 //!
-//! C counterpart: `main` in `Version_B/mini_hypervisor.c`. Same steps, same order:
-//! parse the options → check every image → open /dev/kvm → build the VMs → one thread per VM
-//! (C: `pthread_create` running `run_vm`) → join them → exit status.
+//! C counterpart: `main` in `Version_C/mini_hypervisor.c`. Same steps, same order:
+//! parse the options → check every image and shared file → open /dev/kvm → build the VMs →
+//! one thread per VM (C: `pthread_create` running `run_vm`) → join them → exit status.
 //! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod devices;
+mod fileio;
 mod image;
 mod kvm;
 mod long_mode;
+mod sandbox;
 mod serial;
 mod stats;
 mod vm;
@@ -24,7 +26,9 @@ use std::sync::Arc;
 
 use args::{Command, Config};
 use devices::Devices;
+use fileio::FileDevice;
 use long_mode::{Layout, PageSize};
+use sandbox::{Sandbox, SharedFiles};
 use serial::{Console, Serial};
 use vm::{Outcome, Report, RunOptions};
 
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("mini_hypervisor {} (version B: several VMs)", env!("CARGO_PKG_VERSION"));
+            println!("mini_hypervisor {} (version C: several VMs, file I/O)", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -63,6 +67,14 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (SPEC §1).
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
+    let shared = Arc::new(SharedFiles::check(&config.files)?);
+    let files_dir = config.files_dir.clone().unwrap_or_default(); // "" = the current directory
+    if files_dir.exists() && !files_dir.is_dir() {
+        return Err(format!(
+            "--files-dir {}: not a directory: give a directory (it is created if missing)",
+            files_dir.display()
+        ));
+    }
     let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
     if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
         return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
@@ -73,6 +85,9 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let console = Arc::new(Console::new(stdout, stdin, line_buffered));
     // With several VMs, output lines are prefixed with the VM's number (SPEC §3).
     let several = images.len() > 1;
+    if !config.quiet && !shared.is_empty() {
+        eprintln!("mini_hypervisor: {} shared file(s) from -f, visible to every VM", shared.len());
+    }
     let opts = RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout };
 
     let mut jobs = Vec::with_capacity(images.len());
@@ -90,7 +105,9 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
             );
         }
         let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
-        let mut devices = Devices::new(label.clone(), serial);
+        // Each VM's private files live in <files-dir>/<stem>_vm<N>_files/ (SPEC §5).
+        let sandbox = Sandbox::new(Arc::clone(&shared), files_dir.join(sandbox::private_dir_name(&image.path, index)));
+        let mut devices = Devices::new(label.clone(), serial, FileDevice::new(sandbox));
         let body_label = label.clone();
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),

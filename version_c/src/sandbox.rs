@@ -1,0 +1,549 @@
+//! Which host file a guest file name means (SPEC §5, "Names, sharing and isolation").
+//!
+//! A guest names a file by a plain name (1..=254 bytes, no `/`, no NUL, not `.` or `..`). Two
+//! places can hold a file of that name:
+//!
+//! - the VM's **private directory** `<stem>_vm<N>_files/` ([`private_dir_name`]), created on
+//!   the first write-open and kept after the run;
+//! - the **shared files** given with `-f` ([`SharedFiles`]), visible to every VM under their
+//!   file name and never written.
+//!
+//! | guest open | private file exists | else shared file of that name | else |
+//! |---|---|---|---|
+//! | read  | open it | open the shared original read-only | fail |
+//! | write | open it for append | copy it into the private dir, open the copy for append | create an empty private file |
+//!
+//! So after a VM's first write-open of a shared name, every later open of that name by that VM
+//! (read or write) finds its private copy, while other VMs still see the original.
+//!
+//! Where the C original (`hypercall_open`, `is_shared_file`, `copy_file`) fell short, and what
+//! this module does instead: private files are opened only with `openat(2)` relative to a
+//! descriptor of the private directory, always `O_NOFOLLOW`, so neither a crafted name nor a
+//! symbolic link planted in the directory can lead outside it; a shared file is copied once,
+//! not on every write-open; reads after the copy go to the copy.
+//!
+//! Every open also adds `O_NONBLOCK` and then checks that it got a regular file: if a FIFO or a
+//! device has been put where a file was expected, the open fails instead of blocking the vCPU
+//! thread forever. (`O_NONBLOCK` has no effect on reads and writes of regular files.)
+#![forbid(unsafe_code)]
+
+use std::ffi::{CStr, OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::kvm as sys; // openat(2)/unlinkat(2): the FFI module's "Host files" section
+
+/// The longest guest file name: the open request's length byte is 1..=254 (SPEC §5).
+const MAX_NAME_LEN: usize = 254;
+
+/// Permission bits of files the guest creates (before the umask), as `fopen(3)` would use.
+const NEW_FILE_MODE: libc::mode_t = 0o666;
+
+/// Plain guest file name check: 1..=254 bytes, no `b'/'`, no NUL, not `"."` or `".."`.
+pub fn valid_name(name: &[u8]) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+        && name != b"."
+        && name != b".."
+}
+
+/// `<stem>_vm<N>_files` where stem = image file name without its extension ([`Path::file_stem`]).
+///
+/// `guest.img`, VM 0 → `guest_vm0_files`; `dir/a.b.img`, VM 3 → `a.b_vm3_files`. An image path
+/// without a file name (which the startup checks never let through) uses the stem `guest`.
+pub fn private_dir_name(image: &Path, vm_index: usize) -> OsString {
+    let mut name = image.file_stem().unwrap_or(OsStr::new("guest")).to_os_string();
+    name.push(format!("_vm{vm_index}_files"));
+    name
+}
+
+/// The `-f` files, checked once at startup (before any VM starts) and shared read-only by all VMs.
+#[derive(Debug)]
+pub struct SharedFiles {
+    files: Vec<SharedFile>,
+}
+
+/// One `-f` file: the name guests use and the path the user gave.
+#[derive(Debug)]
+struct SharedFile {
+    name: Vec<u8>,
+    path: PathBuf,
+}
+
+impl SharedFiles {
+    /// Each path must exist, be a regular readable file; two paths with the same file name (last
+    /// component) are an error.
+    ///
+    /// The error is ONE line naming the path, the reason and what to do, e.g.
+    /// `shared file ../x.txt: No such file or directory (os error 2): check the -f path`.
+    pub fn check(paths: &[PathBuf]) -> Result<SharedFiles, String> {
+        let mut files: Vec<SharedFile> = Vec::with_capacity(paths.len());
+        for path in paths {
+            let shown = path.display();
+            // Metadata first: opening a FIFO to test readability could block.
+            let meta = fs::metadata(path).map_err(|e| format!("shared file {shown}: {e}: check the -f path"))?;
+            if meta.is_dir() {
+                return Err(format!("shared file {shown}: is a directory, not a regular file: give -f a file"));
+            }
+            if !meta.is_file() {
+                return Err(format!(
+                    "shared file {shown}: not a regular file (a device, FIFO or socket): give -f a regular file"
+                ));
+            }
+            open_shared(path).map_err(|e| {
+                format!("shared file {shown}: {e}: make it readable (chmod +r) or give another -f path")
+            })?;
+            let Some(name) = path.file_name() else {
+                return Err(format!("shared file {shown}: the path has no file name: give -f the path of a file"));
+            };
+            let name = name.as_bytes();
+            if !valid_name(name) {
+                return Err(format!(
+                    "shared file {shown}: its file name is {} bytes, a guest can name at most {MAX_NAME_LEN}: give -f a copy with a shorter name",
+                    name.len()
+                ));
+            }
+            if let Some(earlier) = files.iter().find(|f| f.name == name) {
+                return Err(format!(
+                    "shared file {shown}: same file name as shared file {}, and guests name shared files by file name alone: rename one of them",
+                    earlier.path.display()
+                ));
+            }
+            files.push(SharedFile { name: name.to_vec(), path: path.clone() });
+        }
+        Ok(SharedFiles { files })
+    }
+
+    /// Number of shared files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when no `-f` file was given.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The command-line path of the shared file a guest calls `name`.
+    fn find(&self, name: &[u8]) -> Option<&Path> {
+        self.files.iter().find(|f| f.name == name).map(|f| f.path.as_path())
+    }
+}
+
+/// One VM's view of the host's files: its private directory over the shared files.
+#[derive(Debug)]
+pub struct Sandbox {
+    shared: Arc<SharedFiles>,
+    private_dir: PathBuf,
+    /// The private directory, opened `O_DIRECTORY | O_NOFOLLOW` once it exists; every private
+    /// file is opened relative to this descriptor.
+    dir: Option<File>,
+}
+
+impl Sandbox {
+    /// `private_dir` is the VM's private directory (created lazily on the first write-open;
+    /// never created for reads).
+    pub fn new(shared: Arc<SharedFiles>, private_dir: PathBuf) -> Self {
+        Sandbox { shared, private_dir, dir: None }
+    }
+
+    /// SPEC §5: the private file if it exists, else the shared file of that name, else `Err`
+    /// (`NotFound`; `InvalidInput` for an invalid name).
+    pub fn open_read(&mut self, name: &[u8]) -> io::Result<File> {
+        let mut buf = [0; MAX_NAME_LEN + 1];
+        let c_name = c_name(name, &mut buf)?;
+        if let Some(dir) = private_dir(&mut self.dir, &self.private_dir, false)? {
+            match sys::openat(dir, c_name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                Ok(file) => return regular(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // A private entry exists but cannot be used (a symbolic link, no permission):
+                // it hides the shared file of that name all the same.
+                Err(e) => return Err(e),
+            }
+        }
+        match self.shared.find(name) {
+            Some(path) => open_shared(path),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// SPEC §5: the private file if it exists; else copy-on-write of the shared file into the
+    /// private directory; else a new empty private file. Opened for append (`O_APPEND`).
+    pub fn open_write(&mut self, name: &[u8]) -> io::Result<File> {
+        const APPEND: libc::c_int = libc::O_WRONLY | libc::O_APPEND | libc::O_NONBLOCK;
+        let mut buf = [0; MAX_NAME_LEN + 1];
+        let c_name = c_name(name, &mut buf)?;
+        let Some(dir) = private_dir(&mut self.dir, &self.private_dir, true)? else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        match sys::openat(dir, c_name, APPEND, 0) {
+            Ok(file) => return regular(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(path) = self.shared.find(name) {
+            copy_on_write(path, dir, c_name)?;
+            return regular(sys::openat(dir, c_name, APPEND, 0)?);
+        }
+        regular(sys::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE)?)
+    }
+}
+
+/// The private directory's descriptor, opening it (and with `create`, first creating it) when
+/// not open yet. `Ok(None)`: it does not exist and `create` is false.
+///
+/// `O_NOFOLLOW`: if the private directory itself has been replaced by a symbolic link, refuse.
+fn private_dir<'a>(dir: &'a mut Option<File>, path: &Path, create: bool) -> io::Result<Option<&'a File>> {
+    if dir.is_none() {
+        if create {
+            fs::create_dir_all(path)?;
+        }
+        let opened = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path);
+        match opened {
+            Ok(d) => *dir = Some(d),
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir.as_ref())
+}
+
+/// Copy the shared original at `path` into a new file `name` in the private directory.
+///
+/// The copy is created with `O_CREAT | O_EXCL`; if copying fails half-way, the partial copy is
+/// removed, so that a truncated copy never poses as the VM's private file.
+fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> io::Result<()> {
+    let mut original = open_shared(path)?;
+    let mut copy = sys::openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, NEW_FILE_MODE)?;
+    if let Err(e) = io::copy(&mut original, &mut copy) {
+        drop(copy);
+        // Best effort: the copy error is the one worth reporting.
+        let _ = sys::unlinkat(dir, name);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Open a shared original read-only by its command-line path. The original is never opened
+/// for writing.
+fn open_shared(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    regular(file)
+}
+
+/// `file` if it is a regular file, else an `InvalidInput` error.
+fn regular(file: File) -> io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
+    }
+}
+
+/// `name` checked with [`valid_name`] and NUL-terminated in `buf` (no allocation).
+fn c_name<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME_LEN + 1]) -> io::Result<&'a CStr> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "invalid guest file name");
+    if !valid_name(name) {
+        return Err(invalid());
+    }
+    let with_nul = buf.get_mut(..=name.len()).ok_or_else(invalid)?;
+    let (last, text) = with_nul.split_last_mut().ok_or_else(invalid)?;
+    text.copy_from_slice(name);
+    *last = 0;
+    CStr::from_bytes_with_nul(with_nul).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A directory under the system temp dir, unique per test, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("fileio_dev-sandbox-{}-{tag}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A host directory with the shared originals, and the shared set built from them.
+    fn shared_setup(tmp: &TempDir, files: &[(&str, &[u8])]) -> Arc<SharedFiles> {
+        let host = tmp.join("host");
+        fs::create_dir_all(&host).unwrap();
+        let mut paths = Vec::new();
+        for (name, bytes) in files {
+            let p = host.join(name);
+            fs::write(&p, bytes).unwrap();
+            paths.push(p);
+        }
+        Arc::new(SharedFiles::check(&paths).unwrap())
+    }
+
+    fn read_all(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn valid_names() {
+        for good in [&b"a"[..], b"file.txt", b"...", b".hidden", b"a b", &[0xFF, 0x80], &[b'x'; 254]] {
+            assert!(valid_name(good), "{good:?}");
+        }
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/x", b"x/", b"a\0b", b"\0", &[b'x'; 255]] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn private_dir_names() {
+        assert_eq!(private_dir_name(Path::new("guest.img"), 0), "guest_vm0_files");
+        assert_eq!(private_dir_name(Path::new("../dir/a.b.img"), 3), "a.b_vm3_files");
+        assert_eq!(private_dir_name(Path::new("/x/noext"), 12), "noext_vm12_files");
+        assert_eq!(private_dir_name(Path::new(".img"), 1), ".img_vm1_files");
+        assert_eq!(private_dir_name(Path::new("/"), 2), "guest_vm2_files");
+    }
+
+    #[test]
+    fn check_accepts_regular_files() {
+        let tmp = TempDir::new("check-ok");
+        assert!(SharedFiles::check(&[]).unwrap().is_empty());
+        let shared = shared_setup(&tmp, &[("a.txt", b"A"), ("b.bin", b"")]);
+        assert_eq!(shared.len(), 2);
+        assert!(!shared.is_empty());
+        assert_eq!(shared.find(b"a.txt"), Some(tmp.join("host/a.txt").as_path()));
+        assert_eq!(shared.find(b"c"), None);
+    }
+
+    #[test]
+    fn check_missing_file_names_the_path() {
+        let tmp = TempDir::new("check-missing");
+        let missing = tmp.join("nope.txt");
+        let err = SharedFiles::check(std::slice::from_ref(&missing)).unwrap_err();
+        assert!(err.starts_with(&format!("shared file {}: ", missing.display())), "{err}");
+        assert!(err.contains("No such file or directory"), "{err}");
+        assert!(err.ends_with("check the -f path"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn check_refuses_a_directory_and_a_device() {
+        let tmp = TempDir::new("check-dir");
+        let err = SharedFiles::check(std::slice::from_ref(&tmp.0)).unwrap_err();
+        assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+        assert!(err.contains("is a directory"), "{err}");
+        let err = SharedFiles::check(&[PathBuf::from("/dev/null")]).unwrap_err();
+        assert!(err.starts_with("shared file /dev/null: not a regular file"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn check_refuses_duplicate_file_names() {
+        let tmp = TempDir::new("check-dup");
+        fs::create_dir_all(tmp.join("one")).unwrap();
+        fs::create_dir_all(tmp.join("two")).unwrap();
+        fs::write(tmp.join("one/x.txt"), b"1").unwrap();
+        fs::write(tmp.join("two/x.txt"), b"2").unwrap();
+        let paths = [tmp.join("one/x.txt"), tmp.join("two/x.txt")];
+        let err = SharedFiles::check(&paths).unwrap_err();
+        assert!(err.contains(&paths[0].display().to_string()), "{err}");
+        assert!(err.contains(&paths[1].display().to_string()), "{err}");
+        assert!(err.contains("same file name"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn check_refuses_an_unreadable_file() {
+        let tmp = TempDir::new("check-unreadable");
+        let p = tmp.join("secret");
+        fs::write(&p, b"s").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o000)).unwrap();
+        if File::open(&p).is_ok() {
+            eprintln!("SKIP: running as root, an unreadable file cannot be made");
+            return;
+        }
+        let err = SharedFiles::check(std::slice::from_ref(&p)).unwrap_err();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+
+    #[test]
+    fn check_refuses_a_name_no_guest_can_use() {
+        let tmp = TempDir::new("check-longname");
+        let long = "n".repeat(255);
+        fs::write(tmp.join(&long), b"x").unwrap();
+        let err = SharedFiles::check(&[tmp.join(&long)]).unwrap_err();
+        assert!(err.contains("255 bytes"), "{err}");
+    }
+
+    #[test]
+    fn read_finds_nothing_and_never_creates_the_private_dir() {
+        let tmp = TempDir::new("read-none");
+        let shared = shared_setup(&tmp, &[]);
+        let private = tmp.join("guest_vm0_files");
+        let mut sb = Sandbox::new(shared, private.clone());
+        let err = sb.open_read(b"x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(!private.exists());
+    }
+
+    #[test]
+    fn write_creates_the_private_dir_and_a_new_file_then_appends() {
+        let tmp = TempDir::new("write-new");
+        let private = tmp.join("guest_vm0_files");
+        let mut sb = Sandbox::new(shared_setup(&tmp, &[]), private.clone());
+        sb.open_write(b"new.txt").unwrap().write_all(b"one").unwrap();
+        sb.open_write(b"new.txt").unwrap().write_all(b"two").unwrap();
+        assert_eq!(fs::read(private.join("new.txt")).unwrap(), b"onetwo");
+        assert_eq!(read_all(sb.open_read(b"new.txt").unwrap()), b"onetwo");
+    }
+
+    #[test]
+    fn read_prefers_the_private_file_over_the_shared_one() {
+        let tmp = TempDir::new("read-private");
+        let shared = shared_setup(&tmp, &[("s.txt", b"shared")]);
+        let private = tmp.join("p");
+        fs::create_dir_all(&private).unwrap();
+        let mut sb = Sandbox::new(shared.clone(), private.clone());
+        assert_eq!(read_all(sb.open_read(b"s.txt").unwrap()), b"shared");
+        fs::write(private.join("s.txt"), b"mine").unwrap();
+        assert_eq!(read_all(sb.open_read(b"s.txt").unwrap()), b"mine");
+    }
+
+    #[test]
+    fn copy_on_write_leaves_the_original_and_other_vms_alone() {
+        let tmp = TempDir::new("cow");
+        let original: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let shared = shared_setup(&tmp, &[("data.bin", &original)]);
+        let mut vm0 = Sandbox::new(shared.clone(), tmp.join("g_vm0_files"));
+        let mut vm1 = Sandbox::new(shared.clone(), tmp.join("g_vm1_files"));
+
+        let mut w = vm0.open_write(b"data.bin").unwrap();
+        w.write_all(b"+tail").unwrap();
+        let mut expected = original.clone();
+        expected.extend_from_slice(b"+tail");
+        assert_eq!(read_all(vm0.open_read(b"data.bin").unwrap()), expected);
+        // A second write-open keeps the earlier private writes (the C original copied again).
+        vm0.open_write(b"data.bin").unwrap().write_all(b"!").unwrap();
+        expected.push(b'!');
+        assert_eq!(read_all(vm0.open_read(b"data.bin").unwrap()), expected);
+
+        assert_eq!(read_all(vm1.open_read(b"data.bin").unwrap()), original);
+        assert_eq!(fs::read(tmp.join("host/data.bin")).unwrap(), original);
+        assert!(!tmp.join("g_vm1_files").exists());
+    }
+
+    #[test]
+    fn private_files_persist_for_a_second_run() {
+        let tmp = TempDir::new("persist");
+        let shared = shared_setup(&tmp, &[("s", b"orig")]);
+        let private = tmp.join("g_vm0_files");
+        let mut run1 = Sandbox::new(shared.clone(), private.clone());
+        run1.open_write(b"s").unwrap().write_all(b"+1").unwrap();
+        run1.open_write(b"own").unwrap().write_all(b"own").unwrap();
+        drop(run1);
+        let mut run2 = Sandbox::new(shared, private);
+        assert_eq!(read_all(run2.open_read(b"s").unwrap()), b"orig+1");
+        assert_eq!(read_all(run2.open_read(b"own").unwrap()), b"own");
+        run2.open_write(b"s").unwrap().write_all(b"+2").unwrap();
+        assert_eq!(read_all(run2.open_read(b"s").unwrap()), b"orig+1+2");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"orig");
+    }
+
+    #[test]
+    fn invalid_names_are_refused_before_touching_the_disk() {
+        let tmp = TempDir::new("names");
+        let shared = shared_setup(&tmp, &[]);
+        let private = tmp.join("p");
+        let mut sb = Sandbox::new(shared, private.clone());
+        let long = [b'y'; 255];
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/x", b"../escape", b"a\0b", &long] {
+            assert_eq!(sb.open_read(bad).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(sb.open_write(bad).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+        assert!(!private.exists());
+        assert!(!tmp.join("escape").exists());
+        let ok = [b'y'; 254];
+        sb.open_write(&ok).unwrap();
+        assert!(private.join(OsStr::from_bytes(&ok)).is_file());
+    }
+
+    #[test]
+    fn a_symlink_in_the_private_dir_is_never_followed() {
+        let tmp = TempDir::new("symlink");
+        let shared = shared_setup(&tmp, &[("s", b"shared")]);
+        let private = tmp.join("p");
+        fs::create_dir_all(&private).unwrap();
+        fs::write(tmp.join("outside"), b"outside").unwrap();
+        std::os::unix::fs::symlink(tmp.join("outside"), private.join("link")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("outside"), private.join("s")).unwrap();
+        let mut sb = Sandbox::new(shared, private);
+        assert!(sb.open_read(b"link").is_err());
+        assert!(sb.open_write(b"link").is_err());
+        // The planted link hides the shared file rather than leading outside.
+        assert!(sb.open_read(b"s").is_err());
+        assert!(sb.open_write(b"s").is_err());
+        assert_eq!(fs::read(tmp.join("outside")).unwrap(), b"outside");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+    }
+
+    #[test]
+    fn a_private_dir_that_is_a_symlink_is_refused() {
+        let tmp = TempDir::new("dirlink");
+        let shared = shared_setup(&tmp, &[]);
+        fs::create_dir_all(tmp.join("elsewhere")).unwrap();
+        fs::write(tmp.join("elsewhere/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("p")).unwrap();
+        let mut sb = Sandbox::new(shared, tmp.join("p"));
+        assert!(sb.open_read(b"f").is_err());
+        assert!(sb.open_write(b"g").is_err());
+        assert!(!tmp.join("elsewhere/g").exists());
+    }
+
+    #[test]
+    fn a_directory_in_the_private_dir_is_not_a_file() {
+        let tmp = TempDir::new("subdir");
+        let shared = shared_setup(&tmp, &[]);
+        let private = tmp.join("p");
+        fs::create_dir_all(private.join("d")).unwrap();
+        let mut sb = Sandbox::new(shared, private);
+        assert!(sb.open_read(b"d").is_err());
+        assert!(sb.open_write(b"d").is_err());
+    }
+
+    #[test]
+    fn a_shared_original_replaced_by_a_directory_fails_cleanly() {
+        let tmp = TempDir::new("replaced");
+        let shared = shared_setup(&tmp, &[("s", b"x")]);
+        fs::remove_file(tmp.join("host/s")).unwrap();
+        fs::create_dir(tmp.join("host/s")).unwrap();
+        let private = tmp.join("p");
+        let mut sb = Sandbox::new(shared, private.clone());
+        assert!(sb.open_read(b"s").is_err());
+        assert!(sb.open_write(b"s").is_err());
+        // No partial copy poses as the private file.
+        assert!(!private.join("s").exists());
+    }
+}
