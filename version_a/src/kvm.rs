@@ -724,3 +724,35 @@ impl Kick {
         unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_copies_in_and_out_and_refuses_anything_out_of_bounds() {
+        let m = Mmap::anonymous(2 * 4096).unwrap();
+        assert_eq!(m.len(), 8192);
+        m.write(8190, b"hi").unwrap();
+        let mut two = [0u8; 2];
+        m.read(8190, &mut two).unwrap();
+        assert_eq!(&two, b"hi");
+        assert_eq!(m.read_obj::<u32>(8188).unwrap(), u32::from_le_bytes([0, 0, b'h', b'i']));
+        for (off, n) in [(8191, 2), (8192, 1), (usize::MAX, 2), (0, 8193)] {
+            let mut buf = vec![0u8; n];
+            assert!(m.read(off, &mut buf).is_err(), "read {off:#x}+{n}");
+            assert!(m.write(off, &buf).is_err(), "write {off:#x}+{n}");
+        }
+        assert!(m.read_obj::<u32>(8189).is_err());
+        assert!(m.atomic_u8(8192).is_err());
+        m.read(8192, &mut []).unwrap(); // an empty access at the very end is in bounds
+    }
+
+    #[test]
+    fn anonymous_memory_starts_zeroed() {
+        let m = Mmap::anonymous(4096).unwrap();
+        let mut page = vec![0xffu8; 4096];
+        m.read(0, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+    }
+}

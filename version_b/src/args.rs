@@ -145,16 +145,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                     }
                 }
             }
-            "-g" | "--guest" => {
-                let before = images.len();
-                images.extend(inline.take().map(PathBuf::from));
-                while let Some(w) = args.next_if(|w| !is_option(w)) {
-                    images.push(PathBuf::from(w));
-                }
-                if images.len() == before {
-                    return err(format!("{name} needs at least one guest image"));
-                }
-            }
+            "-g" | "--guest" => take_list(&mut images, inline.take(), &mut args, &name, "at least one guest image")?,
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
@@ -173,6 +164,25 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         return err("missing -g/--guest <image>");
     }
     Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace }))
+}
+
+/// `-g`: the inline value if any, then every following word that is not an option.
+fn take_list(
+    list: &mut Vec<PathBuf>,
+    inline: Option<OsString>,
+    args: &mut std::iter::Peekable<impl Iterator<Item = OsString>>,
+    name: &str,
+    what: &str,
+) -> Result<(), UsageError> {
+    let before = list.len();
+    list.extend(inline.map(PathBuf::from));
+    while let Some(w) = args.next_if(|w| !is_option(w)) {
+        list.push(PathBuf::from(w));
+    }
+    if list.len() == before {
+        return err(format!("{name} needs {what}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

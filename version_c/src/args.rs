@@ -178,7 +178,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace }))
 }
 
-/// `-g`/`-f`: the inline value if any, then every following word that is not an option.
+/// `-g`, `-f`: the inline value if any, then every following word that is not an option.
 fn take_list(
     list: &mut Vec<PathBuf>,
     inline: Option<OsString>,

@@ -823,3 +823,82 @@ impl Mmap {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_copies_in_and_out_and_refuses_anything_out_of_bounds() {
+        let m = Mmap::anonymous(2 * 4096).unwrap();
+        assert_eq!(m.len(), 8192);
+        m.write(8190, b"hi").unwrap();
+        let mut two = [0u8; 2];
+        m.read(8190, &mut two).unwrap();
+        assert_eq!(&two, b"hi");
+        assert_eq!(m.read_obj::<u32>(8188).unwrap(), u32::from_le_bytes([0, 0, b'h', b'i']));
+        for (off, n) in [(8191, 2), (8192, 1), (usize::MAX, 2), (0, 8193)] {
+            let mut buf = vec![0u8; n];
+            assert!(m.read(off, &mut buf).is_err(), "read {off:#x}+{n}");
+            assert!(m.write(off, &buf).is_err(), "write {off:#x}+{n}");
+        }
+        assert!(m.read_obj::<u32>(8189).is_err());
+        assert!(m.atomic_u8(8192).is_err());
+        m.read(8192, &mut []).unwrap(); // an empty access at the very end is in bounds
+    }
+
+    #[test]
+    fn anonymous_memory_starts_zeroed() {
+        let m = Mmap::anonymous(4096).unwrap();
+        let mut page = vec![0xffu8; 4096];
+        m.read(0, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+    }
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mh_kvm_{}_{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn openat_stays_in_its_directory_and_never_follows_a_symlink() {
+        use std::io::{Read, Write};
+        let path = temp_dir("openat");
+        let dir = File::open(&path).unwrap();
+        let mut f = openat(&dir, c"x", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap();
+        f.write_all(b"hello").unwrap();
+        let mut text = String::new();
+        openat(&dir, c"x", libc::O_RDONLY, 0).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+        std::fs::write(path.join("target"), b"outside").unwrap();
+        std::os::unix::fs::symlink(path.join("target"), path.join("link")).unwrap();
+        let err = openat(&dir, c"link", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        unlinkat(&dir, c"x").unwrap();
+        assert_eq!(unlinkat(&dir, c"x").unwrap_err().kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn file_copies_into_and_out_of_the_mapping_are_bounds_checked() {
+        let path = temp_dir("copy");
+        std::fs::write(path.join("in"), b"0123456789").unwrap();
+        let m = Mmap::anonymous(4096).unwrap();
+        m.write(4090, b"zzzzzz").unwrap();
+        let input = File::open(path.join("in")).unwrap();
+        assert!(m.copy_from_file(&input, 4095, 2).is_err(), "past the end: refused before reading");
+        assert_eq!(m.copy_from_file(&input, 4090, 4).unwrap(), 4);
+        assert_eq!(m.copy_from_file(&input, 4094, 2).unwrap(), 2);
+        let mut tail = [0u8; 6];
+        m.read(4090, &mut tail).unwrap();
+        assert_eq!(&tail, b"012345");
+        assert_eq!(m.copy_from_file(&input, 0, 100).unwrap(), 4, "short only at end of file");
+        let out = File::create(path.join("out")).unwrap();
+        assert!(m.copy_to_file(&out, 4093, 4).is_err());
+        m.copy_to_file(&out, 4090, 6).unwrap();
+        assert_eq!(std::fs::read(path.join("out")).unwrap(), b"012345");
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+}

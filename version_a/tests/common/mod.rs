@@ -39,15 +39,32 @@ pub fn kvm_available() -> bool {
 }
 
 pub fn run_with_input(args: &[&str], input: &[u8]) -> Run {
+    run_in(&std::env::temp_dir(), args, input)
+}
+
+pub fn run(args: &[&str]) -> Run {
+    run_with_input(args, b"")
+}
+
+/// A fresh, empty directory for one test (removed first if a previous run left it).
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mh_c_{}_{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the binary with `cwd` as its current directory.
+pub fn run_in(cwd: &std::path::Path, args: &[&str], input: &[u8]) -> Run {
     let mut child = Command::new(BIN)
         .args(args)
+        .current_dir(cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start mini_hypervisor");
     let mut stdin = child.stdin.take().unwrap();
-    // The guest may stop reading (or never start): a broken pipe here is not the test's concern.
     let _ = stdin.write_all(input);
     drop(stdin);
     let out = child.wait_with_output().unwrap();
@@ -56,8 +73,4 @@ pub fn run_with_input(args: &[&str], input: &[u8]) -> Run {
         stdout: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-pub fn run(args: &[&str]) -> Run {
-    run_with_input(args, b"")
 }

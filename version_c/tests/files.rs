@@ -1,0 +1,391 @@
+//! Version C under real KVM: guest file I/O on port 0x0278 (SPEC §5, §6), checked through the
+//! guests' stdout and the host files they leave behind.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::{Run, guest, kvm_available, run_in, temp_dir};
+
+const SHARED: &[u8] = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A test directory holding `host/shared.txt` (the `-f` file) and the private dirs under `files/`.
+struct Setup {
+    dir: PathBuf,
+    shared: PathBuf,
+}
+
+impl Setup {
+    fn new(tag: &str, shared: &[u8]) -> Setup {
+        let dir = temp_dir(tag);
+        fs::create_dir_all(dir.join("host")).unwrap();
+        let path = dir.join("host/shared.txt");
+        fs::write(&path, shared).unwrap();
+        Setup { dir, shared: path }
+    }
+
+    fn files(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
+    /// Runs `images` (guest names) with `-f host/shared.txt --files-dir files`.
+    fn run(&self, images: &[&str], input: &[u8]) -> Run {
+        let paths: Vec<String> = images.iter().map(|g| guest(g)).collect();
+        let mut args =
+            vec!["-q", "-m", "2", "-p", "2", "-f", self.shared.to_str().unwrap(), "--files-dir", "files", "-g"];
+        args.extend(paths.iter().map(String::as_str));
+        run_in(&self.dir, &args, input)
+    }
+
+    fn private(&self, dir: &str, name: &str) -> Vec<u8> {
+        fs::read(self.files().join(dir).join(name)).unwrap_or_else(|e| panic!("{dir}/{name}: {e}"))
+    }
+
+    fn shared_is_untouched(&self, original: &[u8]) {
+        assert_eq!(fs::read(&self.shared).unwrap(), original, "the shared original is never written");
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs fileshell.img with these commands; returns its output lines.
+fn shell(setup: &Setup, commands: &str) -> (Run, Vec<String>) {
+    let r = setup.run(&["fileshell.img"], commands.as_bytes());
+    let lines = r.stdout().lines().map(str::to_owned).collect();
+    (r, lines)
+}
+
+fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
+    let prefix = format!("[vm{vm}] ");
+    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+}
+
+#[test]
+fn create_write_and_read_back_a_private_file() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("create", SHARED);
+    let (r, out) = shell(&s, "o 1 new.txt\nw 0 48656c6c6f\nw 0 \nc 0\no 0 new.txt\nr 0 10\nr 0 10\nc 0\nc 0\nq\n");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(out, ["0", "5", "0", "0", "0", "5 48656c6c6f", "0 ", "0", "-1"]);
+    assert_eq!(s.private("fileshell_vm0_files", "new.txt"), b"Hello");
+    // Without --files-dir the private directory is made in the current directory.
+    let r = run_in(&s.dir, &["-q", "-m", "2", "-p", "4", "-g", &guest("fileshell.img")], b"o 1 here.txt\nw 0 41\n");
+    assert_eq!(r.stdout(), "0\n1\n");
+    assert_eq!(fs::read(s.dir.join("fileshell_vm0_files/here.txt")).unwrap(), b"A");
+}
+
+#[test]
+fn a_shared_file_larger_than_127_bytes_reads_whole() {
+    if !kvm_available() {
+        return;
+    }
+    let text: Vec<u8> = (0..40).flat_map(|i| format!("shared line number {i:02}\n").into_bytes()).collect();
+    assert!(text.len() > 127 * 6);
+    let s = Setup::new("bigshared", &text);
+    let r = s.run(&["filecopy.img"], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let mut expected = format!("copied {} bytes\n", text.len()).into_bytes();
+    expected.extend_from_slice(&text);
+    assert_eq!(r.stdout, expected);
+    assert_eq!(s.private("filecopy_vm0_files", "copy.txt"), text);
+    s.shared_is_untouched(&text);
+}
+
+#[test]
+fn copy_on_write_leaves_the_other_vm_and_the_host_original_unchanged() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("cow", SHARED);
+    let r = s.run(&["cow.img", "reader.img"], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let shared = String::from_utf8(SHARED.to_vec()).unwrap();
+    let shared_lines: Vec<&str> = shared.lines().collect();
+    let mut cow = vec!["shared.txt before:"];
+    cow.extend(&shared_lines);
+    cow.push("shared.txt after:");
+    cow.extend(&shared_lines);
+    cow.extend(["appended by guest", "done"]);
+    assert_eq!(lines_of(&r.stdout(), 0), cow);
+    let mut reader = vec!["reader sees:"];
+    reader.extend(&shared_lines);
+    reader.push("reader done");
+    assert_eq!(lines_of(&r.stdout(), 1), reader, "the other VM still sees the original");
+    let mut copy = SHARED.to_vec();
+    copy.extend_from_slice(b"appended by guest\n");
+    assert_eq!(s.private("cow_vm0_files", "shared.txt"), copy);
+    assert_eq!(s.private("cow_vm0_files", "notes.txt"), b"private note\n");
+    assert!(!s.files().join("reader_vm1_files").exists(), "a VM that only reads gets no directory");
+    s.shared_is_untouched(SHARED);
+}
+
+#[test]
+fn the_private_copy_persists_into_a_second_run() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("persist", SHARED);
+    assert_eq!(s.run(&["cow.img"], b"").status, 0);
+    let r = s.run(&["cow.img"], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let once = format!("{}appended by guest\n", String::from_utf8_lossy(SHARED));
+    let twice = format!("{once}appended by guest\n");
+    assert_eq!(r.stdout(), format!("shared.txt before:\n{once}shared.txt after:\n{twice}done\n"));
+    assert_eq!(s.private("cow_vm0_files", "shared.txt"), twice.as_bytes());
+    s.shared_is_untouched(SHARED);
+}
+
+#[test]
+fn a_guest_reaches_no_file_but_its_own_and_the_shared_ones() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("deny", SHARED);
+    // Another VM's private file, a host file beside the private dirs, a symlink planted
+    // in this VM's own private directory that points outside it.
+    fs::create_dir_all(s.files().join("other_vm0_files")).unwrap();
+    fs::write(s.files().join("other_vm0_files/secret.txt"), b"other VM's").unwrap();
+    fs::write(s.files().join("host_secret.txt"), b"host's").unwrap();
+    fs::create_dir_all(s.files().join("fileshell_vm0_files")).unwrap();
+    std::os::unix::fs::symlink(s.files().join("host_secret.txt"), s.files().join("fileshell_vm0_files/link")).unwrap();
+
+    let r = s.run(&["deny.img"], b"");
+    let expected = [
+        "open ../shared.txt -> -1",
+        "open /etc/passwd -> -1",
+        "open . -> -1",
+        "open .. -> -1",
+        "open a/b -> -1",
+        "open missing.txt -> -1",
+        "open \"\" -> -1",
+        "deny done",
+    ];
+    assert_eq!(r.stdout().lines().collect::<Vec<_>>(), expected);
+
+    let (_, out) = shell(
+        &s,
+        "o 0 secret.txt\no 0 ../other_vm0_files/secret.txt\no 0 host_secret.txt\no 0 ../host_secret.txt\n\
+         o 1 ../escape.txt\no 0 link\no 1 link\no 0 /etc/hostname\n",
+    );
+    assert_eq!(out, ["-1"; 8]);
+    assert!(!s.files().join("escape.txt").exists() && !s.dir.join("escape.txt").exists());
+    assert_eq!(fs::read(s.files().join("host_secret.txt")).unwrap(), b"host's", "not written through the link");
+}
+
+#[test]
+fn all_256_byte_values_round_trip() {
+    if !kvm_available() {
+        return;
+    }
+    let all: Vec<u8> = (0..=255).collect();
+    let s = Setup::new("bytes", &all);
+    let r = s.run(&["bytes.img"], b"");
+    assert_eq!(r.stdout(), "bytes ok\n");
+    assert_eq!(s.private("bytes_vm0_files", "bytes.bin"), all);
+    // The shared file holds every byte value too: read it back through the byte protocol.
+    let (_, out) = shell(&s, "o 0 shared.txt\nr 0 200\nr 0 200\nr 0 200\n");
+    assert_eq!(
+        out,
+        [
+            "0".to_owned(),
+            format!("127 {}", hex(&all[..127])),
+            format!("127 {}", hex(&all[127..254])),
+            format!("2 {}", hex(&all[254..])),
+        ]
+    );
+}
+
+#[test]
+fn at_most_sixteen_files_are_open_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("limit", SHARED);
+    let r = s.run(&["limit.img"], b"");
+    assert_eq!(r.stdout(), "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 -1\nlimit done\n");
+    assert_eq!(r.status, 0);
+}
+
+#[test]
+fn data_written_before_a_crash_is_on_disk() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("crash", SHARED);
+    // `d 800000 1` reads above the 2 MiB of RAM: a page fault with no IDT, a triple fault.
+    let (r, out) = shell(&s, "o 1 log.txt\nw 0 6265666f726520637261736800\nd 800000 1\nw 0 6166746572\n");
+    assert_eq!(r.status, 1);
+    assert_eq!(out, ["0", "13"]);
+    assert!(r.stderr.contains("triple fault"), "{}", r.stderr);
+    assert_eq!(s.private("fileshell_vm0_files", "log.txt"), b"before crash\0");
+}
+
+#[test]
+fn several_vms_copy_one_shared_file_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("manycow", SHARED);
+    let r = s.run(&["cow.img"; 4], b"");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let mut copy = SHARED.to_vec();
+    copy.extend_from_slice(b"appended by guest\n");
+    for vm in 0..4 {
+        assert_eq!(s.private(&format!("cow_vm{vm}_files"), "shared.txt"), copy, "vm{vm}");
+        assert_eq!(lines_of(&r.stdout(), vm).last().map(String::as_str), Some("done"));
+    }
+    s.shared_is_untouched(SHARED);
+}
+
+#[test]
+fn the_protocol_recovers_from_garbage_and_half_requests() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("garbage", SHARED);
+    let too_long_write = format!("x 040180{}", "41".repeat(128)); // write 128 bytes to vfd 1
+    let commands = [
+        "x 07",
+        "i 1", // an unknown command byte: 0xFF is pending
+        "i 1", // an in with nothing pending
+        "x 0102",
+        "I", // an open cut short by a 4-byte in
+        "x 0400",
+        "i 1", // a write cut short by a 1-byte in
+        "x 010000",
+        "i 1", // an open with length 0: refused at once
+        "o 0 shared.txt",
+        "o 1 w.txt", // vfds 0 and 1
+        &too_long_write,
+        "i 1",    // count above 127: all data consumed, nothing written
+        "w 1 42", // still in step: this write works
+        "r 0 5",
+    ];
+    let (r, out) = shell(&s, &(commands.join("\n") + "\n"));
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let expected =
+        ["ok", "ff", "ff", "ok", "ffffffff", "ok", "ff", "ok", "ff", "0", "1", "ok", "ff", "1", "5 48656c6c6f"];
+    assert_eq!(out, expected);
+    assert_eq!(s.private("fileshell_vm0_files", "w.txt"), b"B");
+}
+
+#[test]
+fn bulk_commands_move_whole_buffers_within_ram_bounds() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("bulk", SHARED);
+    // -m 2: RAM is [0, 0x200000); the scratch area at 0x100000 is free.
+    let commands = [
+        format!("m 110000 {}", "ff".repeat(12)),
+        format!("m 100000 {}", hex(b"bulk data!")),
+        "o 1 bulk.bin".to_owned(),
+        "B w 0 100000 10".to_owned(),  // 10 bytes to the file
+        "B w 0 1ffffc 4".to_owned(),   // ends exactly at the end of RAM: allowed
+        "B w 0 1ffffd 4".to_owned(),   // one byte past the end: refused
+        "B w 0 ffffffff 2".to_owned(), // address + length overflows 32 bits: refused
+        "B w 0 100000 0".to_owned(),   // length 0
+        "B r 0 100000 4".to_owned(),   // read bulk on a vfd open for writing
+        "c 0".to_owned(),
+        "o 0 bulk.bin".to_owned(),
+        "B r 0 1ffffe 4".to_owned(),   // refused...
+        "r 0 4".to_owned(),            // ...and the file position did not move
+        "B r 0 110000 100".to_owned(), // short read at end of file: the 10 bytes left
+        "d 110000 12".to_owned(),      // only those 10 bytes of RAM changed
+        "B r 0 110000 100".to_owned(), // end of file
+        "x 0500".to_owned(),
+        "x 00".to_owned(),           // a byte where the address dword belongs: request abandoned
+        "I".to_owned(),              // so the answer is an error
+        "B w 0 100000 4".to_owned(), // write bulk on a vfd open for reading
+    ];
+    let (r, out) = shell(&s, &(commands.join("\n") + "\n"));
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let after_read = format!("{}{}{}", hex(b" data!"), hex(&[0; 4]), "ffff");
+    let expected = [
+        "ok",
+        "ok",
+        "0",
+        "10",
+        "4",
+        "-1",
+        "-1",
+        "0",
+        "-1",
+        "0",
+        "0",
+        "-1",
+        "4 62756c6b",
+        "10",
+        &after_read,
+        "0",
+        "ok",
+        "ok",
+        "ffffffff",
+        "-1",
+    ];
+    assert_eq!(out, expected);
+    // The last 4 bytes of RAM are the top of the (zero) end of the page directory.
+    let mut file = b"bulk data!".to_vec();
+    file.extend_from_slice(&[0; 4]);
+    assert_eq!(s.private("fileshell_vm0_files", "bulk.bin"), file);
+}
+
+#[test]
+fn bulk_copy_guest_copies_a_file_exactly() {
+    if !kvm_available() {
+        return;
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let s = Setup::new("bulkcopy", b"");
+    fs::write(s.dir.join("host/big.bin"), &data).unwrap();
+    let r = run_in(
+        &s.dir,
+        &["-q", "-m", "4", "-p", "4", "-f", "host/big.bin", "--files-dir", "files", "-g", &guest("bulkcopy.img")],
+        b"",
+    );
+    assert_eq!((r.status, r.stdout()), (0, "bulk copied 300000 bytes\n".to_owned()), "{}", r.stderr);
+    assert_eq!(s.private("bulkcopy_vm0_files", "big_copy.bin"), data);
+}
+
+#[test]
+fn shared_files_are_checked_before_any_vm_starts() {
+    let s = Setup::new("fcheck", SHARED);
+    fs::create_dir_all(s.dir.join("other")).unwrap();
+    fs::write(s.dir.join("other/shared.txt"), b"same name").unwrap();
+    let hello = guest("guest.img");
+    let cases: [(&[&str], &str); 3] = [
+        (&["-f", "host/missing.txt"], "host/missing.txt"),
+        (&["-f", "host"], "directory"),
+        (&["-f", "host/shared.txt", "other/shared.txt"], "same file name"),
+    ];
+    for (files, why) in cases {
+        let mut args = vec!["-m", "2", "-p", "2", "-g", hello.as_str()];
+        args.extend(files);
+        let r = run_in(&s.dir, &args, b"");
+        assert_eq!(r.status, 1, "{files:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "no VM ran");
+        assert!(r.stderr.contains(why) && !r.stderr.contains("vm0"), "{files:?}: {}", r.stderr);
+    }
+    let r = run_in(&s.dir, &["-m", "2", "-p", "2", "-g", &hello, "--files-dir", "host/shared.txt"], b"");
+    assert_eq!(r.status, 1);
+    assert!(r.stderr.contains("not a directory"), "{}", r.stderr);
+}
