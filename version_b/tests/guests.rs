@@ -72,6 +72,57 @@ fn rep_outsb_and_rep_insb_move_every_byte_in_order() {
 }
 
 #[test]
+fn a_line_read_with_one_rep_insb() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run_with_input(&["-q", "--trace", "-m", "2", "-p", "2", "-g", &guest("readline.img")], b"abcdefgh\n");
+    assert_eq!((r.status, r.stdout()), (0, "type 8 chars: you typed: abcdefgh\n".to_owned()), "{}", r.stderr);
+    // All 8 bytes came in one exit (count 8), and the trace shows what the guest received.
+    let ins: Vec<&str> = r.stderr.lines().filter(|l| l.contains("io in port=0xe9")).collect();
+    assert_eq!(ins.len(), 1, "{}", r.stderr);
+    assert!(ins[0].contains("size=1 count=8 data=[61 62 63 64 65 66 67 68]"), "{}", ins[0]);
+}
+
+#[test]
+fn without_access_to_dev_kvm_the_message_says_how_to_fix_it() {
+    // Run as user `nobody` (needs root and setpriv); /dev/kvm is then not permitted.
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")));
+    if euid != Some(true) || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIP: needs root and setpriv to run as an unprivileged user");
+        return;
+    }
+    let out = Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "-m",
+            "2",
+            "-p",
+            "2",
+            "-g",
+            &guest("guest.img"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.contains("/dev/kvm") {
+        eprintln!("SKIP: the test binary or image is not reachable for user nobody: {stderr}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.contains("/dev/kvm: permission denied") && stderr.contains("kvm group") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sse_is_enabled_in_cr0_and_cr4() {
     if !kvm_available() {
         return;

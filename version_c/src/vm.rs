@@ -97,13 +97,17 @@ fn run_loop(vm: &mut Vm, devices: &mut Devices, label: &str, opts: &RunOptions, 
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        if opts.trace {
+        if opts.trace && !matches!(exit, VcpuExit::Io { .. }) {
             trace(&vm.vcpu, label, stats.exits + 1, &exit);
         }
         match exit {
             VcpuExit::Io { out, port, size, count, data_offset } => {
                 stats.io(port, out, u64::from(size) * u64::from(count));
-                if let Err(e) = handle_io(vm, devices, out, port, size, count as usize, data_offset) {
+                let handled = handle_io(vm, devices, out, port, size, count as usize, data_offset);
+                if opts.trace {
+                    trace(&vm.vcpu, label, stats.exits, &exit); // after handling: shows an `in`'s answer too
+                }
+                if let Err(e) = handled {
                     return match e {
                         IoError::Stopped => Outcome::Failed(timeout_reason(opts)),
                         e => Outcome::Failed(describe_io_error(e)),
@@ -238,17 +242,16 @@ pub fn register_dump(r: &KvmRegs, s: &KvmSregs) -> String {
     lines.join("\n")
 }
 
-/// `--trace`: one line per exit.
+/// `--trace`: one line per exit, with the first (up to 8) bytes an I/O exit moved.
 fn trace(vcpu: &Vcpu, label: &str, n: u64, exit: &VcpuExit) {
     let rip = vcpu.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".to_owned());
     match *exit {
         VcpuExit::Io { out, port, size, count, data_offset } => {
             let mut first = [0u8; 8];
             let n_bytes = (usize::from(size) * count as usize).min(first.len());
-            let data = if out && vcpu.io_data(data_offset, 0, &mut first[..n_bytes]).is_ok() {
-                first[..n_bytes].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
-            } else {
-                "-".to_owned()
+            let data = match vcpu.io_data(data_offset, 0, &mut first[..n_bytes]) {
+                Ok(()) => first[..n_bytes].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+                Err(_) => "?".to_owned(),
             };
             eprintln!(
                 "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{data}] rip={rip}",
