@@ -58,6 +58,8 @@ fn main() -> ExitCode {
 
 /// Everything after parsing. `Err` is a startup failure: no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, String> {
+    // Before any thread starts: Ctrl-C and SIGTERM then stop the VMs instead of killing us.
+    kvm::block_stop_signals().map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (SPEC §1).
     let image = image::check(&config.images[0], &layout)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::devices::{Devices, IoError};
 use crate::image::Image;
-use crate::kvm::{Kvm, KvmRegs, KvmSregs, Vcpu, VcpuExit, Vm};
+use crate::kvm::{Kvm, KvmRegs, KvmSregs, StopReason, Vcpu, VcpuExit, Vm};
 use crate::long_mode::{self, Layout};
 use crate::stats::Stats;
 
@@ -89,8 +89,8 @@ fn run_loop(vm: &mut Vm, devices: &mut Devices, label: &str, opts: &RunOptions, 
                 if let Err(e) = vm.vcpu.clear_immediate_exit() {
                     return Outcome::Failed(e.to_string());
                 }
-                if vm.vcpu.stop_requested() {
-                    return Outcome::Failed(timeout_reason(opts));
+                if let Some(reason) = vm.vcpu.stop_requested() {
+                    return stopped(reason, opts);
                 }
                 continue;
             }
@@ -109,7 +109,7 @@ fn run_loop(vm: &mut Vm, devices: &mut Devices, label: &str, opts: &RunOptions, 
                 }
                 if let Err(e) = handled {
                     return match e {
-                        IoError::Stopped => Outcome::Failed(timeout_reason(opts)),
+                        IoError::Stopped => stopped(vm.vcpu.stop_requested().unwrap_or(StopReason::Interrupted), opts),
                         e => Outcome::Failed(describe_io_error(e)),
                     };
                 }
@@ -120,8 +120,8 @@ fn run_loop(vm: &mut Vm, devices: &mut Devices, label: &str, opts: &RunOptions, 
             }
             VcpuExit::Intr => {
                 stats.other();
-                if vm.vcpu.stop_requested() {
-                    return Outcome::Failed(timeout_reason(opts));
+                if let Some(reason) = vm.vcpu.stop_requested() {
+                    return stopped(reason, opts);
                 }
             }
             other => {
@@ -152,7 +152,7 @@ fn handle_io(
             vm.vcpu.io_data(data_offset, done, buf).map_err(host)?;
             devices.out(port, size, buf, &vm.mem)?;
         } else {
-            devices.inp(port, size, buf, &|| vm.vcpu.stop_requested())?;
+            devices.inp(port, size, buf, &|| vm.vcpu.stop_requested().is_some())?;
             vm.vcpu.set_io_data(data_offset, done, buf).map_err(host)?;
         }
         done += buf.len();
@@ -172,11 +172,13 @@ fn describe_io_error(e: IoError) -> String {
     }
 }
 
-fn timeout_reason(opts: &RunOptions) -> String {
-    match opts.timeout {
-        Some(t) => format!("timed out after {} s", t.as_secs_f64()),
-        None => "stopped".to_owned(),
-    }
+/// A VM stopped from outside: by `--timeout`, or by SIGINT/SIGTERM.
+fn stopped(reason: StopReason, opts: &RunOptions) -> Outcome {
+    Outcome::Failed(match (reason, opts.timeout) {
+        (StopReason::Timeout, Some(t)) => format!("timed out after {} s", t.as_secs_f64()),
+        (StopReason::Timeout, None) => "timed out".to_owned(),
+        (StopReason::Interrupted, _) => "interrupted (SIGINT/SIGTERM)".to_owned(),
+    })
 }
 
 /// The one-line reason for an exit that ends the VM.

@@ -1,16 +1,18 @@
-//! Runs VMs on their own threads and enforces `--timeout` (SPEC §2).
+//! Runs VMs on their own threads, enforces `--timeout` and handles Ctrl-C (SPEC §2).
 //!
-//! C counterpart: `pthread_create` / `pthread_join` in `main`; the C has no timeout.
-//! A VM still running at the deadline is kicked out of `KVM_RUN` ([`Kick`]): it then reports
-//! itself as timed out and ends like any failed VM. The waiting is done on a channel that
-//! every VM thread signals when it ends, so nothing polls or sleeps.
+//! C counterpart: `pthread_create` / `pthread_join` in `main`; the C has no timeout, and
+//! Ctrl-C kills it with guest output still in its buffers.
+//! A VM still running at the deadline, or when SIGINT/SIGTERM arrives, is kicked out of
+//! `KVM_RUN` ([`Kick`]): it then reports itself as timed out (interrupted) and ends like any
+//! failed VM, its output flushed. The waiting is done on a channel that every VM thread, and
+//! the thread that waits for signals, writes to, so nothing polls or sleeps.
 #![forbid(unsafe_code)]
 
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::kvm::Kick;
+use crate::kvm::{self, Kick, StopReason};
 use crate::stats::Stats;
 use crate::vm::{Outcome, Report};
 
@@ -30,18 +32,37 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// What the waiting thread hears about.
+#[derive(Debug)]
+enum Event {
+    /// VM `index` ended.
+    Ended(usize),
+    /// SIGINT or SIGTERM arrived.
+    Signal(libc::c_int),
+}
+
 /// Tells the waiting thread that VM `index` ended, even if its body panicked.
-struct Done(usize, mpsc::Sender<usize>);
+struct Done(usize, mpsc::Sender<Event>);
 impl Drop for Done {
     fn drop(&mut self) {
-        let _ = self.1.send(self.0);
+        let _ = self.1.send(Event::Ended(self.0));
     }
 }
 
-/// Starts every job on its own thread, kicks those still running at `timeout`, and returns
-/// their reports in job order.
+/// Starts every job on its own thread, kicks those still running at `timeout` or at SIGINT /
+/// SIGTERM, and returns their reports in job order. The caller must have called
+/// [`kvm::block_stop_signals`] before starting any thread.
 pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
     let (tx, rx) = mpsc::channel();
+    let signals = tx.clone();
+    // Not joined: it waits for a signal as long as the process lives.
+    let _ = thread::Builder::new().name("signals".to_owned()).stack_size(64 * 1024).spawn(move || {
+        while let Ok(signal) = kvm::wait_stop_signal() {
+            if signals.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
     let mut running = Vec::with_capacity(jobs.len());
     let mut reports: Vec<Option<Report>> = Vec::with_capacity(jobs.len());
     for (index, job) in jobs.into_iter().enumerate() {
@@ -64,29 +85,41 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
     }
     drop(tx);
 
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut deadline = timeout.map(|t| Instant::now() + t);
     let mut finished = vec![false; running.len()];
     let mut left = running.iter().filter(|r| r.is_some()).count();
-    let mut kicked = false;
+    let mut interrupted = false;
+    // Kicks every VM that has not ended. The handles are still owned here (not joined), as
+    // `Kick::kick` requires.
+    let kick_all = |finished: &[bool], reason| {
+        for (slot, &done) in running.iter().zip(finished) {
+            if let (Some((handle, kick)), false) = (slot, done) {
+                kick.kick(handle, reason);
+            }
+        }
+    };
     while left > 0 {
         let next = match deadline {
-            Some(d) if !kicked => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         match next {
-            Ok(index) => {
+            Ok(Event::Ended(index)) => {
                 finished[index] = true;
                 left -= 1;
             }
+            Ok(Event::Signal(_)) if interrupted => {
+                eprintln!("mini_hypervisor: interrupted again: exiting without waiting for the VMs");
+                std::process::exit(1);
+            }
+            Ok(Event::Signal(signal)) => {
+                eprintln!("mini_hypervisor: signal {signal}: stopping every VM (again to exit at once)");
+                kick_all(&finished, StopReason::Interrupted);
+                interrupted = true;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // The deadline: kick every VM that has not ended. The handles are still
-                // owned here (not joined), which `Kick::kick` requires.
-                for (i, slot) in running.iter().enumerate() {
-                    if let (Some((handle, kick)), false) = (slot, finished[i]) {
-                        kick.kick(handle);
-                    }
-                }
-                kicked = true;
+                kick_all(&finished, StopReason::Timeout);
+                deadline = None;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }

@@ -230,6 +230,35 @@ fn timeout_stops_a_spinning_guest_and_one_waiting_for_input() {
 }
 
 #[test]
+fn ctrl_c_stops_the_vm_and_keeps_its_output() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(BIN)
+        .args(["-m", "2", "-p", "2", "-g", &guest("spin.img")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The banner is written before the VM thread starts, and after SIGINT is blocked.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("byte image") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no banner");
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{rest}");
+    assert_eq!(out.stdout, b"spinning\n", "output flushed though interrupted");
+    assert!(rest.contains("interrupted (SIGINT/SIGTERM)"), "{rest}");
+}
+
+#[test]
 fn usage_errors_exit_2_with_the_usage_and_help_exits_0() {
     for args in [
         &["-m", "3", "-p", "2", "-g", "x.img"][..],

@@ -10,7 +10,8 @@
 //! 3. owning wrappers with `Drop`: [`Mmap`] (guest RAM, run area), [`Kvm`], [`VmFd`], [`Vcpu`],
 //!    and [`Vm`], which bundles them as the C's `vm_init` does;
 //! 4. decoding of `kvm_run` into a typed [`VcpuExit`];
-//! 5. [`Kick`]: stopping a vCPU from another thread (`immediate_exit` + a signal);
+//! 5. [`Kick`]: stopping a vCPU from another thread (`immediate_exit` + a signal), and the
+//!    blocking and waiting of SIGINT/SIGTERM, which stop every VM;
 //! 6. host files for the guest file device (version C): `openat`/`unlinkat` relative to the
 //!    VM's private directory, and `read(2)`/`write(2)` straight between a file and guest RAM.
 //!
@@ -23,7 +24,7 @@ use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -500,7 +501,7 @@ impl VmFd {
         if run.len() < RUN_EXIT_UNION + 256 {
             return Err(io::Error::other("KVM_GET_VCPU_MMAP_SIZE is smaller than struct kvm_run"));
         }
-        Ok(Vcpu { fd, run, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Vcpu { fd, run, stop: Arc::new(AtomicU8::new(0)) })
     }
 }
 
@@ -534,7 +535,8 @@ impl Vm {
 pub struct Vcpu {
     fd: File,
     run: Arc<Mmap>,
-    stop: Arc<AtomicBool>,
+    /// 0, or the [`StopReason`] of a kick.
+    stop: Arc<AtomicU8>,
 }
 
 /// Why the vCPU left `KVM_RUN`, decoded from `kvm_run`. Data of I/O exits stays in the run
@@ -665,9 +667,13 @@ impl Vcpu {
         Ok(Kick { run: Arc::clone(&self.run), stop: Arc::clone(&self.stop) })
     }
 
-    /// True once a [`Kick`] asked this vCPU to stop.
-    pub fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+    /// Why a [`Kick`] asked this vCPU to stop, once one did.
+    pub fn stop_requested(&self) -> Option<StopReason> {
+        match self.stop.load(Ordering::Acquire) {
+            1 => Some(StopReason::Timeout),
+            2 => Some(StopReason::Interrupted),
+            _ => None,
+        }
     }
 
     /// Clears `kvm_run.immediate_exit` after a kick, or every later `KVM_RUN` fails at once.
@@ -687,7 +693,16 @@ impl Vcpu {
 #[derive(Debug, Clone)]
 pub struct Kick {
     run: Arc<Mmap>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<AtomicU8>,
+}
+
+/// Why a VM is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--timeout` ran out.
+    Timeout = 1,
+    /// SIGINT or SIGTERM (Ctrl-C, `kill`).
+    Interrupted = 2,
 }
 
 /// The signal used for kicks; its handler does nothing ([`install_kick_handler`]).
@@ -716,8 +731,8 @@ fn install_kick_handler() -> io::Result<()> {
 impl Kick {
     /// Asks the vCPU running on `thread` to stop. The borrow of the `JoinHandle` guarantees the
     /// thread has not been joined, so its `pthread_t` is still valid (it may have exited).
-    pub fn kick<T>(&self, thread: &JoinHandle<T>) {
-        self.stop.store(true, Ordering::Release);
+    pub fn kick<T>(&self, thread: &JoinHandle<T>, reason: StopReason) {
+        self.stop.store(reason as u8, Ordering::Release);
         if let Ok(flag) = self.run.atomic_u8(RUN_IMMEDIATE_EXIT) {
             flag.store(1, Ordering::Release);
         }
@@ -726,6 +741,39 @@ impl Kick {
         // The signal's handler was installed before this `Kick` could exist (`kick_handle`).
         unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
     }
+}
+
+/// SIGINT and SIGTERM: the signals that stop every VM (Ctrl-C, `kill`).
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: an all-zero `sigset_t` is plain memory that `sigemptyset` then initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t; sigemptyset/sigaddset only write to it.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: as above; SIGINT is a valid signal number.
+    unsafe { libc::sigaddset(&mut set, libc::SIGINT) };
+    // SAFETY: as above; SIGTERM is a valid signal number.
+    unsafe { libc::sigaddset(&mut set, libc::SIGTERM) };
+    set
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards, so
+/// that they wait for [`wait_stop_signal`] instead of killing the process (and losing the
+/// output the VMs have not written yet). Call it first thing, before any thread starts.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
+}
+
+/// Waits until SIGINT or SIGTERM is pending (they must be blocked, see [`block_stop_signals`])
+/// and returns its number.
+pub fn wait_stop_signal() -> io::Result<libc::c_int> {
+    let set = stop_signals();
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is an initialised sigset_t and `signal` a writable c_int; sigwait keeps neither.
+    let r = unsafe { libc::sigwait(&set, &mut signal) };
+    if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(signal) }
 }
 
 // ---------------------------------------------------------------------------------------------
