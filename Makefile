@@ -30,18 +30,32 @@ run-a: all
 run-b: all
 	cd version_b && ./mini_hypervisor -m 4 -p 2 -g ../guest/counter.img ../guest/counter.img
 
+# The version C demo: cow.img reads the shared file, writes to it (so gets its own copy) and
+# creates a private file; reader.img, beside it, still sees the original.
 run-c: all
-	cd version_c && ./mini_hypervisor -m 4 -p 2 -g ../guest/guest.img -f ../guest/shared.txt
+	@rm -rf version_c/demo_files
+	cd version_c && ./mini_hypervisor -q -m 4 -p 2 -g ../guest/cow.img ../guest/reader.img \
+		-f ../guest/shared.txt --files-dir demo_files
+	@echo
+	@echo "Private files the guests left, under version_c/demo_files/:"
+	@cd version_c && for f in $$(find demo_files -type f | sort); do echo "--- $$f"; cat "$$f"; done
+	@echo "--- guest/shared.txt (the shared original, unchanged)"
+	@cat guest/shared.txt
 
 test: guests
 	$(CARGO) test --workspace
 	$(MAKE) -C guest check
+	scripts/check-same-files
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+bench: all
+	$(CARGO) run --release -p bench
+
 clean:
 	$(CARGO) clean
 	$(MAKE) -C guest clean
 	rm -f version_a/mini_hypervisor version_b/mini_hypervisor version_c/mini_hypervisor
+	rm -rf version_c/demo_files

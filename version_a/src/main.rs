@@ -3,7 +3,7 @@
 //! C counterpart: `main` in `Version_A/mini_hypervisor.c`. Same steps, same order:
 //! parse the options → check the image → open /dev/kvm → build the VM → run it → exit status.
 //! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod devices;

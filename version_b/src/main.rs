@@ -4,7 +4,7 @@
 //! parse the options → check every image → open /dev/kvm → build the VMs → one thread per VM
 //! (C: `pthread_create` running `run_vm`) → join them → exit status.
 //! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod args;
 mod devices;
