@@ -266,11 +266,19 @@ const _: () = {
 /// Plain-old-data types that may be created from any bytes (all fields are integers).
 ///
 /// # Safety
-/// Implementors must be `#[repr(C)]`, contain only integer fields and arrays of them, and
-/// have no padding bytes that are not spelled out as fields: then every bit pattern is valid.
+/// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other
+/// `Pod` structs, and have no padding bytes that are not spelled out as fields: then every bit
+/// pattern is a valid value, and every byte of a value is initialised.
 pub unsafe trait Pod: Copy + Default {}
-// SAFETY: all five are #[repr(C)] structs of integers with explicit padding fields
-// (the const block above checks that their sizes leave no hidden gaps).
+// SAFETY: all of these are #[repr(C)] structs of integers (and, for KvmSregs, of KvmSegment and
+// KvmDtable, which are too) with explicit padding fields; the const block above checks that
+// their sizes leave no hidden gaps.
+unsafe impl Pod for KvmRegs {}
+// SAFETY: as above.
+unsafe impl Pod for KvmSregs {}
+// SAFETY: as above.
+unsafe impl Pod for KvmUserspaceMemoryRegion {}
+// SAFETY: as above.
 unsafe impl Pod for KvmRunIo {}
 // SAFETY: as above.
 unsafe impl Pod for KvmRunMmio {}
@@ -299,6 +307,34 @@ unsafe fn ioctl(fd: &File, req: u64, name: &str, arg: libc::c_ulong) -> io::Resu
     } else {
         Ok(r)
     }
+}
+
+/// The argument size encoded in an ioctl number (`_IOC_SIZE`).
+const fn ioc_size(req: u64) -> usize {
+    ((req >> 16) & 0x3fff) as usize
+}
+
+/// An `_IOR` ioctl: the kernel fills a `T`. Refuses (panics on) a request whose encoded size is
+/// not `T`'s, a programming error that would let the kernel write past the value.
+fn ioctl_read<T: Pod>(fd: &File, req: u64, name: &str) -> io::Result<T> {
+    assert_eq!(ioc_size(req), size_of::<T>(), "{name}: argument type does not match the ioctl");
+    let mut value = T::default();
+    let arg = &mut value as *mut T as libc::c_ulong;
+    // SAFETY: `arg` points to a live, writable `T` whose size is the one encoded in `req`
+    // (asserted above), so the kernel writes only inside it; `T: Pod` makes any bytes it
+    // writes a valid `T`.
+    unsafe { ioctl(fd, req, name, arg) }?;
+    Ok(value)
+}
+
+/// An `_IOW` ioctl: the kernel reads a `T`. Same size check as [`ioctl_read`].
+fn ioctl_write<T: Pod>(fd: &File, req: u64, name: &str, value: &T) -> io::Result<()> {
+    assert_eq!(ioc_size(req), size_of::<T>(), "{name}: argument type does not match the ioctl");
+    let arg = value as *const T as libc::c_ulong;
+    // SAFETY: `arg` points to a live `T` whose size is the one encoded in `req` (asserted
+    // above), which the kernel only reads; `T: Pod` has no uninitialised padding to leak.
+    unsafe { ioctl(fd, req, name, arg) }?;
+    Ok(())
 }
 
 /// An `_IO` ioctl with an integer argument.
@@ -488,11 +524,9 @@ impl VmFd {
             memory_size: mem.len() as u64,
             userspace_addr: mem.addr(),
         };
-        let arg = &region as *const KvmUserspaceMemoryRegion as libc::c_ulong;
-        // SAFETY: `arg` points to a live `KvmUserspaceMemoryRegion`, the size encoded in the
-        // _IOW number, which the kernel only reads; the lifetime of `mem` is our caller's contract.
-        unsafe { ioctl(&self.fd, KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", arg) }?;
-        Ok(())
+        // The kernel copies `region` and keeps using `mem` through `userspace_addr`: that is why
+        // this function is unsafe (its caller keeps `mem` alive), not the call itself.
+        ioctl_write(&self.fd, KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", &region)
     }
 
     /// `KVM_CREATE_VCPU` and the mapping of its `kvm_run` area (`mmap_size` from [`Kvm::vcpu_mmap_size`]).
@@ -628,35 +662,19 @@ impl Vcpu {
     }
 
     pub fn get_regs(&self) -> io::Result<KvmRegs> {
-        let mut regs = KvmRegs::default();
-        let arg = &mut regs as *mut KvmRegs as libc::c_ulong;
-        // SAFETY: `arg` points to a live, writable `KvmRegs`, the size encoded in KVM_GET_REGS.
-        unsafe { ioctl(&self.fd, KVM_GET_REGS, "KVM_GET_REGS", arg) }?;
-        Ok(regs)
+        ioctl_read(&self.fd, KVM_GET_REGS, "KVM_GET_REGS")
     }
 
     pub fn set_regs(&self, regs: &KvmRegs) -> io::Result<()> {
-        let arg = regs as *const KvmRegs as libc::c_ulong;
-        // SAFETY: `arg` points to a live `KvmRegs`, the size encoded in KVM_SET_REGS, which
-        // the kernel only reads.
-        unsafe { ioctl(&self.fd, KVM_SET_REGS, "KVM_SET_REGS", arg) }?;
-        Ok(())
+        ioctl_write(&self.fd, KVM_SET_REGS, "KVM_SET_REGS", regs)
     }
 
     pub fn get_sregs(&self) -> io::Result<KvmSregs> {
-        let mut sregs = KvmSregs::default();
-        let arg = &mut sregs as *mut KvmSregs as libc::c_ulong;
-        // SAFETY: `arg` points to a live, writable `KvmSregs`, the size encoded in KVM_GET_SREGS.
-        unsafe { ioctl(&self.fd, KVM_GET_SREGS, "KVM_GET_SREGS", arg) }?;
-        Ok(sregs)
+        ioctl_read(&self.fd, KVM_GET_SREGS, "KVM_GET_SREGS")
     }
 
     pub fn set_sregs(&self, sregs: &KvmSregs) -> io::Result<()> {
-        let arg = sregs as *const KvmSregs as libc::c_ulong;
-        // SAFETY: `arg` points to a live `KvmSregs`, the size encoded in KVM_SET_SREGS, which
-        // the kernel only reads.
-        unsafe { ioctl(&self.fd, KVM_SET_SREGS, "KVM_SET_SREGS", arg) }?;
-        Ok(())
+        ioctl_write(&self.fd, KVM_SET_SREGS, "KVM_SET_SREGS", sregs)
     }
 
     /// A handle another thread can use to stop this vCPU (installs the kick signal's
@@ -895,6 +913,16 @@ mod tests {
         assert!(m.read_obj::<u32>(8189).is_err());
         assert!(m.atomic_u8(8192).is_err());
         m.read(8192, &mut []).unwrap(); // an empty access at the very end is in bounds
+    }
+
+    #[test]
+    fn the_size_encoded_in_each_ioctl_is_its_argument_type() {
+        assert_eq!(ioc_size(KVM_GET_REGS), size_of::<KvmRegs>());
+        assert_eq!(ioc_size(KVM_SET_REGS), size_of::<KvmRegs>());
+        assert_eq!(ioc_size(KVM_GET_SREGS), size_of::<KvmSregs>());
+        assert_eq!(ioc_size(KVM_SET_SREGS), size_of::<KvmSregs>());
+        assert_eq!(ioc_size(KVM_SET_USER_MEMORY_REGION), size_of::<KvmUserspaceMemoryRegion>());
+        assert_eq!(ioc_size(KVM_RUN), 0);
     }
 
     #[test]

@@ -207,13 +207,13 @@ fn timeout_stops_a_spinning_guest_and_one_waiting_for_input() {
     if !kvm_available() {
         return;
     }
-    let r = run(&["-m", "2", "-p", "2", "--timeout", "0.5", "-g", &guest("spin.img")]);
+    let r = run(&["-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("spin.img")]);
     assert_eq!((r.status, r.stdout()), (1, "spinning\n".to_owned()));
-    assert!(r.stderr.contains("timed out after 0.5 s") && r.stderr.contains("RIP"), "{}", r.stderr);
+    assert!(r.stderr.contains("timed out after 1 s") && r.stderr.contains("RIP"), "{}", r.stderr);
 
     // echo.img blocks on stdin, which stays open: the kick must interrupt the read.
     let mut child = Command::new(BIN)
-        .args(["-q", "-m", "2", "-p", "2", "--timeout", "0.5", "-g", &guest("echo.img")])
+        .args(["-q", "-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("echo.img")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -236,17 +236,18 @@ fn ctrl_c_stops_the_vm_and_keeps_its_output() {
     }
     use std::io::{BufRead, BufReader, Read};
     let mut child = Command::new(BIN)
-        .args(["-m", "2", "-p", "2", "-g", &guest("spin.img")])
+        .args(["--trace", "-m", "2", "-p", "2", "-g", &guest("spin.img")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The banner is written before the VM thread starts, and after SIGINT is blocked.
+    // Wait until the guest has written "spinning\n": --trace reports each exit on stderr,
+    // and the last byte is the newline (0x0a). Its output is still in the buffer then.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    while !line.contains("byte image") {
+    while !line.contains("data=[0a]") {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no banner");
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the guest never wrote its newline");
     }
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
