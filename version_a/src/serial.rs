@@ -78,12 +78,15 @@ impl<W: Write, R: Read> Serial<W, R> {
         self.in_buf.resize(INPUT_CHUNK, 0);
         self.in_pos = 0;
         let n = loop {
+            // A kick may have come while this thread was not yet in read(2) (e.g. while it
+            // waited for the stdin lock): look before blocking. The watchdog kicks again until
+            // the VM has ended, so a signal that lands just before read(2) is not the last.
+            if stop() {
+                self.in_buf.clear();
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             match self.input.read(&mut self.in_buf) {
                 Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => {
-                    self.in_buf.clear();
-                    return Err(e);
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // An unreadable stdin (closed, a directory...) reads as end of file.
                 Err(_) => break 0,
@@ -159,5 +162,12 @@ mod tests {
         assert_eq!(three, [b'b', 0xff, 0xff]);
         s.read(&mut one, &never).unwrap();
         assert_eq!(one, [0xff]);
+    }
+
+    #[test]
+    fn a_stop_request_is_seen_before_blocking_on_stdin() {
+        let mut s = Serial::new(Chunks::default(), &b"data"[..], false);
+        let err = s.read(&mut [0u8; 1], &|| true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
     }
 }

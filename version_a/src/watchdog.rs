@@ -18,6 +18,8 @@ use crate::vm::{Outcome, Report};
 
 /// Stack of a VM thread: the run loop needs little, and untouched stack costs no memory anyway.
 const VM_STACK: usize = 256 * 1024;
+/// How often VMs that are being stopped are kicked again until they end.
+const RETRY: Duration = Duration::from_millis(100);
 
 /// One VM ready to run: its kick handle and the body of its thread.
 pub struct Job {
@@ -88,7 +90,9 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
     let mut deadline = timeout.map(|t| Instant::now() + t);
     let mut finished = vec![false; running.len()];
     let mut left = running.iter().filter(|r| r.is_some()).count();
-    let mut interrupted = false;
+    // Once VMs are being stopped: why. They are kicked again every RETRY until they end, so
+    // that a kick whose signal landed just before a blocking call cannot leave one hanging.
+    let mut stopping: Option<StopReason> = None;
     // Kicks every VM that has not ended. The handles are still owned here (not joined), as
     // `Kick::kick` requires.
     let kick_all = |finished: &[bool], reason| {
@@ -108,18 +112,20 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
                 finished[index] = true;
                 left -= 1;
             }
-            Ok(Event::Signal(_)) if interrupted => {
+            Ok(Event::Signal(_)) if stopping == Some(StopReason::Interrupted) => {
                 eprintln!("mini_hypervisor: interrupted again: exiting without waiting for the VMs");
                 std::process::exit(1);
             }
             Ok(Event::Signal(signal)) => {
                 eprintln!("mini_hypervisor: signal {signal}: stopping every VM (again to exit at once)");
+                stopping = Some(StopReason::Interrupted);
                 kick_all(&finished, StopReason::Interrupted);
-                interrupted = true;
+                deadline = Some(Instant::now() + RETRY);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                kick_all(&finished, StopReason::Timeout);
-                deadline = None;
+                let reason = *stopping.get_or_insert(StopReason::Timeout);
+                kick_all(&finished, reason);
+                deadline = Some(Instant::now() + RETRY);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }

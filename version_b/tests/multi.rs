@@ -124,3 +124,30 @@ fn stdin_is_shared_each_byte_going_to_one_vm() {
     echoed.sort();
     assert_eq!(echoed, input, "every byte went to exactly one VM");
 }
+
+#[test]
+fn timeout_stops_vms_that_all_wait_for_a_stdin_that_never_ends() {
+    if !kvm_available() {
+        return;
+    }
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    // Both echo.img VMs wait for input: one in read(2), the other for the stdin lock.
+    let mut child = Command::new(common::BIN)
+        .args(["-q", "--timeout", "1", "-m", "2", "-p", "2", "-g", &guest("echo.img"), &guest("echo.img")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap(); // kept open: no end of file
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    // A guard, not a synchronisation: a regression would otherwise hang the test run.
+    let out = rx.recv_timeout(Duration::from_secs(30)).expect("the VMs were not stopped").unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("timed out after 1 s").count(), 2, "{stderr}");
+}

@@ -185,12 +185,15 @@ impl<R: Read> Input<R> {
         self.buf.resize(INPUT_CHUNK, 0);
         self.pos = 0;
         let n = loop {
+            // A kick may have come while this thread was not yet in read(2) (e.g. while it
+            // waited for the stdin lock): look before blocking. The watchdog kicks again until
+            // the VM has ended, so a signal that lands just before read(2) is not the last.
+            if stop() {
+                self.buf.clear();
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             match self.r.read(&mut self.buf) {
                 Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => {
-                    self.buf.clear();
-                    return Err(e);
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // An unreadable stdin (closed, a directory...) reads as end of file.
                 Err(_) => break 0,
@@ -328,5 +331,13 @@ mod tests {
         assert_eq!(one, *b"z");
         b.read(&mut one, &never).unwrap();
         assert_eq!(one, [EOF_BYTE]);
+    }
+
+    #[test]
+    fn a_stop_request_is_seen_before_blocking_on_stdin() {
+        let c = console(b"data", false);
+        let mut s = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
+        let err = s.read(&mut [0u8; 1], &|| true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
     }
 }
