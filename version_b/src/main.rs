@@ -147,3 +147,16 @@ fn kvm_open_error(e: io::Error) -> String {
         _ => format!("/dev/kvm: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_kvm_errors_say_what_to_do() {
+        let missing = kvm_open_error(io::ErrorKind::NotFound.into());
+        assert!(missing.starts_with("/dev/kvm: not found") && missing.contains("kvm_intel or kvm_amd"), "{missing}");
+        let denied = kvm_open_error(io::ErrorKind::PermissionDenied.into());
+        assert!(denied.contains("kvm group") && denied.contains("sudo"), "{denied}");
+    }
+}
