@@ -295,6 +295,9 @@ unsafe impl Pod for u32 {}
 /// # Safety
 /// `arg` must be what the kernel expects for `req`: an integer for `_IO` requests, or a pointer
 /// to a live object of exactly the encoded size (writable if the kernel writes it, i.e. `_IOR`).
+// SAFETY: unsafe because `arg` may be a pointer the kernel reads or writes through; the
+// contract above says what the caller must guarantee. Callers: `ioctl_read`, `ioctl_write`,
+// `ioctl_val`, each of which checks its part.
 unsafe fn ioctl(fd: &File, req: u64, name: &str, arg: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: forwarded from this function's contract; `fd` is an open descriptor we own.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
@@ -513,6 +516,8 @@ impl VmFd {
     /// # Safety
     /// `mem` must outlive this VM (the kernel keeps writing into it while the guest runs) and
     /// must not overlap the memory of another slot.
+    // SAFETY: unsafe because the kernel keeps writing into `mem` after the call returns; the
+    // one caller, `Vm::new`, keeps `mem` in the same `Vm` as the VM fd and drops it last.
     pub unsafe fn set_user_memory_region(&self, slot: u32, gpa: u64, mem: &Mmap) -> io::Result<()> {
         let region = KvmUserspaceMemoryRegion {
             slot,
