@@ -4,40 +4,15 @@
  * (any size up to 1 MiB).  Output: "bulk copied <n> bytes\n". */
 #include "hv.h"
 
-#define BUF      ((uint8_t *)SCRATCH_BASE)  /* 64 KiB at 0x100000        */
+#define BUF      ((uint8_t *)SCRATCH_BASE)  /* 64 KiB at 0x100000 */
 #define BUF_SIZE 0x10000u
 
 void guest_main(void)
 {
-    long total = 0;
-    int in, out;
+    long total = copy_file("big.bin", "big_copy.bin", BUF, BUF_SIZE);
 
-    in = f_open("big.bin", O_READ);
-    if (in < 0) {
-        puts_e9("cannot open big.bin\n");
-        return;
-    }
-    out = f_open("big_copy.bin", O_WRITE);
-    if (out < 0) {
-        puts_e9("cannot create big_copy.bin\n");
-        return;
-    }
-    for (;;) {
-        long n = f_read_bulk(in, BUF, BUF_SIZE);
-        if (n < 0) {
-            puts_e9("bulk read error\n");
-            return;
-        }
-        if (n == 0)                             /* end of file          */
-            break;
-        if (f_write_bulk(out, BUF, (unsigned)n) != n) {
-            puts_e9("bulk write error\n");
-            return;
-        }
-        total += n;
-    }
-    f_close(in);
-    f_close(out);
+    if (total < 0)
+        return;                                 /* copy_file said why */
     puts_e9("bulk copied ");
     put_dec(total);
     puts_e9(" bytes\n");

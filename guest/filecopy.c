@@ -8,37 +8,10 @@
 
 void guest_main(void)
 {
-    char buf[127];
-    long total = 0;
-    int in, out;
+    long total = copy_file("shared.txt", "copy.txt", 0, 0);
 
-    in = f_open("shared.txt", O_READ);
-    if (in < 0) {
-        puts_e9("cannot open shared.txt\n");
-        return;
-    }
-    out = f_open("copy.txt", O_WRITE);          /* created, private    */
-    if (out < 0) {
-        puts_e9("cannot create copy.txt\n");
-        return;
-    }
-    for (;;) {
-        int n = f_read(in, buf, sizeof(buf));
-        if (n < 0) {
-            puts_e9("read error\n");
-            return;
-        }
-        if (n == 0)                             /* end of file         */
-            break;
-        if (f_write(out, buf, n) != n) {
-            puts_e9("write error\n");
-            return;
-        }
-        total += n;
-    }
-    f_close(in);
-    f_close(out);
-
+    if (total < 0)
+        return;                                 /* copy_file said why */
     puts_e9("copied ");
     put_dec(total);
     puts_e9(" bytes\n");

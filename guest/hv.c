@@ -290,3 +290,47 @@ size_t strlen(const char *s)
         n++;
     return n;
 }
+
+long copy_file(const char *from, const char *to, void *bulk_buf, unsigned bulk_size)
+{
+    char buf[127];
+    long total = 0;
+    int in = f_open(from, O_READ);
+    int out;
+
+    if (in < 0) {
+        puts_e9("cannot open ");
+        puts_e9(from);
+        putchar_e9('\n');
+        return -1;
+    }
+    out = f_open(to, O_WRITE);
+    if (out < 0) {
+        puts_e9("cannot create ");
+        puts_e9(to);
+        putchar_e9('\n');
+        f_close(in);
+        return -1;
+    }
+    for (;;) {
+        long n = bulk_buf ? f_read_bulk(in, bulk_buf, bulk_size)
+                          : f_read(in, buf, sizeof(buf));
+        if (n < 0) {
+            puts_e9(bulk_buf ? "bulk read error\n" : "read error\n");
+            total = -1;
+            break;
+        }
+        if (n == 0)                     /* end of file */
+            break;
+        if ((bulk_buf ? f_write_bulk(out, bulk_buf, (unsigned)n)
+                      : f_write(out, buf, (int)n)) != n) {
+            puts_e9(bulk_buf ? "bulk write error\n" : "write error\n");
+            total = -1;
+            break;
+        }
+        total += n;
+    }
+    f_close(in);
+    f_close(out);
+    return total;
+}

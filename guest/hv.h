@@ -149,6 +149,14 @@ long f_write_bulk(int vfd, const void *buf, unsigned len);
  * "cannot open <name>\n" or "read error\n") on error. */
 long cat_file(const char *name);
 
+/* Convenience: copy the file `from` into `to` (opened for write, so it is
+ * created, or appended to).  With bulk_buf == 0 it uses f_read/f_write in
+ * 127-byte chunks (one exit per byte); otherwise f_read_bulk/f_write_bulk
+ * through bulk_buf, bulk_size bytes at a time (one exit per chunk).  Returns
+ * the bytes copied, or -1 after printing "cannot open <from>\n",
+ * "cannot create <to>\n", "[bulk ]read error\n" or "[bulk ]write error\n". */
+long copy_file(const char *from, const char *to, void *bulk_buf, unsigned bulk_size);
+
 /* ------------------------------------------------------------------ */
 /* Tiny string library (gcc may also call memcpy/memset by itself)     */
 /* ------------------------------------------------------------------ */
