@@ -457,29 +457,10 @@ mod tests {
     use std::fs;
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const RAM_SIZE: usize = 64 * 1024;
 
-    /// A directory under the system temp dir, unique per test, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("fileio_dev-fileio-{}-{tag}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(path.join("host")).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     /// Guest RAM over a Vec, as the hypervisor's mmap would offer it.
     struct VecRam {
@@ -520,7 +501,8 @@ mod tests {
         let paths: Vec<PathBuf> = files
             .iter()
             .map(|(name, bytes)| {
-                let p = tmp.0.join("host").join(name);
+                fs::create_dir_all(tmp.join("host")).unwrap();
+                let p = tmp.join("host").join(name);
                 fs::write(&p, bytes).unwrap();
                 p
             })

@@ -15,6 +15,8 @@ mod long_mode;
 mod sandbox;
 mod serial;
 mod stats;
+#[cfg(test)]
+mod test_dir;
 mod vm;
 mod watchdog;
 
