@@ -40,6 +40,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub stats: bool,
     pub trace: bool,
+    /// Port 0xE9 output through KVM's coalesced ring (`--no-coalesce`: off).
+    pub coalesce: bool,
 }
 
 /// What the command line asks for.
@@ -84,7 +86,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut args = args.into_iter().peekable();
     let (mut mem, mut page, mut timeout) = (None, None, None);
     let mut images: Vec<PathBuf> = Vec::new();
-    let (mut quiet, mut stats, mut trace) = (false, false, false);
+    let (mut quiet, mut stats, mut trace, mut coalesce) = (false, false, false, true);
 
     while let Some(word) = args.next() {
         if !is_option(&word) {
@@ -147,6 +149,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
+            "--no-coalesce" => coalesce = false,
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
             _ => return err(format!("unknown option '{name}'")),
@@ -164,7 +167,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.len() > 1 {
         return err(format!("version A runs one guest image, got {} (version B runs several)", images.len()));
     }
-    Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace }))
+    Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace, coalesce }))
 }
 
 /// `-g`: the inline value if any, then every following word that is not an option.

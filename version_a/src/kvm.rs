@@ -7,25 +7,37 @@
 //! 1. ioctl numbers, built from the argument *type* by `const fn` encoders (`_IO`, `_IOR`, `_IOW`);
 //! 2. the `#[repr(C)]` structs of `<linux/kvm.h>` that we use, with compile-time layout checks
 //!    (and `tests/layout.rs` compares all of it with what gcc computes from the real header);
-//! 3. owning wrappers with `Drop`: [`Mmap`] (guest RAM, run area), [`Kvm`], [`VmFd`], [`Vcpu`],
-//!    and [`Vm`], which bundles them as the C's `vm_init` does;
-//! 4. decoding of `kvm_run` into a typed [`VcpuExit`];
-//! 5. [`Kick`]: stopping a vCPU from another thread (`immediate_exit` + a signal), and the
-//!    blocking and waiting of SIGINT/SIGTERM, which stop every VM.
+//! 3. the ioctl calls themselves, one typed wrapper per kind of argument;
+//! 4. [`Mmap`]: an owned memory mapping (guest RAM, the vCPU's run area), reached only by
+//!    bounds-checked copies;
+//! 5. [`Kvm`], [`VmFd`], [`Vcpu`] and [`Vm`], which bundles them as the C's `vm_init` does;
+//! 6. decoding of `kvm_run` into a typed [`VcpuExit`], and the coalesced serial ring;
+//! 7. [`Kick`]: asking a vCPU, from another thread, to leave `KVM_RUN` (`immediate_exit` + a
+//!    signal), to stop for good or only to pause; and the blocking and waiting of
+//!    SIGINT/SIGTERM, which stop every VM.
+//!
+//! What two threads share, and how: a [`Vcpu`] and an [`Mmap`] are `Send` (a VM moves to its
+//! thread) but not `Sync`, so nothing but their owner's thread can copy in or out of guest RAM
+//! or the run area. The only bytes another thread touches are `kvm_run.immediate_exit` and the
+//! two indices of the coalesced ring, through the [`Kick`] handle, which is `Sync` and exposes
+//! them only as atomics.
 //!
 //! Everything outside this file is safe Rust: the crate root denies `unsafe_code`, this module
 //! alone allows it, and every other module forbids it.
 #![allow(unsafe_code)]
+// One file for all three versions (and for tests/layout.rs): each uses a part of it (only
+// version C's file port uses `Mmap::ptr_at`, for instance).
+#![allow(dead_code)]
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io;
+use std::marker::PhantomData;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::thread::JoinHandleExt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 // ---------------------------------------------------------------------------------------------
 // 1. ioctl numbers
@@ -60,11 +72,13 @@ pub const KVM_CHECK_EXTENSION: u64 = io(0x03);
 pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
 pub const KVM_CREATE_VCPU: u64 = io(0x41);
 pub const KVM_SET_USER_MEMORY_REGION: u64 = iow::<KvmUserspaceMemoryRegion>(0x46);
+pub const KVM_REGISTER_COALESCED_MMIO: u64 = iow::<KvmCoalescedMmioZone>(0x67);
 pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior::<KvmRegs>(0x81);
 pub const KVM_SET_REGS: u64 = iow::<KvmRegs>(0x82);
 pub const KVM_GET_SREGS: u64 = ior::<KvmSregs>(0x83);
 pub const KVM_SET_SREGS: u64 = iow::<KvmSregs>(0x84);
+pub const KVM_SET_GUEST_DEBUG: u64 = iow::<KvmGuestDebug>(0x9b);
 
 // The literals, checked against gcc on this machine (see also tests/layout.rs).
 const _: () = assert!(KVM_GET_API_VERSION == 0xAE00);
@@ -73,19 +87,26 @@ const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
 const _: () = assert!(KVM_GET_VCPU_MMAP_SIZE == 0xAE04);
 const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
 const _: () = assert!(KVM_SET_USER_MEMORY_REGION == 0x4020_AE46);
+const _: () = assert!(KVM_REGISTER_COALESCED_MMIO == 0x4010_AE67);
 const _: () = assert!(KVM_RUN == 0xAE80);
 const _: () = assert!(KVM_GET_REGS == 0x8090_AE81);
 const _: () = assert!(KVM_SET_REGS == 0x4090_AE82);
 const _: () = assert!(KVM_GET_SREGS == 0x8138_AE83);
 const _: () = assert!(KVM_SET_SREGS == 0x4138_AE84);
+const _: () = assert!(KVM_SET_GUEST_DEBUG == 0x4048_AE9B);
 
 /// The only API version there has ever been (`KVM_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
+/// `KVM_CAP_COALESCED_MMIO`: the page offset of the coalesced ring in the vCPU mapping (0: none).
+pub const KVM_CAP_COALESCED_MMIO: u64 = 15;
 /// `KVM_CAP_IMMEDIATE_EXIT`: `kvm_run.immediate_exit` is honoured (Linux 4.11+).
 pub const KVM_CAP_IMMEDIATE_EXIT: u64 = 136;
+/// `KVM_CAP_COALESCED_PIO`: a coalesced zone may cover I/O ports (Linux 4.19+).
+pub const KVM_CAP_COALESCED_PIO: u64 = 162;
 
 // Exit reasons (`kvm_run.exit_reason`).
 pub const KVM_EXIT_IO: u32 = 2;
+pub const KVM_EXIT_DEBUG: u32 = 4;
 pub const KVM_EXIT_HLT: u32 = 5;
 pub const KVM_EXIT_MMIO: u32 = 6;
 pub const KVM_EXIT_SHUTDOWN: u32 = 8;
@@ -94,6 +115,11 @@ pub const KVM_EXIT_INTR: u32 = 10;
 pub const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
 pub const KVM_EXIT_IO_IN: u8 = 0;
 pub const KVM_EXIT_IO_OUT: u8 = 1;
+
+// `kvm_guest_debug.control` bits.
+pub const KVM_GUESTDBG_ENABLE: u32 = 0x1;
+pub const KVM_GUESTDBG_SINGLESTEP: u32 = 0x2;
+pub const KVM_GUESTDBG_USE_HW_BP: u32 = 0x2_0000;
 
 // ---------------------------------------------------------------------------------------------
 // 2. Structs of <linux/kvm.h>, field names as in C (`type_` for `type`), padding spelled out
@@ -187,6 +213,38 @@ pub struct KvmUserspaceMemoryRegion {
     pub userspace_addr: u64,
 }
 
+/// `struct kvm_guest_debug` (x86: `arch` is `struct kvm_guest_debug_arch { __u64 debugreg[8]; }`):
+/// which debug features KVM turns on for the vCPU, and the debug registers DR0–DR7 it loads.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmGuestDebug {
+    pub control: u32,
+    pub pad: u32,
+    pub debugreg: [u64; 8],
+}
+
+/// `struct kvm_coalesced_mmio_zone`: a range of guest-physical addresses (or, with `pio = 1`,
+/// of I/O ports) whose writes KVM queues in the coalesced ring instead of exiting.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmCoalescedMmioZone {
+    pub addr: u64,
+    pub size: u32,
+    /// A union in C: `pad` before Linux 4.19, `pio` since.
+    pub pio: u32,
+}
+
+/// `struct kvm_coalesced_mmio`: one queued write in the ring.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmCoalescedMmio {
+    pub phys_addr: u64,
+    pub len: u32,
+    /// A union in C: `pad` before Linux 4.19, `pio` since.
+    pub pio: u32,
+    pub data: [u8; 8],
+}
+
 // `struct kvm_run` is 2352 bytes, most of which we never touch. We declare the offsets we read
 // and the small exit structs that live in its union at offset 32, and read them by value.
 
@@ -196,6 +254,11 @@ pub const RUN_IMMEDIATE_EXIT: usize = 1;
 pub const RUN_EXIT_REASON: usize = 8;
 /// Offset of the exit union in `kvm_run`.
 pub const RUN_EXIT_UNION: usize = 32;
+/// Offsets in `struct kvm_coalesced_mmio_ring` (at its page of the vCPU mapping): the indices
+/// `first` (we consume from it) and `last` (KVM adds at it), then the entries.
+pub const RING_FIRST: usize = 0;
+pub const RING_LAST: usize = 4;
+pub const RING_ENTRIES: usize = 8;
 
 /// `kvm_run.io`, valid when `exit_reason == KVM_EXIT_IO`.
 #[repr(C)]
@@ -237,6 +300,17 @@ pub struct KvmRunInternal {
     pub ndata: u32,
 }
 
+/// `kvm_run.debug.arch` (`struct kvm_debug_exit_arch`), valid when `exit_reason == KVM_EXIT_DEBUG`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmDebugExitArch {
+    pub exception: u32,
+    pub pad: u32,
+    pub pc: u64,
+    pub dr6: u64,
+    pub dr7: u64,
+}
+
 // A wrong layout does not build.
 const _: () = {
     assert!(size_of::<KvmRegs>() == 144 && align_of::<KvmRegs>() == 8);
@@ -252,12 +326,16 @@ const _: () = {
     assert!(offset_of!(KvmSregs, interrupt_bitmap) == 280);
     assert!(size_of::<KvmUserspaceMemoryRegion>() == 32);
     assert!(offset_of!(KvmUserspaceMemoryRegion, userspace_addr) == 24);
+    assert!(size_of::<KvmGuestDebug>() == 72 && offset_of!(KvmGuestDebug, debugreg) == 8);
+    assert!(size_of::<KvmCoalescedMmioZone>() == 16 && offset_of!(KvmCoalescedMmioZone, pio) == 12);
+    assert!(size_of::<KvmCoalescedMmio>() == 24 && offset_of!(KvmCoalescedMmio, data) == 16);
     assert!(size_of::<KvmRunIo>() == 16 && offset_of!(KvmRunIo, count) == 4);
     assert!(offset_of!(KvmRunIo, data_offset) == 8);
     assert!(size_of::<KvmRunMmio>() == 24 && offset_of!(KvmRunMmio, len) == 16);
     assert!(offset_of!(KvmRunMmio, is_write) == 20);
     assert!(size_of::<KvmRunFailEntry>() == 16 && offset_of!(KvmRunFailEntry, cpu) == 8);
     assert!(size_of::<KvmRunInternal>() == 8 && offset_of!(KvmRunInternal, ndata) == 4);
+    assert!(size_of::<KvmDebugExitArch>() == 32 && offset_of!(KvmDebugExitArch, pc) == 8);
 };
 
 /// Plain-old-data types that may be created from any bytes (all fields are integers).
@@ -276,6 +354,12 @@ unsafe impl Pod for KvmSregs {}
 // SAFETY: as above.
 unsafe impl Pod for KvmUserspaceMemoryRegion {}
 // SAFETY: as above.
+unsafe impl Pod for KvmGuestDebug {}
+// SAFETY: as above.
+unsafe impl Pod for KvmCoalescedMmioZone {}
+// SAFETY: as above.
+unsafe impl Pod for KvmCoalescedMmio {}
+// SAFETY: as above.
 unsafe impl Pod for KvmRunIo {}
 // SAFETY: as above.
 unsafe impl Pod for KvmRunMmio {}
@@ -283,11 +367,15 @@ unsafe impl Pod for KvmRunMmio {}
 unsafe impl Pod for KvmRunFailEntry {}
 // SAFETY: as above.
 unsafe impl Pod for KvmRunInternal {}
-// SAFETY: u32 is an integer.
+// SAFETY: as above.
+unsafe impl Pod for KvmDebugExitArch {}
+// SAFETY: u32 and u64 are integers.
 unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for u64 {}
 
 // ---------------------------------------------------------------------------------------------
-// 3. Owning wrappers
+// 3. ioctl calls
 // ---------------------------------------------------------------------------------------------
 
 /// Issues `ioctl(fd, req, arg)` and turns a negative result into an `io::Error` that names the ioctl.
@@ -314,10 +402,16 @@ const fn ioc_size(req: u64) -> usize {
     ((req >> 16) & 0x3fff) as usize
 }
 
-/// An `_IOR` ioctl: the kernel fills a `T`. Refuses (panics on) a request whose encoded size is
-/// not `T`'s, a programming error that would let the kernel write past the value.
+/// The direction encoded in an ioctl number (`_IOC_DIR`): `IOC_NONE`, `IOC_READ`, `IOC_WRITE`.
+const fn ioc_dir(req: u64) -> u32 {
+    ((req >> 30) & 3) as u32
+}
+
+/// An `_IOR` ioctl: the kernel fills a `T`. Refuses (panics on) a request that is not `_IOR`
+/// or whose encoded size is not `T`'s: a programming error that would let the kernel write
+/// past the value.
 fn ioctl_read<T: Pod>(fd: &File, req: u64, name: &str) -> io::Result<T> {
-    assert_eq!(ioc_size(req), size_of::<T>(), "{name}: argument type does not match the ioctl");
+    assert!(ioc_dir(req) == IOC_READ && ioc_size(req) == size_of::<T>(), "{name}: not an _IOR of this type");
     let mut value = T::default();
     let arg = &mut value as *mut T as libc::c_ulong;
     // SAFETY: `arg` points to a live, writable `T` whose size is the one encoded in `req`
@@ -327,9 +421,9 @@ fn ioctl_read<T: Pod>(fd: &File, req: u64, name: &str) -> io::Result<T> {
     Ok(value)
 }
 
-/// An `_IOW` ioctl: the kernel reads a `T`. Same size check as [`ioctl_read`].
+/// An `_IOW` ioctl: the kernel reads a `T`. Same checks as [`ioctl_read`], for `_IOW`.
 fn ioctl_write<T: Pod>(fd: &File, req: u64, name: &str, value: &T) -> io::Result<()> {
-    assert_eq!(ioc_size(req), size_of::<T>(), "{name}: argument type does not match the ioctl");
+    assert!(ioc_dir(req) == IOC_WRITE && ioc_size(req) == size_of::<T>(), "{name}: not an _IOW of this type");
     let arg = value as *const T as libc::c_ulong;
     // SAFETY: `arg` points to a live `T` whose size is the one encoded in `req` (asserted
     // above), which the kernel only reads; `T: Pod` has no uninitialised padding to leak.
@@ -337,36 +431,66 @@ fn ioctl_write<T: Pod>(fd: &File, req: u64, name: &str, value: &T) -> io::Result
     Ok(())
 }
 
-/// An `_IO` ioctl with an integer argument.
+/// An `_IO` ioctl with an integer argument. Refuses (panics on) any other kind of request,
+/// whose argument the kernel would take for an address.
 fn ioctl_val(fd: &File, req: u64, name: &str, arg: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: callers pass only `_IO` requests (see the call sites), which take an integer.
+    assert!(ioc_dir(req) == IOC_NONE && ioc_size(req) == 0, "{name}: not an _IO request");
+    // SAFETY: `req` is an `_IO` request (asserted above): the kernel takes `arg` as a plain
+    // integer and never dereferences it.
     unsafe { ioctl(fd, req, name, arg) }
 }
 
 /// Wraps a file descriptor that an ioctl returned, so that every path closes it.
-fn owned_fd(raw: libc::c_int) -> File {
-    // SAFETY: `raw` was just returned by a successful ioctl that creates a new descriptor
-    // (KVM_CREATE_VM / KVM_CREATE_VCPU), so it is open and owned by nobody else.
+///
+/// # Safety
+/// `raw` must be an open descriptor that nothing else owns or will close (e.g. just returned
+/// by `KVM_CREATE_VM` / `KVM_CREATE_VCPU`).
+// SAFETY: unsafe because adopting a descriptor someone else owns would close it twice; the
+// contract above says what the caller must guarantee.
+unsafe fn owned_fd(raw: libc::c_int) -> File {
+    // SAFETY: forwarded from this function's contract.
     File::from(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Memory mappings
+// ---------------------------------------------------------------------------------------------
+
+/// The owner of one mapping: it knows where the mapping is and unmaps it when dropped, and
+/// offers no access to the memory at all ([`Mmap`] copies in and out; [`Kick`] reaches a few
+/// bytes of the run area as atomics).
+#[derive(Debug)]
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Mapping` itself never reads or writes the memory; it only holds its address and
+// unmaps it in `drop`, which munmap allows from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: through `&Mapping` nothing touches the memory.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe a mapping we created (`Mmap::from_raw`) and own alone;
+        // it is unmapped once, here, when the last owner goes, so no pointer into it outlives it.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 /// An owned memory mapping (guest RAM, or a vCPU's `kvm_run` area), unmapped on drop.
 ///
 /// Access goes only through bounds-checked copies: no `&[u8]` into the mapping is ever
-/// handed out, because the guest and the kernel write to it behind Rust's back.
+/// handed out, because the guest and the kernel write to it behind Rust's back. `Send` (a VM
+/// moves to its thread) but not `Sync`: two threads could otherwise copy in and out of the same
+/// bytes at once, a data race.
 #[derive(Debug)]
 pub struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Arc<Mapping>,
+    /// Not `Sync` (a `Cell` is not), whatever `Arc<Mapping>` is.
+    not_sync: PhantomData<Cell<()>>,
 }
-
-// SAFETY: the mapping is owned by this value and only accessed through bounds-checked copies;
-// moving it to another thread (one VM per thread) moves that ownership.
-unsafe impl Send for Mmap {}
-// SAFETY: shared access is needed only for `Kick`, which touches the one byte
-// `immediate_exit` through an `AtomicU8`; every other access takes `&self` on the owning
-// vCPU thread only (the `Vcpu` is not shared).
-unsafe impl Sync for Mmap {}
 
 impl Mmap {
     /// Private anonymous memory, zero-filled, faulted in only where touched (guest RAM).
@@ -375,42 +499,51 @@ impl Mmap {
         // SAFETY: a fresh anonymous mapping at an address of the kernel's choice cannot alias
         // anything; the result is checked before use.
         let p = unsafe { libc::mmap(std::ptr::null_mut(), len, PROT_RW, flags, -1, 0) };
-        Self::from_raw(p, len, "mmap guest RAM")
+        // SAFETY: `p` is what mmap just returned for `len` bytes, and nothing else owns it.
+        unsafe { Self::from_raw(p, len, "mmap guest RAM") }
     }
 
     /// A shared mapping of `len` bytes of `fd` from offset 0 (the vCPU's `kvm_run` area).
-    pub fn shared(fd: &File, len: usize) -> io::Result<Mmap> {
+    fn shared(fd: &File, len: usize) -> io::Result<Mmap> {
         let raw = fd.as_raw_fd();
         // SAFETY: maps `len` bytes of an open vCPU fd at an address of the kernel's choice;
         // the result is checked before use.
         let p = unsafe { libc::mmap(std::ptr::null_mut(), len, PROT_RW, libc::MAP_SHARED, raw, 0) };
-        Self::from_raw(p, len, "mmap kvm_run")
+        // SAFETY: `p` is what mmap just returned for `len` bytes, and nothing else owns it.
+        unsafe { Self::from_raw(p, len, "mmap kvm_run") }
     }
 
-    fn from_raw(p: *mut libc::c_void, len: usize, what: &str) -> io::Result<Mmap> {
+    /// Takes ownership of what `mmap(2)` returned.
+    ///
+    /// # Safety
+    /// `p` must be `MAP_FAILED` or the start of a readable and writable mapping of `len` bytes
+    /// that nothing else owns or will unmap.
+    // SAFETY: unsafe because the returned value unmaps `p` when dropped and copies into it;
+    // the contract above says what the caller must guarantee.
+    unsafe fn from_raw(p: *mut libc::c_void, len: usize, what: &str) -> io::Result<Mmap> {
         if p == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned 0"))?;
-        Ok(Mmap { ptr, len })
+        Ok(Mmap { map: Arc::new(Mapping { ptr, len }), not_sync: PhantomData })
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len
     }
 
     /// The host address of the mapping, for `KVM_SET_USER_MEMORY_REGION`.
     fn addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
+        self.map.ptr.as_ptr() as u64
     }
 
     fn check(&self, off: usize, n: usize) -> io::Result<()> {
         match off.checked_add(n) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.map.len => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("access [{off:#x}, +{n:#x}) outside mapping of {:#x} bytes", self.len),
+                format!("access [{off:#x}, +{n:#x}) outside mapping of {:#x} bytes", self.map.len),
             )),
         }
     }
@@ -418,7 +551,14 @@ impl Mmap {
     /// The address of `[off, off + n)` inside the mapping, after checking that it is inside.
     fn at(&self, off: usize, n: usize) -> io::Result<*mut u8> {
         self.check(off, n)?;
-        Ok(self.ptr.as_ptr().wrapping_add(off))
+        Ok(self.map.ptr.as_ptr().wrapping_add(off))
+    }
+
+    /// The host address of `[off, off + n)` after checking that it lies inside the mapping,
+    /// for the FFI that moves file data straight into or out of guest RAM (version C's
+    /// `hostfs.rs`). The pointer is valid while `self` is alive; use it for no reference.
+    pub fn ptr_at(&self, off: usize, n: usize) -> io::Result<*mut u8> {
+        self.at(off, n)
     }
 
     /// Copies `dst.len()` bytes at `off` out of the mapping.
@@ -426,7 +566,7 @@ impl Mmap {
         let src = self.at(off, dst.len())?;
         // SAFETY: `src` is the start of `dst.len()` bytes inside the mapping (`at` checked);
         // `dst` is ordinary host memory, so it cannot overlap the mapping; no reference into
-        // the mapping exists.
+        // the mapping exists, and no other thread copies in or out (`Mmap` is not `Sync`).
         unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
@@ -443,29 +583,54 @@ impl Mmap {
     pub fn read_obj<T: Pod>(&self, off: usize) -> io::Result<T> {
         let src = self.at(off, size_of::<T>())?.cast::<T>();
         // SAFETY: the bytes are inside the mapping (`at` checked); `T: Pod` makes every bit
-        // pattern a valid `T`; `read_unaligned` has no alignment requirement.
+        // pattern a valid `T`; `read_unaligned` has no alignment requirement; no other thread
+        // writes them (`Mmap` is not `Sync`).
         Ok(unsafe { src.read_unaligned() })
-    }
-
-    /// The byte at `off` viewed as an atomic, for the one field two threads touch.
-    fn atomic_u8(&self, off: usize) -> io::Result<&AtomicU8> {
-        let byte = self.at(off, 1)?;
-        // SAFETY: the byte is inside the mapping (`at` checked), `AtomicU8` has alignment 1,
-        // and the returned reference borrows `self`, so it cannot outlive the mapping. This
-        // byte is only ever accessed atomically by us (the kernel reads it at KVM_RUN entry).
-        Ok(unsafe { AtomicU8::from_ptr(byte) })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: we created this mapping with this length, and no pointer into it outlives
-        // `self` (all access is by copy; `atomic_u8` borrows `self`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
 const PROT_RW: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
+/// The page size of x86-64, which KVM uses for the pages of the vCPU mapping.
+const PAGE_SIZE: usize = 4096;
+
+/// A vCPU's `kvm_run` area. Only the owning thread copies in and out of it, and never the
+/// bytes that [`Kick`] reaches from other threads as atomics (`immediate_exit`, and the
+/// indices of the coalesced ring): those ranges are refused here.
+#[derive(Debug)]
+struct RunArea {
+    map: Mmap,
+    /// Offset of the coalesced ring's page, when KVM has one inside this mapping.
+    ring: Option<usize>,
+}
+
+impl RunArea {
+    fn check_plain(&self, off: usize, n: usize) -> io::Result<()> {
+        let overlaps = |start: usize, len: usize| off < start + len && off.saturating_add(n) > start;
+        if n > 0 && (overlaps(0, RUN_EXIT_REASON) || self.ring.is_some_and(|r| overlaps(r, RING_ENTRIES))) {
+            return Err(io::Error::other(format!("run area [{off:#x}, +{n:#x}) holds bytes shared as atomics")));
+        }
+        Ok(())
+    }
+
+    fn read(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        self.check_plain(off, dst.len())?;
+        self.map.read(off, dst)
+    }
+
+    fn write(&self, off: usize, src: &[u8]) -> io::Result<()> {
+        self.check_plain(off, src.len())?;
+        self.map.write(off, src)
+    }
+
+    fn read_obj<T: Pod>(&self, off: usize) -> io::Result<T> {
+        self.check_plain(off, size_of::<T>())?;
+        self.map.read_obj(off)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. /dev/kvm, the VM, the vCPU
+// ---------------------------------------------------------------------------------------------
 
 /// `/dev/kvm`, the system fd.
 #[derive(Debug)]
@@ -491,7 +656,7 @@ impl Kvm {
     }
 
     /// `KVM_GET_VCPU_MMAP_SIZE`: how much of a vCPU fd to map (the `kvm_run` struct plus the
-    /// PIO data page and more; 12288 bytes on current kernels).
+    /// PIO data page and the coalesced ring; 12288 bytes on current kernels).
     pub fn vcpu_mmap_size(&self) -> io::Result<usize> {
         let n = ioctl_val(&self.fd, KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE", 0)?;
         Ok(n as usize)
@@ -500,7 +665,17 @@ impl Kvm {
     /// `KVM_CREATE_VM` with the default machine type.
     pub fn create_vm(&self) -> io::Result<VmFd> {
         let raw = ioctl_val(&self.fd, KVM_CREATE_VM, "KVM_CREATE_VM", 0)?;
-        Ok(VmFd { fd: owned_fd(raw) })
+        // SAFETY: KVM_CREATE_VM just returned `raw`, a new descriptor nothing else owns.
+        Ok(VmFd { fd: unsafe { owned_fd(raw) } })
+    }
+
+    /// Where the coalesced ring is in a vCPU mapping of `mmap_size` bytes, if this KVM can
+    /// coalesce port writes into it (`KVM_CAP_COALESCED_PIO`).
+    fn coalesced_ring(&self, mmap_size: usize) -> Option<usize> {
+        let page = usize::try_from(self.check_extension(KVM_CAP_COALESCED_MMIO).ok()?).ok()?;
+        let pio = self.check_extension(KVM_CAP_COALESCED_PIO).ok()? > 0;
+        let off = page.checked_mul(PAGE_SIZE)?;
+        (pio && page > 0 && off.checked_add(PAGE_SIZE)? <= mmap_size).then_some(off)
     }
 }
 
@@ -531,26 +706,45 @@ impl VmFd {
         ioctl_write(&self.fd, KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", &region)
     }
 
-    /// `KVM_CREATE_VCPU` and the mapping of its `kvm_run` area (`mmap_size` from [`Kvm::vcpu_mmap_size`]).
-    pub fn create_vcpu(&self, id: u32, mmap_size: usize) -> io::Result<Vcpu> {
+    /// `KVM_REGISTER_COALESCED_MMIO` with `pio = 1`: from now on KVM queues the guest's writes
+    /// to ports `[port, port + size)` in the coalesced ring instead of exiting for each.
+    pub fn register_coalesced_pio(&self, port: u16, size: u32) -> io::Result<()> {
+        let zone = KvmCoalescedMmioZone { addr: u64::from(port), size, pio: 1 };
+        ioctl_write(&self.fd, KVM_REGISTER_COALESCED_MMIO, "KVM_REGISTER_COALESCED_MMIO", &zone)
+    }
+
+    /// `KVM_CREATE_VCPU` and the mapping of its `kvm_run` area (`mmap_size` from
+    /// [`Kvm::vcpu_mmap_size`]); `ring`: where the coalesced ring is in that mapping, if any.
+    fn create_vcpu(&self, id: u32, mmap_size: usize, ring: Option<usize>) -> io::Result<Vcpu> {
         let raw = ioctl_val(&self.fd, KVM_CREATE_VCPU, "KVM_CREATE_VCPU", id as libc::c_ulong)?;
-        let fd = owned_fd(raw);
-        let run = Arc::new(Mmap::shared(&fd, mmap_size)?);
-        if run.len() < RUN_EXIT_UNION + 256 {
+        // SAFETY: KVM_CREATE_VCPU just returned `raw`, a new descriptor nothing else owns.
+        let fd = unsafe { owned_fd(raw) };
+        let map = Mmap::shared(&fd, mmap_size)?;
+        if map.len() < RUN_EXIT_UNION + 256 {
             return Err(io::Error::other("KVM_GET_VCPU_MMAP_SIZE is smaller than struct kvm_run"));
         }
-        Ok(Vcpu { fd, run, stop: Arc::new(AtomicU8::new(0)) })
+        let shared = Arc::new(KickShared {
+            run: Arc::clone(&map.map),
+            ring,
+            requests: AtomicU8::new(0),
+            thread: Mutex::new(None),
+        });
+        Ok(Vcpu { fd, run: RunArea { map, ring }, shared })
     }
 }
 
 /// One virtual machine as the C's `vm_init` builds it: VM fd, guest RAM in slot 0 at
-/// guest-physical 0, one vCPU with its run area. Fields drop top to bottom (C: `vm_destroy`):
-/// the vCPU first, then the VM fd (the kernel lets go of the memory slot), then the RAM.
+/// guest-physical 0, one vCPU with its run area.
+///
+/// Fields drop top to bottom (C: `vm_destroy`): the vCPU, then the VM fd, then the RAM. The
+/// kernel's VM object can outlive both fds: a [`Kick`] held elsewhere keeps the run area
+/// mapped, and that mapping keeps the vCPU (and through it the VM) alive until the `Kick` is
+/// dropped. That is harmless: with the `Vcpu` gone nothing can enter `KVM_RUN` again, and the
+/// kernel touches the memory slot's user memory only for a running vCPU.
 #[derive(Debug)]
 pub struct Vm {
     pub vcpu: Vcpu,
-    #[expect(dead_code, reason = "never used after setup, but it must live as long as the vCPU")]
-    vm_fd: VmFd,
+    pub fd: VmFd,
     /// Guest RAM, `[0, len)` guest-physical.
     pub mem: Mmap,
 }
@@ -558,24 +752,29 @@ pub struct Vm {
 impl Vm {
     /// `KVM_CREATE_VM`, `mem_size` bytes of RAM at guest-physical 0, `KVM_CREATE_VCPU` 0.
     pub fn new(kvm: &Kvm, mem_size: usize) -> io::Result<Vm> {
-        let vm_fd = kvm.create_vm()?;
+        let fd = kvm.create_vm()?;
         let mem = Mmap::anonymous(mem_size)?;
-        // SAFETY: `mem` is moved into the returned `Vm` next to `vm_fd` and is declared after
+        // SAFETY: `mem` is moved into the returned `Vm` next to `fd` and is declared after
         // it, so it is unmapped only after the VM fd is closed; slot 0 is the only slot.
-        unsafe { vm_fd.set_user_memory_region(0, 0, &mem) }?;
-        let vcpu = vm_fd.create_vcpu(0, kvm.vcpu_mmap_size()?)?;
-        Ok(Vm { vcpu, vm_fd, mem })
+        unsafe { fd.set_user_memory_region(0, 0, &mem) }?;
+        let mmap_size = kvm.vcpu_mmap_size()?;
+        let vcpu = fd.create_vcpu(0, mmap_size, kvm.coalesced_ring(mmap_size))?;
+        Ok(Vm { vcpu, fd, mem })
     }
 }
 
-/// A vCPU: its fd and its mapped `kvm_run` area. Dropping it unmaps the area, then closes the fd.
+/// A vCPU: its fd and its mapped `kvm_run` area. `Send`, not `Sync`: one thread runs it.
 #[derive(Debug)]
 pub struct Vcpu {
     fd: File,
-    run: Arc<Mmap>,
-    /// 0, or the [`StopReason`] of a kick.
-    stop: Arc<AtomicU8>,
+    run: RunArea,
+    /// What other threads reach through a [`Kick`].
+    shared: Arc<KickShared>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Exits, and the coalesced ring
+// ---------------------------------------------------------------------------------------------
 
 /// Why the vCPU left `KVM_RUN`, decoded from `kvm_run`. Data of I/O exits stays in the run
 /// area; read it with [`Vcpu::io_data`] and answer IN with [`Vcpu::set_io_data`].
@@ -594,6 +793,9 @@ pub enum VcpuExit {
     FailEntry { reason: u64, cpu: u32 },
     /// KVM could not go on (suberror 1 = the instruction emulator failed).
     InternalError { suberror: u32 },
+    /// A debug exception for the debugger (`KVM_SET_GUEST_DEBUG`): a single step (`exception`
+    /// 1, `dr6` says which) or a debug-register breakpoint; `pc` is the guest's RIP.
+    Debug { exception: u32, pc: u64, dr6: u64, dr7: u64 },
     /// `KVM_EXIT_INTR`: a signal arrived (only seen alongside EINTR).
     Intr,
     /// An I/O exit whose size or data location makes no sense (never seen from a sane kernel).
@@ -602,9 +804,23 @@ pub enum VcpuExit {
     Unknown(u32),
 }
 
+/// What other threads asked of a vCPU, as [`Vcpu::take_requests`] finds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// The VM is to end (this stays set).
+    pub stop: Option<StopReason>,
+    /// The debugger wants the guest stopped (once).
+    pub pause: bool,
+    /// The coalesced ring should be drained (once).
+    pub drain: bool,
+}
+
+/// Entries in the coalesced ring (`KVM_COALESCED_MMIO_MAX` for 4 KiB pages).
+pub const RING_MAX: u32 = ((PAGE_SIZE - RING_ENTRIES) / size_of::<KvmCoalescedMmio>()) as u32;
+
 impl Vcpu {
     /// `KVM_RUN`: enters the guest and returns why it left. `EINTR` comes back as an error
-    /// of kind `Interrupted`: see [`Kick`] and [`Vcpu::clear_immediate_exit`].
+    /// of kind `Interrupted`: see [`Kick`] and [`Vcpu::take_requests`].
     pub fn run(&mut self) -> io::Result<VcpuExit> {
         // KVM_RUN is an _IO ioctl: the argument is ignored; the results land in `self.run`.
         ioctl_val(&self.fd, KVM_RUN, "KVM_RUN", 0)?;
@@ -617,7 +833,7 @@ impl Vcpu {
             KVM_EXIT_IO => {
                 let io: KvmRunIo = self.run.read_obj(RUN_EXIT_UNION)?;
                 let n = (io.size as u64) * (io.count as u64);
-                let fits = io.data_offset.checked_add(n).is_some_and(|end| end <= self.run.len() as u64);
+                let fits = io.data_offset.checked_add(n).is_some_and(|end| end <= self.run.map.len() as u64);
                 let out = match io.direction {
                     KVM_EXIT_IO_IN => Some(false),
                     KVM_EXIT_IO_OUT => Some(true),
@@ -647,6 +863,10 @@ impl Vcpu {
             KVM_EXIT_INTERNAL_ERROR => {
                 let i: KvmRunInternal = self.run.read_obj(RUN_EXIT_UNION)?;
                 VcpuExit::InternalError { suberror: i.suberror }
+            }
+            KVM_EXIT_DEBUG => {
+                let d: KvmDebugExitArch = self.run.read_obj(RUN_EXIT_UNION)?;
+                VcpuExit::Debug { exception: d.exception, pc: d.pc, dr6: d.dr6, dr7: d.dr7 }
             }
             KVM_EXIT_INTR => VcpuExit::Intr,
             other => VcpuExit::Unknown(other),
@@ -679,44 +899,69 @@ impl Vcpu {
         ioctl_write(&self.fd, KVM_SET_SREGS, "KVM_SET_SREGS", sregs)
     }
 
-    /// A handle another thread can use to stop this vCPU (installs the kick signal's
+    /// `KVM_SET_GUEST_DEBUG`: single-stepping and the debug registers, for the debugger.
+    pub fn set_guest_debug(&self, dbg: &KvmGuestDebug) -> io::Result<()> {
+        ioctl_write(&self.fd, KVM_SET_GUEST_DEBUG, "KVM_SET_GUEST_DEBUG", dbg)
+    }
+
+    /// Whether this vCPU's mapping holds a coalesced ring that port writes can go to.
+    pub fn has_coalesced_ring(&self) -> bool {
+        self.run.ring.is_some()
+    }
+
+    /// Takes the oldest write out of the coalesced ring: its slot number and the entry, or
+    /// `None` when the ring is empty (or there is none). Call it between runs only (KVM adds
+    /// entries while this vCPU is in `KVM_RUN`).
+    pub fn pop_coalesced(&self) -> io::Result<Option<(u32, KvmCoalescedMmio)>> {
+        let (Some(ring), Some(first), Some(last)) =
+            (self.run.ring, self.shared.ring_index(RING_FIRST), self.shared.ring_index(RING_LAST))
+        else {
+            return Ok(None);
+        };
+        // Acquire: the entries KVM wrote before it advanced `last` are visible.
+        let (slot, end) = (first.load(Ordering::Relaxed), last.load(Ordering::Acquire));
+        if slot == end {
+            return Ok(None);
+        }
+        if slot >= RING_MAX {
+            return Err(io::Error::other(format!("coalesced ring index {slot} out of range")));
+        }
+        let entry = self.run.read_obj(ring + RING_ENTRIES + slot as usize * size_of::<KvmCoalescedMmio>())?;
+        // Release: KVM may reuse the slot only after we have read it.
+        first.store((slot + 1) % RING_MAX, Ordering::Release);
+        Ok(Some((slot, entry)))
+    }
+
+    /// A handle other threads use to stop or pause this vCPU (installs the kick signal's
     /// handler the first time, so a kick can never kill the process).
     pub fn kick_handle(&self) -> io::Result<Kick> {
         static HANDLER: OnceLock<Result<(), i32>> = OnceLock::new();
         HANDLER
             .get_or_init(|| install_kick_handler().map_err(|e| e.raw_os_error().unwrap_or(0)))
             .map_err(io::Error::from_raw_os_error)?;
-        Ok(Kick { run: Arc::clone(&self.run), stop: Arc::clone(&self.stop) })
+        Ok(Kick { shared: Arc::clone(&self.shared) })
     }
 
     /// Why a [`Kick`] asked this vCPU to stop, once one did.
     pub fn stop_requested(&self) -> Option<StopReason> {
-        match self.stop.load(Ordering::Acquire) {
-            1 => Some(StopReason::Timeout),
-            2 => Some(StopReason::Interrupted),
-            _ => None,
-        }
+        stop_reason(self.shared.requests.load(Ordering::Acquire))
     }
 
-    /// Clears `kvm_run.immediate_exit` after a kick, or every later `KVM_RUN` fails at once.
-    pub fn clear_immediate_exit(&self) -> io::Result<()> {
-        self.run.atomic_u8(RUN_IMMEDIATE_EXIT)?.store(0, Ordering::Relaxed);
-        Ok(())
+    /// After `KVM_RUN` returned `EINTR` (or `KVM_EXIT_INTR`): clears `immediate_exit` (else
+    /// every later `KVM_RUN` fails at once) and takes the one-shot requests that came with
+    /// the kick. A kick that lands after this is not lost: it sets `immediate_exit` again.
+    pub fn take_requests(&self) -> Requests {
+        // Acquire pairs with the kicker's Release store: a kick seen here has its request bit
+        // visible below.
+        self.shared.immediate_exit().swap(0, Ordering::Acquire);
+        let bits = self.shared.requests.fetch_and(!(REQ_PAUSE | REQ_DRAIN), Ordering::AcqRel);
+        Requests { stop: stop_reason(bits), pause: bits & REQ_PAUSE != 0, drain: bits & REQ_DRAIN != 0 }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Stopping a vCPU from another thread
+// 7. Kicking a vCPU from another thread
 // ---------------------------------------------------------------------------------------------
-
-/// Stops a vCPU from another thread: sets `kvm_run.immediate_exit` (so no new `KVM_RUN` enters
-/// the guest) and sends the vCPU thread a signal (so a `KVM_RUN` in progress returns `EINTR`).
-/// Together they cannot race: whichever comes first, the vCPU ends up out of the guest.
-#[derive(Debug, Clone)]
-pub struct Kick {
-    run: Arc<Mmap>,
-    stop: Arc<AtomicU8>,
-}
 
 /// Why a VM is being stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -725,6 +970,66 @@ pub enum StopReason {
     Timeout = 1,
     /// SIGINT or SIGTERM (Ctrl-C, `kill`).
     Interrupted = 2,
+}
+
+// Bits of `KickShared::requests`: the two stop reasons (sticky), then the one-shot requests.
+const REQ_STOP_MASK: u8 = StopReason::Timeout as u8 | StopReason::Interrupted as u8;
+const REQ_PAUSE: u8 = 4;
+const REQ_DRAIN: u8 = 8;
+
+fn stop_reason(bits: u8) -> Option<StopReason> {
+    match bits & REQ_STOP_MASK {
+        0 => None,
+        b if b & StopReason::Interrupted as u8 != 0 => Some(StopReason::Interrupted),
+        _ => Some(StopReason::Timeout),
+    }
+}
+
+/// What a vCPU shares with the threads that kick it.
+#[derive(Debug)]
+struct KickShared {
+    /// The vCPU's run area: only `immediate_exit` and the ring's indices are reached through it.
+    run: Arc<Mapping>,
+    /// Offset of the coalesced ring's page in `run`, if any.
+    ring: Option<usize>,
+    /// `REQ_*` bits.
+    requests: AtomicU8,
+    /// The thread inside [`Kick::deliver_here`] (the one that runs `KVM_RUN`), if any. A kick
+    /// signals it under this lock, and the thread clears it under this lock before it can
+    /// end, so a kick never signals a thread that is gone.
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+impl KickShared {
+    /// `kvm_run.immediate_exit`, the one byte of the run area KVM reads at every entry and
+    /// other threads write.
+    fn immediate_exit(&self) -> &AtomicU8 {
+        // SAFETY: offset 1 lies inside the mapping (it is at least `RUN_EXIT_UNION + 256` bytes,
+        // checked in `create_vcpu`); `AtomicU8` has alignment 1; the reference borrows `self`,
+        // which keeps the mapping alive (`Arc<Mapping>`); and this byte is only ever accessed
+        // atomically by us (`RunArea` refuses plain copies of bytes 0..8).
+        unsafe { AtomicU8::from_ptr(self.run.ptr.as_ptr().wrapping_add(RUN_IMMEDIATE_EXIT)) }
+    }
+
+    /// `first` or `last` of the coalesced ring (`RING_FIRST` / `RING_LAST`), if there is one.
+    fn ring_index(&self, which: usize) -> Option<&AtomicU32> {
+        let off = self.ring? + which;
+        // SAFETY: `ring` was checked to be a page inside the mapping (`Kvm::coalesced_ring`),
+        // and `which` is 0 or 4, so the 4 bytes are inside it and 4-aligned (the page is
+        // page-aligned); the reference borrows `self`, which keeps the mapping alive; and these
+        // bytes are only ever accessed atomically by us (`RunArea` refuses plain copies of them).
+        Some(unsafe { AtomicU32::from_ptr(self.run.ptr.as_ptr().wrapping_add(off).cast::<u32>()) })
+    }
+}
+
+/// Asks a vCPU, from another thread, to leave `KVM_RUN`: sets `kvm_run.immediate_exit` (so no
+/// new `KVM_RUN` enters the guest) and sends the vCPU's thread a signal (so a `KVM_RUN` in
+/// progress returns `EINTR`). Together they cannot race: whichever comes first, the vCPU ends
+/// up out of the guest and finds the request with [`Vcpu::take_requests`]. A stop ends the VM;
+/// a pause (the debugger's Ctrl-C) and a drain (the serial ring) do not.
+#[derive(Debug, Clone)]
+pub struct Kick {
+    shared: Arc<KickShared>,
 }
 
 /// The signal used for kicks; its handler does nothing ([`install_kick_handler`]).
@@ -736,7 +1041,7 @@ extern "C" fn kick_handler(_: libc::c_int) {}
 
 /// Installs a do-nothing handler for the kick signal (without it the signal would kill the
 /// process); [`Vcpu::kick_handle`] calls it once. No `SA_RESTART`: a blocking read of stdin
-/// returns `EINTR` too, so a VM waiting for input can be stopped.
+/// or write to stdout returns `EINTR` too, so a VM waiting there can be stopped.
 fn install_kick_handler() -> io::Result<()> {
     // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -750,18 +1055,64 @@ fn install_kick_handler() -> io::Result<()> {
     Ok(())
 }
 
+/// A poisoned lock only means a thread panicked while holding it; the `Option` is still valid.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Kick {
-    /// Asks the vCPU running on `thread` to stop. The borrow of the `JoinHandle` guarantees the
-    /// thread has not been joined, so its `pthread_t` is still valid (it may have exited).
-    pub fn kick<T>(&self, thread: &JoinHandle<T>, reason: StopReason) {
-        self.stop.store(reason as u8, Ordering::Release);
-        if let Ok(flag) = self.run.atomic_u8(RUN_IMMEDIATE_EXIT) {
-            flag.store(1, Ordering::Release);
+    /// Ends the VM: it reports itself as timed out or interrupted.
+    pub fn stop(&self, reason: StopReason) {
+        self.request(reason as u8);
+    }
+
+    /// Stops the guest for the debugger, without ending the VM.
+    pub fn pause(&self) {
+        self.request(REQ_PAUSE);
+    }
+
+    /// Makes the vCPU drain the coalesced serial ring, without ending the VM.
+    pub fn drain(&self) {
+        self.request(REQ_DRAIN);
+    }
+
+    /// Whether the coalesced ring holds writes not yet drained.
+    pub fn ring_pending(&self) -> bool {
+        match (self.shared.ring_index(RING_FIRST), self.shared.ring_index(RING_LAST)) {
+            (Some(first), Some(last)) => first.load(Ordering::Relaxed) != last.load(Ordering::Relaxed),
+            _ => false,
         }
-        // SAFETY: `thread` is borrowed, so it has not been joined or detached, and its
-        // pthread_t names a live or exited-but-unjoined thread, which pthread_kill accepts.
-        // The signal's handler was installed before this `Kick` could exist (`kick_handle`).
-        unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+    }
+
+    fn request(&self, bit: u8) {
+        self.shared.requests.fetch_or(bit, Ordering::Release);
+        self.shared.immediate_exit().store(1, Ordering::Release);
+        let thread = lock(&self.shared.thread);
+        if let Some(thread) = *thread {
+            // SAFETY: `thread` was stored by `deliver_here` on that thread, which clears it
+            // under this same lock before it returns, so while we hold the lock the thread is
+            // still inside `deliver_here`: alive, and its pthread_t valid. The signal's handler
+            // was installed before any `Kick` could exist (`Vcpu::kick_handle`).
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+
+    /// Runs `body` on this thread with kicks delivered here: the thread that calls
+    /// [`Vcpu::run`] runs its loop inside this, so a kick's signal interrupts its `KVM_RUN`
+    /// (and a blocking read or write). Kicks sent when no thread is inside still set
+    /// `immediate_exit`, so the next `KVM_RUN` returns at once.
+    pub fn deliver_here<R>(&self, body: impl FnOnce() -> R) -> R {
+        /// Clears the slot when `body` returns or unwinds.
+        struct Unbind<'a>(&'a KickShared);
+        impl Drop for Unbind<'_> {
+            fn drop(&mut self) {
+                *lock(&self.0.thread) = None;
+            }
+        }
+        // SAFETY: pthread_self has no preconditions.
+        *lock(&self.shared.thread) = Some(unsafe { libc::pthread_self() });
+        let _unbind = Unbind(&self.shared);
+        body()
     }
 }
 
@@ -780,7 +1131,8 @@ fn stop_signals() -> libc::sigset_t {
 
 /// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards, so
 /// that they wait for [`wait_stop_signal`] instead of killing the process (and losing the
-/// output the VMs have not written yet). Call it first thing, before any thread starts.
+/// output the VMs have not written yet). Call it before any thread starts, once nothing at
+/// startup can block any more.
 pub fn block_stop_signals() -> io::Result<()> {
     let set = stop_signals();
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
@@ -815,20 +1167,46 @@ mod tests {
             let mut buf = vec![0u8; n];
             assert!(m.read(off, &mut buf).is_err(), "read {off:#x}+{n}");
             assert!(m.write(off, &buf).is_err(), "write {off:#x}+{n}");
+            assert!(m.ptr_at(off, n).is_err(), "ptr_at {off:#x}+{n}");
         }
         assert!(m.read_obj::<u32>(8189).is_err());
-        assert!(m.atomic_u8(8192).is_err());
         m.read(8192, &mut []).unwrap(); // an empty access at the very end is in bounds
     }
 
     #[test]
-    fn the_size_encoded_in_each_ioctl_is_its_argument_type() {
+    fn the_run_area_refuses_plain_copies_of_the_bytes_shared_as_atomics() {
+        let run = RunArea { map: Mmap::anonymous(3 * PAGE_SIZE).unwrap(), ring: Some(2 * PAGE_SIZE) };
+        for (off, n) in
+            [(0, 1), (1, 1), (7, 1), (0, 8), (2 * PAGE_SIZE, 4), (2 * PAGE_SIZE + 4, 4), (2 * PAGE_SIZE - 1, 2)]
+        {
+            assert!(run.read(off, &mut vec![0; n]).is_err(), "read {off:#x}+{n}");
+            assert!(run.write(off, &vec![0; n]).is_err(), "write {off:#x}+{n}");
+        }
+        run.read_obj::<u32>(RUN_EXIT_REASON).unwrap();
+        run.write(PAGE_SIZE, b"io data").unwrap();
+        run.read_obj::<KvmCoalescedMmio>(2 * PAGE_SIZE + RING_ENTRIES).unwrap();
+        assert_eq!(RING_MAX, 170, "KVM_COALESCED_MMIO_MAX with 4 KiB pages");
+    }
+
+    #[test]
+    fn the_size_and_direction_encoded_in_each_ioctl_is_its_argument_type() {
         assert_eq!(ioc_size(KVM_GET_REGS), size_of::<KvmRegs>());
         assert_eq!(ioc_size(KVM_SET_REGS), size_of::<KvmRegs>());
         assert_eq!(ioc_size(KVM_GET_SREGS), size_of::<KvmSregs>());
         assert_eq!(ioc_size(KVM_SET_SREGS), size_of::<KvmSregs>());
         assert_eq!(ioc_size(KVM_SET_USER_MEMORY_REGION), size_of::<KvmUserspaceMemoryRegion>());
-        assert_eq!(ioc_size(KVM_RUN), 0);
+        assert_eq!(ioc_size(KVM_SET_GUEST_DEBUG), size_of::<KvmGuestDebug>());
+        assert_eq!(ioc_size(KVM_REGISTER_COALESCED_MMIO), size_of::<KvmCoalescedMmioZone>());
+        assert_eq!((ioc_dir(KVM_RUN), ioc_size(KVM_RUN)), (IOC_NONE, 0));
+        assert_eq!(ioc_dir(KVM_GET_REGS), IOC_READ);
+        assert_eq!(ioc_dir(KVM_SET_REGS), IOC_WRITE);
+    }
+
+    #[test]
+    #[should_panic(expected = "not an _IO request")]
+    fn an_integer_argument_is_refused_for_an_ioctl_that_takes_a_pointer() {
+        let f = File::open("/dev/null").unwrap();
+        let _ = ioctl_val(&f, KVM_GET_REGS, "KVM_GET_REGS", 0x1000);
     }
 
     #[test]
@@ -837,5 +1215,32 @@ mod tests {
         let mut page = vec![0xffu8; 4096];
         m.read(0, &mut page).unwrap();
         assert!(page.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn stop_requests_stay_and_pause_and_drain_are_taken_once() {
+        let map = Mmap::anonymous(3 * PAGE_SIZE).unwrap();
+        let shared = Arc::new(KickShared {
+            run: Arc::clone(&map.map),
+            ring: None,
+            requests: AtomicU8::new(0),
+            thread: Mutex::new(None),
+        });
+        let kick = Kick { shared: Arc::clone(&shared) };
+        kick.pause();
+        kick.drain();
+        assert_eq!(shared.immediate_exit().load(Ordering::Relaxed), 1, "no KVM_RUN enters the guest now");
+        let vcpu_view = |s: &KickShared| {
+            s.immediate_exit().swap(0, Ordering::Acquire);
+            stop_reason(s.requests.fetch_and(!(REQ_PAUSE | REQ_DRAIN), Ordering::AcqRel))
+        };
+        assert_eq!(shared.requests.load(Ordering::Relaxed), REQ_PAUSE | REQ_DRAIN);
+        assert_eq!(vcpu_view(&shared), None);
+        assert_eq!(shared.requests.load(Ordering::Relaxed), 0, "one-shot requests are taken");
+        kick.stop(StopReason::Timeout);
+        kick.stop(StopReason::Interrupted);
+        assert_eq!(vcpu_view(&shared), Some(StopReason::Interrupted));
+        assert_eq!(stop_reason(shared.requests.load(Ordering::Relaxed)), Some(StopReason::Interrupted), "sticky");
+        assert!(!kick.ring_pending(), "no ring, nothing pending");
     }
 }

@@ -4,6 +4,9 @@
 //! behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio: line-buffered
 //! when stdout is a terminal, block-buffered otherwise, flushed before blocking on stdin and
 //! when the VM ends. No syscall per guest byte.
+//!
+//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a blocked
+//! write returns when the stop's kick arrives, and what could not be written is dropped.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -34,19 +37,20 @@ impl<W: Write, R: Read> Serial<W, R> {
         Serial { out, buf: Vec::new(), line_buffered, input, in_buf: Vec::new(), in_pos: 0, eof: false }
     }
 
-    /// One or more bytes the guest wrote (`out`, or `rep outsb`).
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// One or more bytes the guest wrote (`out`, or `rep outsb`). `stop`: see [`Serial::flush`].
+    pub fn write(&mut self, bytes: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= BLOCK || (self.line_buffered && bytes.contains(&b'\n')) {
-            self.flush()?;
+            self.flush(stop)?;
         }
         Ok(())
     }
 
-    /// Writes out everything buffered.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes out everything buffered. If a write is interrupted by a signal and `stop()`
+    /// says the VM is being stopped, gives up with `ErrorKind::Interrupted` (the rest is lost).
+    pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let result = self.out.write_all(&self.buf).and_then(|()| self.out.flush());
+            let result = write_all(&mut self.out, &self.buf, stop);
             self.buf.clear();
             result?;
         }
@@ -59,7 +63,7 @@ impl<W: Write, R: Read> Serial<W, R> {
     pub fn read(&mut self, dst: &mut [u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
         for byte in dst {
             if self.in_pos == self.in_buf.len() && !self.eof {
-                self.flush()?;
+                self.flush(stop)?;
                 self.fill(stop)?;
             }
             *byte = match self.in_buf.get(self.in_pos) {
@@ -98,6 +102,23 @@ impl<W: Write, R: Read> Serial<W, R> {
     }
 }
 
+/// `write_all`, except that a write interrupted by a signal gives up when `stop()` says so
+/// (std's `write_all` retries after `EINTR`, so a stop could never end a blocked write).
+pub fn write_all(w: &mut impl Write, mut buf: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            // A stop's kick: give up. The watchdog kicks again until the VM has ended, so a
+            // signal that lands just before write(2) blocks is not the last.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    w.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,28 +152,28 @@ mod tests {
     #[test]
     fn block_buffered_output_is_written_in_blocks_and_at_flush() {
         let mut s = Serial::new(Chunks::default(), &b""[..], false);
-        s.write(b"hello\n").unwrap();
+        s.write(b"hello\n", &never).unwrap();
         assert!(s.out.written().is_empty(), "nothing written before a block is full");
-        s.write(&vec![b'x'; BLOCK]).unwrap();
+        s.write(&vec![b'x'; BLOCK], &never).unwrap();
         assert_eq!(s.out.written().len(), 1);
-        s.write(b"tail").unwrap();
-        s.flush().unwrap();
+        s.write(b"tail", &never).unwrap();
+        s.flush(&never).unwrap();
         assert_eq!(s.out.written()[1], b"tail");
     }
 
     #[test]
     fn line_buffered_output_is_written_at_each_newline() {
         let mut s = Serial::new(Chunks::default(), &b""[..], true);
-        s.write(b"abc").unwrap();
+        s.write(b"abc", &never).unwrap();
         assert!(s.out.written().is_empty());
-        s.write(b"\n").unwrap();
+        s.write(b"\n", &never).unwrap();
         assert_eq!(s.out.written(), vec![b"abc\n".to_vec()]);
     }
 
     #[test]
     fn input_bytes_then_ff_at_eof_and_output_flushed_before_waiting() {
         let mut s = Serial::new(Chunks::default(), &b"ab"[..], false);
-        s.write(b"prompt> ").unwrap();
+        s.write(b"prompt> ", &never).unwrap();
         let mut one = [0u8; 1];
         s.read(&mut one, &never).unwrap();
         assert_eq!(one, *b"a");
@@ -169,5 +190,41 @@ mod tests {
         let mut s = Serial::new(Chunks::default(), &b"data"[..], false);
         let err = s.read(&mut [0u8; 1], &|| true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    }
+
+    /// A stdout nobody reads: every write blocks until a signal interrupts it.
+    #[derive(Debug, Default)]
+    struct Blocked {
+        attempts: u32,
+    }
+    impl Write for Blocked {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.attempts += 1;
+            match self.attempts {
+                1 => Ok(1.min(b.len())),                     // part of it got through
+                2 => Err(io::ErrorKind::Interrupted.into()), // a stray signal
+                _ => Err(io::ErrorKind::Interrupted.into()),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_write_gives_up_at_a_stop_and_only_then() {
+        let mut w = Blocked::default();
+        let stops = std::cell::Cell::new(0);
+        // The first EINTR comes without a stop request (retried), the second with one.
+        let stop = || {
+            stops.set(stops.get() + 1);
+            stops.get() > 1
+        };
+        let err = write_all(&mut w, b"abc", &stop).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!((w.attempts, stops.get()), (3, 2));
+        let mut s = Serial::new(Blocked::default(), &b""[..], true);
+        assert!(s.write(b"line\n", &|| true).is_err(), "a stopped VM does not wait for stdout");
+        s.flush(&|| true).unwrap(); // the lost bytes are gone: nothing left to write
     }
 }

@@ -2,7 +2,6 @@
 //! program compiled with the system C compiler prints every ioctl number, size and offset
 //! the hypervisor relies on, and each must equal ours.
 
-#[allow(dead_code)]
 #[path = "../src/kvm.rs"]
 mod kvm;
 
@@ -33,6 +32,14 @@ int main(void) {
     V("KVM_GET_SREGS", KVM_GET_SREGS);
     V("KVM_SET_SREGS", KVM_SET_SREGS);
     V("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT);
+    V("KVM_SET_GUEST_DEBUG", KVM_SET_GUEST_DEBUG);
+    V("KVM_REGISTER_COALESCED_MMIO", KVM_REGISTER_COALESCED_MMIO);
+    V("KVM_CAP_COALESCED_MMIO", KVM_CAP_COALESCED_MMIO);
+    V("KVM_CAP_COALESCED_PIO", KVM_CAP_COALESCED_PIO);
+    V("KVM_GUESTDBG_ENABLE", KVM_GUESTDBG_ENABLE);
+    V("KVM_GUESTDBG_SINGLESTEP", KVM_GUESTDBG_SINGLESTEP);
+    V("KVM_GUESTDBG_USE_HW_BP", KVM_GUESTDBG_USE_HW_BP);
+    V("KVM_EXIT_DEBUG", KVM_EXIT_DEBUG);
     V("KVM_EXIT_IO", KVM_EXIT_IO);
     V("KVM_EXIT_HLT", KVM_EXIT_HLT);
     V("KVM_EXIT_MMIO", KVM_EXIT_MMIO);
@@ -44,6 +51,19 @@ int main(void) {
     V("KVM_EXIT_IO_OUT", KVM_EXIT_IO_OUT);
     SIZE(kvm_regs); SIZE(kvm_segment); SIZE(kvm_dtable); SIZE(kvm_sregs);
     SIZE(kvm_userspace_memory_region);
+    SIZE(kvm_guest_debug); SIZE(kvm_coalesced_mmio_zone); SIZE(kvm_coalesced_mmio);
+    SIZE(kvm_coalesced_mmio_ring); SIZE(kvm_debug_exit_arch);
+    OFF(kvm_guest_debug, control, "control"); OFF(kvm_guest_debug, pad, "pad");
+    OFF(kvm_guest_debug, arch.debugreg, "debugreg");
+    OFF(kvm_coalesced_mmio_zone, addr, "addr"); OFF(kvm_coalesced_mmio_zone, size, "size");
+    OFF(kvm_coalesced_mmio_zone, pio, "pio");
+    OFF(kvm_coalesced_mmio, phys_addr, "phys_addr"); OFF(kvm_coalesced_mmio, len, "len");
+    OFF(kvm_coalesced_mmio, pio, "pio"); OFF(kvm_coalesced_mmio, data, "data");
+    OFF(kvm_coalesced_mmio_ring, first, "first"); OFF(kvm_coalesced_mmio_ring, last, "last");
+    OFF(kvm_coalesced_mmio_ring, coalesced_mmio, "entries");
+    OFF(kvm_debug_exit_arch, exception, "exception"); OFF(kvm_debug_exit_arch, pc, "pc");
+    OFF(kvm_debug_exit_arch, dr6, "dr6"); OFF(kvm_debug_exit_arch, dr7, "dr7");
+    OFF(kvm_run, debug.arch, "debug_arch");
     OFF(kvm_regs, rax, "rax"); OFF(kvm_regs, rsp, "rsp"); OFF(kvm_regs, r8, "r8");
     OFF(kvm_regs, r15, "r15"); OFF(kvm_regs, rip, "rip"); OFF(kvm_regs, rflags, "rflags");
     OFF(kvm_segment, base, "base"); OFF(kvm_segment, limit, "limit");
@@ -126,6 +146,14 @@ fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
     eq("KVM_GET_SREGS", KVM_GET_SREGS);
     eq("KVM_SET_SREGS", KVM_SET_SREGS);
     eq("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT);
+    eq("KVM_SET_GUEST_DEBUG", KVM_SET_GUEST_DEBUG);
+    eq("KVM_REGISTER_COALESCED_MMIO", KVM_REGISTER_COALESCED_MMIO);
+    eq("KVM_CAP_COALESCED_MMIO", KVM_CAP_COALESCED_MMIO);
+    eq("KVM_CAP_COALESCED_PIO", KVM_CAP_COALESCED_PIO);
+    eq("KVM_GUESTDBG_ENABLE", KVM_GUESTDBG_ENABLE.into());
+    eq("KVM_GUESTDBG_SINGLESTEP", KVM_GUESTDBG_SINGLESTEP.into());
+    eq("KVM_GUESTDBG_USE_HW_BP", KVM_GUESTDBG_USE_HW_BP.into());
+    eq("KVM_EXIT_DEBUG", KVM_EXIT_DEBUG.into());
     eq("KVM_EXIT_IO", KVM_EXIT_IO.into());
     eq("KVM_EXIT_HLT", KVM_EXIT_HLT.into());
     eq("KVM_EXIT_MMIO", KVM_EXIT_MMIO.into());
@@ -146,6 +174,15 @@ fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
     size!("kvm_dtable", KvmDtable);
     size!("kvm_sregs", KvmSregs);
     size!("kvm_userspace_memory_region", KvmUserspaceMemoryRegion);
+    size!("kvm_guest_debug", KvmGuestDebug);
+    size!("kvm_coalesced_mmio_zone", KvmCoalescedMmioZone);
+    size!("kvm_coalesced_mmio", KvmCoalescedMmio);
+    size!("kvm_debug_exit_arch", KvmDebugExitArch);
+    // The ring is a header of two u32 indices and a flexible array of entries.
+    eq("sizeof_kvm_coalesced_mmio_ring", RING_ENTRIES as u64);
+    eq("off_kvm_coalesced_mmio_ring_first", RING_FIRST as u64);
+    eq("off_kvm_coalesced_mmio_ring_last", RING_LAST as u64);
+    eq("off_kvm_coalesced_mmio_ring_entries", RING_ENTRIES as u64);
 
     macro_rules! off {
         ($c:literal, $t:ty, $($f:ident),+) => {
@@ -156,6 +193,10 @@ fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
     off!("kvm_segment", KvmSegment, base, limit, selector, present, dpl, db, s, l, g, avl, unusable);
     eq("off_kvm_segment_type", offset_of!(KvmSegment, type_) as u64);
     off!("kvm_dtable", KvmDtable, base, limit);
+    off!("kvm_guest_debug", KvmGuestDebug, control, pad, debugreg);
+    off!("kvm_coalesced_mmio_zone", KvmCoalescedMmioZone, addr, size, pio);
+    off!("kvm_coalesced_mmio", KvmCoalescedMmio, phys_addr, len, pio, data);
+    off!("kvm_debug_exit_arch", KvmDebugExitArch, exception, pc, dr6, dr7);
     off!(
         "kvm_sregs",
         KvmSregs,
@@ -206,5 +247,6 @@ fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
     eq("off_kvm_run_fail_entry_cpu", u + offset_of!(KvmRunFailEntry, cpu) as u64);
     eq("off_kvm_run_internal_suberror", u + offset_of!(KvmRunInternal, suberror) as u64);
     eq("off_kvm_run_internal_ndata", u + offset_of!(KvmRunInternal, ndata) as u64);
+    eq("off_kvm_run_debug_arch", u);
     assert_eq!(checked, c.len(), "every value the probe printed is compared");
 }

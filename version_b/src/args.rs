@@ -42,6 +42,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub stats: bool,
     pub trace: bool,
+    /// Port 0xE9 output through KVM's coalesced ring (`--no-coalesce`: off).
+    pub coalesce: bool,
 }
 
 /// What the command line asks for.
@@ -86,7 +88,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut args = args.into_iter().peekable();
     let (mut mem, mut page, mut timeout) = (None, None, None);
     let mut images: Vec<PathBuf> = Vec::new();
-    let (mut quiet, mut stats, mut trace) = (false, false, false);
+    let (mut quiet, mut stats, mut trace, mut coalesce) = (false, false, false, true);
 
     while let Some(word) = args.next() {
         if !is_option(&word) {
@@ -149,6 +151,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
+            "--no-coalesce" => coalesce = false,
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
             _ => return err(format!("unknown option '{name}'")),
@@ -163,7 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.is_empty() {
         return err("missing -g/--guest <image>");
     }
-    Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace }))
+    Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace, coalesce }))
 }
 
 /// `-g`: the inline value if any, then every following word that is not an option.

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 
-use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
 
 /// Why a port access ends the VM.
@@ -16,7 +15,7 @@ pub enum IoError {
     Guest(String),
     /// The host side failed (e.g. stdout is closed).
     Host(String),
-    /// A kick (timeout) arrived while the port was waiting for stdin.
+    /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
     Stopped,
 }
 
@@ -35,13 +34,13 @@ impl Devices {
         Devices { label, serial, warned: Vec::new() }
     }
 
-    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order.
-    /// `_mem` is guest RAM, for devices that reach into it (only version C's file port does).
-    pub fn out(&mut self, port: u16, size: u8, data: &[u8], _mem: &Mmap) -> Result<(), IoError> {
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `stop()`
+    /// says whether the VM is being stopped (a blocked stdout write then gives up).
+    pub fn out(&mut self, port: u16, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {
                 serial_size(size, "out")?;
-                self.serial.write(data).map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+                self.serial.write(data, stop).map_err(output_error)
             }
             _ => {
                 self.warn_once(port, "out to", "ignored");
@@ -55,10 +54,7 @@ impl Devices {
         match port {
             SERIAL_PORT => {
                 serial_size(size, "in")?;
-                self.serial.read(data, stop).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::Interrupted => IoError::Stopped,
-                    _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
-                })
+                self.serial.read(data, stop).map_err(output_error)
             }
             _ => {
                 self.warn_once(port, "in from", "reads 0xff");
@@ -69,18 +65,26 @@ impl Devices {
     }
 
     /// The VM has ended (however it ended): write out what is buffered.
-    pub fn finish(&mut self) -> Result<(), IoError> {
-        self.serial.flush().map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+    pub fn finish(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        self.serial.flush(stop).map_err(output_error)
     }
 
     fn warn_once(&mut self, port: u16, what: &str, effect: &str) {
         if !self.warned.contains(&port) {
             self.warned.push(port);
-            eprintln!(
+            diag!(
                 "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
                 self.label
             );
         }
+    }
+}
+
+/// A failed write of guest output (or a stop that interrupted it, or a read of stdin).
+fn output_error(e: std::io::Error) -> IoError {
+    match e.kind() {
+        std::io::ErrorKind::Interrupted => IoError::Stopped,
+        _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
     }
 }
 

@@ -6,6 +6,15 @@
 //! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+/// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
+/// a full disk) is dropped, and the exit status still tells. Every module uses it.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod devices;
 mod image;
@@ -35,16 +44,12 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let config = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            print!("{}", args::USAGE);
-            return ExitCode::SUCCESS;
-        }
+        Ok(Command::Help) => return print_stdout(args::USAGE),
         Ok(Command::Version) => {
-            println!("mini_hypervisor {} (version B: several VMs)", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            return print_stdout(&format!("mini_hypervisor {} (version B: several VMs)\n", env!("CARGO_PKG_VERSION")));
         }
         Err(e) => {
-            eprint!("mini_hypervisor: {e}\n\n{}", args::USAGE);
+            diag!("mini_hypervisor: {e}\n\n{}", args::USAGE.trim_end());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -52,19 +57,29 @@ fn main() -> ExitCode {
         Ok(reports) if reports.iter().all(|r| r.outcome == Outcome::Halted) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_FAILED),
         Err(message) => {
-            eprintln!("mini_hypervisor: {message}");
+            diag!("mini_hypervisor: {message}");
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
+/// `--help`, `--version`: the text on stdout; exit status 1 if it cannot be written.
+fn print_stdout(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    match io::stdout().write_all(text.as_bytes()).and_then(|()| io::stdout().flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(EXIT_FAILED),
+    }
+}
+
 /// Everything after parsing. `Err` is a startup failure: no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, String> {
-    // Before any thread starts: Ctrl-C and SIGTERM then stop the VMs instead of killing us.
-    kvm::block_stop_signals().map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (SPEC §1).
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
+    // From here on nothing blocks until the VMs run, and no thread has started yet: Ctrl-C
+    // and SIGTERM now stop the VMs instead of killing us.
+    kvm::block_stop_signals().map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
     let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
     if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
         return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
@@ -75,16 +90,17 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let console = Arc::new(Console::new(stdout, stdin, line_buffered));
     // With several VMs, output lines are prefixed with the VM's number (SPEC §3).
     let several = images.len() > 1;
-    let opts = RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout };
+    let opts =
+        RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout, coalesce: config.coalesce };
 
     let mut jobs = Vec::with_capacity(images.len());
     let mut labels = Vec::with_capacity(images.len());
     for (index, image) in images.iter().enumerate() {
         let label = format!("vm{index} ({})", image.path.display());
         let mut vm = vm::create(&kvm, &layout, image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
-        let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the timeout signal handler: {e}"))?;
+        let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
         if !config.quiet {
-            eprintln!(
+            diag!(
                 "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
                 config.mem_size >> 20,
                 page_name(config.page),
@@ -97,13 +113,15 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),
             kick,
-            body: Box::new(move || vm::run_vm(&mut vm, &mut devices, &body_label, &opts)),
+            body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts)),
         });
         labels.push(label);
     }
     drop(images); // the bytes are in guest RAM now
 
-    let reports = watchdog::run_all(jobs, config.timeout);
+    // On a terminal, a line waiting in a coalesced ring must show up soon (reference §3).
+    let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
+    let reports = watchdog::run_all(jobs, config.timeout, drain_every);
     for (label, report) in labels.iter().zip(&reports) {
         summarize(label, report, config);
     }
@@ -117,14 +135,10 @@ fn summarize(label: &str, report: &Report, config: &Config) {
             Outcome::Halted => "halted".to_owned(),
             Outcome::Failed(_) => "failed".to_owned(),
         };
-        eprintln!(
-            "mini_hypervisor: {label}: {how} after {} exits in {:.3} ms",
-            report.stats.exits,
-            stats::ms(report.wall)
-        );
+        diag!("mini_hypervisor: {label}: {how} after {} exits in {:.3} ms", report.stats.exits, stats::ms(report.wall));
     }
     if config.stats {
-        eprint!("mini_hypervisor: {label}: stats\n{}", report.stats.report(report.wall));
+        diag!("mini_hypervisor: {label}: stats\n{}", report.stats.report(report.wall).trim_end());
     }
 }
 

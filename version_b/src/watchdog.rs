@@ -3,13 +3,18 @@
 //! C counterpart: `pthread_create` / `pthread_join` in `main`; the C has no timeout, and
 //! Ctrl-C kills it with guest output still in its buffers.
 //! A VM still running at the deadline, or when SIGINT/SIGTERM arrives, is kicked out of
-//! `KVM_RUN` ([`Kick`]): it then reports itself as timed out (interrupted) and ends like any
-//! failed VM, its output flushed. The waiting is done on a channel that every VM thread, and
-//! the thread that waits for signals, writes to, so nothing polls or sleeps.
+//! `KVM_RUN` ([`Kick::stop`]): it then reports itself as timed out (interrupted) and ends like
+//! any failed VM, its output flushed. The waiting is done on a channel that every VM thread,
+//! and the thread that waits for signals, writes to. It wakes up on its own only for three
+//! things: the deadline; every 100 ms while VMs are being stopped, to kick them again (a kick
+//! whose signal landed just before a blocking call must not leave a VM hanging); and, when
+//! serial output goes to a terminal, every 50 ms to kick (without stopping it) a VM whose
+//! coalesced serial ring holds bytes, so that a line shows up even if the guest then
+//! computes without exits ([`Kick::drain`]).
 #![forbid(unsafe_code)]
 
 use std::sync::mpsc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::kvm::{self, Kick, StopReason};
@@ -20,6 +25,8 @@ use crate::vm::{Outcome, Report};
 const VM_STACK: usize = 256 * 1024;
 /// How often VMs that are being stopped are kicked again until they end.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long bytes may wait in a coalesced serial ring when stdout is a terminal.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One VM ready to run: its kick handle and the body of its thread.
 pub struct Job {
@@ -52,9 +59,11 @@ impl Drop for Done {
 }
 
 /// Starts every job on its own thread, kicks those still running at `timeout` or at SIGINT /
-/// SIGTERM, and returns their reports in job order. The caller must have called
-/// [`kvm::block_stop_signals`] before starting any thread.
-pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
+/// SIGTERM, and returns their reports in job order. `drain_every`: how often to have VMs
+/// drain their coalesced serial ring when it holds bytes (`None`: never; output is then
+/// block-buffered anyway). The caller must have called [`kvm::block_stop_signals`] before
+/// starting any thread.
+pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>, drain_every: Option<Duration>) -> Vec<Report> {
     let (tx, rx) = mpsc::channel();
     let signals = tx.clone();
     // Not joined: it waits for a signal as long as the process lives.
@@ -69,8 +78,8 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
     let mut reports: Vec<Option<Report>> = Vec::with_capacity(jobs.len());
     for (index, job) in jobs.into_iter().enumerate() {
         let done = Done(index, tx.clone());
-        let body = job.body;
-        let spawned = thread::Builder::new().name(job.name).stack_size(VM_STACK).spawn(move || {
+        let (body, name) = (job.body, job.name);
+        let spawned = thread::Builder::new().name(name.clone()).stack_size(VM_STACK).spawn(move || {
             let _done = done;
             body()
         });
@@ -80,54 +89,58 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
                 reports.push(None);
             }
             Err(e) => {
+                // The VM never ran, so nothing else will say why: say it now (even with -q).
+                let reason = format!("cannot start its thread: {e}");
+                diag!("mini_hypervisor: {name}: failed: {reason}");
                 running.push(None);
-                reports.push(Some(failed(format!("cannot start its thread: {e}"))));
+                reports.push(Some(failed(reason)));
             }
         }
     }
     drop(tx);
 
     let mut deadline = timeout.map(|t| Instant::now() + t);
+    let mut next_drain = drain_every.map(|d| Instant::now() + d);
     let mut finished = vec![false; running.len()];
     let mut left = running.iter().filter(|r| r.is_some()).count();
     // Once VMs are being stopped: why. They are kicked again every RETRY until they end, so
     // that a kick whose signal landed just before a blocking call cannot leave one hanging.
     let mut stopping: Option<StopReason> = None;
-    // Kicks every VM that has not ended. The handles are still owned here (not joined), as
-    // `Kick::kick` requires.
-    let kick_all = |finished: &[bool], reason| {
-        for (slot, &done) in running.iter().zip(finished) {
-            if let (Some((handle, kick)), false) = (slot, done) {
-                kick.kick(handle, reason);
-            }
-        }
-    };
     while left > 0 {
-        let next = match deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        let wake = [deadline, next_drain].into_iter().flatten().min();
+        let next = match wake {
+            Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
+        let now = Instant::now();
         match next {
             Ok(Event::Ended(index)) => {
                 finished[index] = true;
                 left -= 1;
             }
             Ok(Event::Signal(_)) if stopping == Some(StopReason::Interrupted) => {
-                eprintln!("mini_hypervisor: interrupted again: exiting without waiting for the VMs");
+                diag!("mini_hypervisor: interrupted again: exiting without waiting for the VMs");
                 std::process::exit(1);
             }
             Ok(Event::Signal(signal)) => {
-                eprintln!("mini_hypervisor: signal {signal}: stopping every VM (again to exit at once)");
+                diag!("mini_hypervisor: signal {signal}: stopping every VM (again to exit at once)");
                 stopping = Some(StopReason::Interrupted);
-                kick_all(&finished, StopReason::Interrupted);
-                deadline = Some(Instant::now() + RETRY);
+                live(&running, &finished).for_each(|kick| kick.stop(StopReason::Interrupted));
+                deadline = Some(now + RETRY);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let reason = *stopping.get_or_insert(StopReason::Timeout);
-                kick_all(&finished, reason);
-                deadline = Some(Instant::now() + RETRY);
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            let reason = *stopping.get_or_insert(StopReason::Timeout);
+            live(&running, &finished).for_each(|kick| kick.stop(reason));
+            deadline = Some(now + RETRY);
+        }
+        if let (Some(t), Some(every)) = (next_drain, drain_every) {
+            if now >= t {
+                live(&running, &finished).filter(|kick| kick.ring_pending()).for_each(Kick::drain);
+                next_drain = Some(now + every);
+            }
         }
     }
 
@@ -137,6 +150,11 @@ pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>) -> Vec<Report> {
         }
     }
     reports.into_iter().map(|r| r.expect("every VM has a report")).collect()
+}
+
+/// The kick handles of the VMs that started and have not ended.
+fn live<'a>(running: &'a [Option<(JoinHandle<Report>, Kick)>], finished: &'a [bool]) -> impl Iterator<Item = &'a Kick> {
+    running.iter().zip(finished).filter(|(_, done)| !**done).filter_map(|(slot, _)| slot.as_ref().map(|(_, kick)| kick))
 }
 
 fn failed(reason: String) -> Report {

@@ -52,6 +52,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub stats: bool,
     pub trace: bool,
+    /// Port 0xE9 output through KVM's coalesced ring (`--no-coalesce`: off).
+    pub coalesce: bool,
 }
 
 /// What the command line asks for.
@@ -96,7 +98,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut args = args.into_iter().peekable();
     let (mut mem, mut page, mut timeout, mut files_dir) = (None, None, None, None);
     let (mut images, mut files): (Vec<PathBuf>, Vec<PathBuf>) = (Vec::new(), Vec::new());
-    let (mut quiet, mut stats, mut trace) = (false, false, false);
+    let (mut quiet, mut stats, mut trace, mut coalesce) = (false, false, false, true);
 
     while let Some(word) = args.next() {
         if !is_option(&word) {
@@ -161,6 +163,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
+            "--no-coalesce" => coalesce = false,
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
             _ => return err(format!("unknown option '{name}'")),
@@ -175,7 +178,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.is_empty() {
         return err("missing -g/--guest <image>");
     }
-    Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace }))
+    Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace, coalesce }))
 }
 
 /// `-g`, `-f`: the inline value if any, then every following word that is not an option.

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 
 use crate::fileio::{FILE_PORT, FileDevice, GuestRam};
+use crate::hostfs;
 use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
 
@@ -18,13 +19,13 @@ pub enum IoError {
     Guest(String),
     /// The host side failed (e.g. stdout is closed).
     Host(String),
-    /// A kick (timeout) arrived while the port was waiting for stdin.
+    /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
     Stopped,
 }
 
-/// All ports of one VM.
+/// All ports of one VM. It borrows the VM's guest RAM (`'m`), for the file port's bulk commands.
 #[derive(Debug)]
-pub struct Devices {
+pub struct Devices<'m> {
     /// `vmN (image)`, for warnings.
     label: String,
     pub serial: Serial<File, File>,
@@ -32,24 +33,26 @@ pub struct Devices {
     pub files: FileDevice,
     /// Unknown ports already warned about (one warning per VM and port).
     warned: Vec<u16>,
+    /// Guest RAM.
+    mem: &'m Mmap,
 }
 
-impl Devices {
-    pub fn new(label: String, serial: Serial<File, File>, files: FileDevice) -> Devices {
-        Devices { label, serial, files, warned: Vec::new() }
+impl<'m> Devices<'m> {
+    pub fn new(label: String, serial: Serial<File, File>, files: FileDevice, mem: &'m Mmap) -> Devices<'m> {
+        Devices { label, serial, files, warned: Vec::new(), mem }
     }
 
-    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order.
-    /// `mem` is guest RAM, for devices that reach into it (the file port's bulk commands).
-    pub fn out(&mut self, port: u16, size: u8, data: &[u8], mem: &Mmap) -> Result<(), IoError> {
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `stop()`
+    /// says whether the VM is being stopped (a blocked stdout write then gives up).
+    pub fn out(&mut self, port: u16, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {
                 serial_size(size, "out")?;
-                self.serial.write(data).map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+                self.serial.write(data, stop).map_err(output_error)
             }
             FILE_PORT => {
                 for access in data.chunks(usize::from(size)) {
-                    self.files.out(access, mem);
+                    self.files.out(access, self.mem);
                 }
                 Ok(())
             }
@@ -65,10 +68,7 @@ impl Devices {
         match port {
             SERIAL_PORT => {
                 serial_size(size, "in")?;
-                self.serial.read(data, stop).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::Interrupted => IoError::Stopped,
-                    _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
-                })
+                self.serial.read(data, stop).map_err(output_error)
             }
             FILE_PORT => {
                 for access in data.chunks_mut(usize::from(size)) {
@@ -85,15 +85,15 @@ impl Devices {
     }
 
     /// The VM has ended (however it ended): close its files, write out what is buffered.
-    pub fn finish(&mut self) -> Result<(), IoError> {
+    pub fn finish(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         self.files.close_all();
-        self.serial.flush().map_err(|e| IoError::Host(format!("cannot write guest output to stdout: {e}")))
+        self.serial.flush(stop).map_err(output_error)
     }
 
     fn warn_once(&mut self, port: u16, what: &str, effect: &str) {
         if !self.warned.contains(&port) {
             self.warned.push(port);
-            eprintln!(
+            diag!(
                 "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
                 self.label
             );
@@ -107,10 +107,18 @@ impl GuestRam for Mmap {
         self.len() as u64
     }
     fn read_from_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<usize> {
-        self.copy_from_file(file, usize::try_from(gpa).map_err(io::Error::other)?, len)
+        hostfs::read_into_ram(self, file, usize::try_from(gpa).map_err(io::Error::other)?, len)
     }
     fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<()> {
-        self.copy_to_file(file, usize::try_from(gpa).map_err(io::Error::other)?, len)
+        hostfs::write_from_ram(self, file, usize::try_from(gpa).map_err(io::Error::other)?, len)
+    }
+}
+
+/// A failed write of guest output (or a stop that interrupted it, or a read of stdin).
+fn output_error(e: std::io::Error) -> IoError {
+    match e.kind() {
+        std::io::ErrorKind::Interrupted => IoError::Stopped,
+        _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
     }
 }
 

@@ -35,7 +35,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::kvm as sys; // openat(2)/unlinkat(2): the FFI module's "Host files" section
+use crate::hostfs as sys; // openat(2)/unlinkat(2): version C's host-file FFI
 
 /// The longest guest file name: the open request's length byte is 1..=254 (SPEC §5).
 const MAX_NAME_LEN: usize = 254;

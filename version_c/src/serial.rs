@@ -10,6 +10,9 @@
 //! bytes into lines and writes each whole line, prefixed `[vmN] `, under the stdout lock, so
 //! lines of different VMs never mix; an unfinished line is written (with a newline added) when
 //! its VM halts, fails or reads input.
+//!
+//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a blocked
+//! write returns when the stop's kick arrives, and what could not be written is dropped.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -67,29 +70,46 @@ impl<W: Write, R: Read> Console<W, R> {
     }
 
     /// Writes `parts` back to back under one lock, then flushes if the buffering rule says so.
-    fn emit(&self, parts: &[&[u8]]) -> io::Result<()> {
+    fn emit(&self, parts: &[&[u8]], stop: &dyn Fn() -> bool) -> io::Result<()> {
         let mut out = lock(&self.out);
         for part in parts {
             out.buf.extend_from_slice(part);
         }
-        if self.line_buffered || out.buf.len() >= BLOCK { out.flush() } else { Ok(()) }
+        if self.line_buffered || out.buf.len() >= BLOCK { out.flush(stop) } else { Ok(()) }
     }
 
-    /// Writes out everything every VM has handed over so far.
-    pub fn flush(&self) -> io::Result<()> {
-        lock(&self.out).flush()
+    /// Writes out everything every VM has handed over so far. `stop`: see [`write_all`].
+    pub fn flush(&self, stop: &dyn Fn() -> bool) -> io::Result<()> {
+        lock(&self.out).flush(stop)
     }
 }
 
 impl<W: Write> Output<W> {
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let result = self.w.write_all(&self.buf).and_then(|()| self.w.flush());
+            let result = write_all(&mut self.w, &self.buf, stop);
             self.buf.clear();
             result?;
         }
         Ok(())
     }
+}
+
+/// `write_all`, except that a write interrupted by a signal gives up when `stop()` says so
+/// (std's `write_all` retries after `EINTR`, so a stop could never end a blocked write).
+pub fn write_all(w: &mut impl Write, mut buf: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            // A stop's kick: give up. The watchdog kicks again until the VM has ended, so a
+            // signal that lands just before write(2) blocks is not the last.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    w.flush()
 }
 
 /// Port 0xE9 of one VM.
@@ -108,12 +128,12 @@ impl<W: Write, R: Read> Serial<W, R> {
         Serial { console, prefix: prefix.map(|p| p.into_bytes().into_boxed_slice()), pending: Vec::new() }
     }
 
-    /// One or more bytes the guest wrote (`out`, or `rep outsb`).
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// One or more bytes the guest wrote (`out`, or `rep outsb`). `stop`: see [`write_all`].
+    pub fn write(&mut self, bytes: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
         if self.prefix.is_none() {
             self.pending.extend_from_slice(bytes);
             if self.pending.len() >= BLOCK || (self.console.line_buffered && bytes.contains(&b'\n')) {
-                self.hand_over()?;
+                self.hand_over(stop)?;
             }
             return Ok(());
         }
@@ -124,7 +144,7 @@ impl<W: Write, R: Read> Serial<W, R> {
                 self.pending.extend_from_slice(now);
                 rest = later;
                 if self.pending.ends_with(b"\n") || self.pending.len() == MAX_LINE {
-                    self.hand_over()?;
+                    self.hand_over(stop)?;
                 }
             }
         }
@@ -133,23 +153,23 @@ impl<W: Write, R: Read> Serial<W, R> {
 
     /// Hands this VM's pending bytes to the console: a block as it is, or one whole prefixed
     /// line (a newline is added to an unfinished one).
-    fn hand_over(&mut self) -> io::Result<()> {
+    fn hand_over(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let result = match &self.prefix {
-            None => self.console.emit(&[&self.pending]),
-            Some(prefix) if self.pending.ends_with(b"\n") => self.console.emit(&[prefix, &self.pending]),
-            Some(prefix) => self.console.emit(&[prefix, &self.pending, b"\n"]),
+            None => self.console.emit(&[&self.pending], stop),
+            Some(prefix) if self.pending.ends_with(b"\n") => self.console.emit(&[prefix, &self.pending], stop),
+            Some(prefix) => self.console.emit(&[prefix, &self.pending, b"\n"], stop),
         };
         self.pending.clear();
         result
     }
 
     /// The VM has ended, or is about to wait for stdin: everything it wrote goes out now.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.hand_over()?;
-        self.console.flush()
+    pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
+        self.hand_over(stop)?;
+        self.console.flush(stop)
     }
 
     /// Fills `dst` with the next stdin bytes (`in`, or `rep insb`), `EOF_BYTE` after end of file.
@@ -160,11 +180,11 @@ impl<W: Write, R: Read> Serial<W, R> {
     pub fn read(&mut self, dst: &mut [u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
         // With several VMs, an unfinished line is written when its VM reads input (SPEC §3);
         // with one, the bytes join the console's buffer, flushed below before any wait.
-        self.hand_over()?;
+        self.hand_over(stop)?;
         let mut input = lock(&self.console.input);
         for byte in dst {
             if input.pos == input.buf.len() && !input.eof {
-                self.console.flush()?;
+                self.console.flush(stop)?;
                 input.fill(stop)?;
             }
             *byte = match input.buf.get(input.pos) {
@@ -248,12 +268,12 @@ mod tests {
     fn one_vm_block_buffered_output_is_written_in_blocks_and_at_flush() {
         let c = console(b"", false);
         let mut s = Serial::new(Arc::clone(&c), None);
-        s.write(b"hello\n").unwrap();
+        s.write(b"hello\n", &never).unwrap();
         assert!(written(&c).is_empty(), "nothing written before a block is full");
-        s.write(&vec![b'x'; BLOCK]).unwrap();
+        s.write(&vec![b'x'; BLOCK], &never).unwrap();
         assert_eq!(written(&c).len(), 1);
-        s.write(b"tail").unwrap();
-        s.flush().unwrap();
+        s.write(b"tail", &never).unwrap();
+        s.flush(&never).unwrap();
         assert_eq!(written(&c)[1], b"tail", "no prefix, no newline added with one VM");
     }
 
@@ -261,9 +281,9 @@ mod tests {
     fn one_vm_line_buffered_output_is_written_at_each_newline() {
         let c = console(b"", true);
         let mut s = Serial::new(Arc::clone(&c), None);
-        s.write(b"abc").unwrap();
+        s.write(b"abc", &never).unwrap();
         assert!(written(&c).is_empty());
-        s.write(b"\n").unwrap();
+        s.write(b"\n", &never).unwrap();
         assert_eq!(written(&c), vec![b"abc\n".to_vec()]);
     }
 
@@ -272,14 +292,14 @@ mod tests {
         let c = console(b"", false);
         let mut a = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
         let mut b = Serial::new(Arc::clone(&c), Some("[vm1] ".into()));
-        a.write(b"hel").unwrap();
-        b.write(b"wor").unwrap();
-        a.write(b"lo\nsecond").unwrap();
-        b.write(b"ld\n").unwrap();
-        a.write(b" line\n").unwrap();
-        b.write(b"unfinished").unwrap();
-        b.flush().unwrap();
-        a.flush().unwrap();
+        a.write(b"hel", &never).unwrap();
+        b.write(b"wor", &never).unwrap();
+        a.write(b"lo\nsecond", &never).unwrap();
+        b.write(b"ld\n", &never).unwrap();
+        a.write(b" line\n", &never).unwrap();
+        b.write(b"unfinished", &never).unwrap();
+        b.flush(&never).unwrap();
+        a.flush(&never).unwrap();
         assert_eq!(
             String::from_utf8(all_written(&c)).unwrap(),
             "[vm0] hello\n[vm1] world\n[vm0] second line\n[vm1] unfinished\n"
@@ -290,8 +310,8 @@ mod tests {
     fn an_overlong_line_is_cut_into_pieces_each_with_the_prefix() {
         let c = console(b"", false);
         let mut s = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
-        s.write(&vec![b'y'; MAX_LINE + 10]).unwrap();
-        s.flush().unwrap();
+        s.write(&vec![b'y'; MAX_LINE + 10], &never).unwrap();
+        s.flush(&never).unwrap();
         let out = all_written(&c);
         let lines: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
         assert_eq!(lines.len(), 2);
@@ -303,7 +323,7 @@ mod tests {
     fn input_bytes_then_ff_at_eof_and_output_flushed_before_waiting() {
         let c = console(b"ab", false);
         let mut s = Serial::new(Arc::clone(&c), None);
-        s.write(b"prompt> ").unwrap();
+        s.write(b"prompt> ", &never).unwrap();
         let mut one = [0u8; 1];
         s.read(&mut one, &never).unwrap();
         assert_eq!(one, *b"a");
@@ -320,7 +340,7 @@ mod tests {
         let c = console(b"xyz", false);
         let mut a = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
         let mut b = Serial::new(Arc::clone(&c), Some("[vm1] ".into()));
-        a.write(b"name? ").unwrap();
+        a.write(b"name? ", &never).unwrap();
         let mut one = [0u8; 1];
         a.read(&mut one, &never).unwrap();
         assert_eq!(one, *b"x");
@@ -339,5 +359,41 @@ mod tests {
         let mut s = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
         let err = s.read(&mut [0u8; 1], &|| true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    }
+
+    /// A stdout nobody reads: every write blocks until a signal interrupts it.
+    #[derive(Debug, Default)]
+    struct Blocked {
+        attempts: u32,
+    }
+    impl Write for Blocked {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.attempts += 1;
+            match self.attempts {
+                1 => Ok(1.min(b.len())), // part of it got through
+                _ => Err(io::ErrorKind::Interrupted.into()),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_write_gives_up_at_a_stop_and_only_then() {
+        let mut w = Blocked::default();
+        let stops = std::cell::Cell::new(0);
+        // The first EINTR comes without a stop request (retried), the second with one.
+        let stop = || {
+            stops.set(stops.get() + 1);
+            stops.get() > 1
+        };
+        let err = write_all(&mut w, b"abc", &stop).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!((w.attempts, stops.get()), (3, 2));
+        let c = Arc::new(Console::new(Blocked::default(), &b""[..], true));
+        let mut s = Serial::new(Arc::clone(&c), Some("[vm0] ".into()));
+        assert!(s.write(b"line\n", &|| true).is_err(), "a stopped VM does not wait for stdout");
+        s.flush(&|| true).unwrap(); // the lost bytes are gone: nothing left to write
     }
 }

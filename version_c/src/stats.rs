@@ -21,6 +21,9 @@ pub struct Stats {
     pub exits: u64,
     pub hlt: u64,
     pub other: u64,
+    /// Serial bytes that came through the coalesced ring (no exit each), and in how many drains.
+    pub ring_bytes: u64,
+    pub ring_drains: u64,
     /// Ports in the order the guest first used them (a handful: linear search is fastest).
     pub ports: Vec<PortStats>,
     /// Time inside `KVM_RUN` (measured with `--stats` only).
@@ -58,10 +61,23 @@ impl Stats {
         self.other += 1;
     }
 
+    /// `bytes` serial bytes drained from the coalesced ring at once.
+    pub fn ring(&mut self, bytes: u64) {
+        self.ring_bytes += bytes;
+        self.ring_drains += 1;
+    }
+
     /// The `--stats` block: a few indented lines.
     pub fn report(&self, wall: Duration) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "  exits: {} total, {} hlt, {} other", self.exits, self.hlt, self.other);
+        if self.ring_drains > 0 {
+            let _ = writeln!(
+                s,
+                "  serial ring: {} bytes in {} drains (coalesced: no exit per byte)",
+                self.ring_bytes, self.ring_drains
+            );
+        }
         for p in &self.ports {
             let _ = writeln!(
                 s,
@@ -97,13 +113,16 @@ mod tests {
         s.io(0xe9, false, 6);
         s.io(0x80, true, 1);
         s.hlt();
-        assert_eq!(s.exits, 5);
+        s.ring(300);
+        s.ring(20);
+        assert_eq!(s.exits, 5, "ring bytes are not exits");
         assert_eq!(s.ports[0], PortStats { port: 0xe9, in_exits: 1, out_exits: 2, in_bytes: 6, out_bytes: 2 });
         assert_eq!(s.ports[1].port, 0x80);
         let r = s.report(Duration::from_millis(3));
         assert!(
             r.contains("exits: 5 total, 1 hlt, 0 other")
-                && r.contains("port 0x00e9: 2 out exits (2 bytes), 1 in exits (6 bytes)"),
+                && r.contains("port 0x00e9: 2 out exits (2 bytes), 1 in exits (6 bytes)")
+                && r.contains("serial ring: 320 bytes in 2 drains"),
             "{r}"
         );
     }
