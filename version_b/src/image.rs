@@ -1,11 +1,12 @@
-//! Guest images: checked before any VM starts, then copied to guest-physical 0 (SPEC §1, §2).
+//! Guest images: checked before any VM starts, then copied to guest-physical 0.
 //!
 //! C counterpart: `load_guest_image`, which only refused an image larger than all of RAM
 //! (and so let a large image overwrite the page tables it had put at 0x11000).
 #![forbid(unsafe_code)]
 
-use std::fs::File;
+use std::fs::{File, FileType, OpenOptions};
 use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::long_mode::Layout;
@@ -18,17 +19,51 @@ pub struct Image {
 }
 
 /// Opens, checks and reads the image at `path` for a VM of `layout`. The error is one line
-/// naming the path, the reason and what to do.
+/// naming the path, the reason and what to do. Never blocks: a FIFO, socket or device is
+/// refused by its type before it is opened (opening a FIFO would wait for a writer), and the
+/// open itself is non-blocking in case the path was swapped for one in between.
 pub fn check(path: &Path, layout: &Layout) -> Result<Image, String> {
     let shown = path.display();
-    let file = File::open(path).map_err(|e| format!("guest image {shown}: {e}: check the path"))?;
+    // `metadata` follows symlinks, like open(2), and never blocks.
+    let meta = std::fs::metadata(path).map_err(|e| format!("guest image {shown}: {e}: check the path"))?;
+    regular(path, meta.file_type())?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("guest image {shown}: {e}: check the path"))?;
+    // Check again what was opened: the path may have been replaced since.
     let meta = file.metadata().map_err(|e| format!("guest image {shown}: {e}"))?;
-    if !meta.is_file() {
-        let kind = if meta.is_dir() { "a directory" } else { "not a regular file" };
-        return Err(format!("guest image {shown}: is {kind}: give the path of a flat binary image"));
+    regular(path, meta.file_type())?;
+    read(path, file, meta.len(), layout)
+}
+
+/// `Ok` for a regular file; otherwise the error line saying what the path is instead.
+fn regular(path: &Path, kind: FileType) -> Result<(), String> {
+    if kind.is_file() {
+        return Ok(());
     }
+    let what = if kind.is_dir() {
+        "is a directory, not a regular file"
+    } else if kind.is_fifo() {
+        "is a FIFO (named pipe), not a regular file"
+    } else if kind.is_socket() {
+        "is a socket, not a regular file"
+    } else if kind.is_char_device() {
+        "is a character device, not a regular file"
+    } else if kind.is_block_device() {
+        "is a block device, not a regular file"
+    } else {
+        "is not a regular file"
+    };
+    Err(format!("guest image {}: {what}: give the path of a flat binary image", path.display()))
+}
+
+/// Reads the opened regular `file` (`len` bytes by its metadata) and checks its size.
+fn read(path: &Path, file: File, len: u64, layout: &Layout) -> Result<Image, String> {
+    let shown = path.display();
     let max = layout.max_image_size();
-    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    let mut bytes = Vec::with_capacity(len.min(max) as usize);
     // Read at most one byte more than fits, so that a huge (or growing) file is not slurped.
     file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("guest image {shown}: cannot read it: {e}"))?;
     if bytes.is_empty() {
@@ -38,7 +73,7 @@ pub fn check(path: &Path, layout: &Layout) -> Result<Image, String> {
         return Err(format!(
             "guest image {shown}: {} bytes do not fit: with {} MiB of RAM and {} the page tables start at {:#x}, \
              so an image may have at most {max} bytes; use a larger -m",
-            meta.len().max(bytes.len() as u64),
+            len.max(bytes.len() as u64),
             layout.mem_size >> 20,
             match layout.page {
                 crate::long_mode::PageSize::Small4K => "4 KiB pages",
@@ -83,6 +118,47 @@ mod tests {
         let e = check(&empty, &layout).unwrap_err();
         assert!(e.contains("empty.img") && e.contains("empty"), "{e}");
         let e = check(&std::env::temp_dir(), &layout).unwrap_err();
-        assert!(e.contains("directory"), "{e}");
+        assert!(e.contains("is a directory, not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn refuses_fifo_socket_and_device_without_blocking() {
+        let layout = Layout::new(2 * MIB, PageSize::Large2M);
+        let dir = std::env::temp_dir().join(format!("mh_image_special_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO with no writer: opening it for reading would block for ever.
+        let fifo = dir.join("pipe.img");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+        assert!(made.success());
+        let e = check(&fifo, &layout).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "guest image {}: is a FIFO (named pipe), not a regular file: give the path of a flat binary image",
+                fifo.display()
+            )
+        );
+        // Through a symlink too: the type is that of the target.
+        let link = dir.join("link.img");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        assert!(check(&link, &layout).unwrap_err().contains("is a FIFO (named pipe)"));
+        let sock = dir.join("sock.img");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(check(&sock, &layout).unwrap_err().contains("is a socket, not a regular file"));
+        let e = check(Path::new("/dev/null"), &layout).unwrap_err();
+        assert!(e.contains("/dev/null: is a character device, not a regular file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_symlink_to_an_image_is_followed() {
+        let layout = Layout::new(2 * MIB, PageSize::Large2M);
+        let target = temp("target.img", &[0xf4]);
+        let link = target.with_file_name("via_link.img");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let image = check(&link, &layout).unwrap();
+        assert_eq!((image.path, image.bytes), (link, vec![0xf4]));
     }
 }

@@ -1,9 +1,9 @@
-//! The command line (SPEC §1), parsed by hand into a [`Config`]; every mistake is a value.
+//! The command line, parsed by hand into a [`Config`]; every mistake is a value.
 //!
 //! C counterpart: the option loop at the top of `main`.
 #![forbid(unsafe_code)]
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,10 +28,13 @@ with guest file I/O on port 0x0278.
       --timeout <secs>   stop a VM still running after this many seconds (it counts as failed)
       --stats            print per-VM statistics on stderr at the end
       --trace            print one line per VM exit on stderr
+      --gdb <port>       stop vm0 before its first instruction and wait for GDB on 127.0.0.1:<port>
+      --no-coalesce      one VM exit per serial byte, as the C does (default: port 0xE9 output is
+                         batched in a kernel ring when KVM supports it)
   -h, --help             print this help and exit
       --version          print the version and exit
 
-Options may come in any order; --opt=value works as well as --opt value.
+Options may come in any order; --opt=value works as well as --opt value, and -m4 as well as -m 4.
 With several VMs, each output line is prefixed [vmN] (N = the image's position, from 0).
 Exit status: 0 when every VM halted, 1 when any failed or a startup check failed, 2 for usage errors.
 ";
@@ -52,7 +55,10 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub stats: bool,
     pub trace: bool,
-    /// Port 0xE9 output through KVM's coalesced ring (`--no-coalesce`: off).
+    /// `--gdb <port>`: vm0 waits for a debugger on 127.0.0.1:port before its first instruction.
+    #[allow(dead_code)] // wired up in main.rs
+    pub gdb: Option<u16>,
+    /// Batch port 0xE9 output in a kernel ring when KVM can (`--no-coalesce`: false).
     pub coalesce: bool,
 }
 
@@ -78,10 +84,37 @@ fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError(msg.into()))
 }
 
+/// The short options that take a value, which may come attached (`-m4`, `-gguest.img`, `-fshared.txt`).
+const SHORT_WITH_VALUE: &[u8] = b"mpgf";
+
 /// An option word: starts with `-` and is more than `-` alone.
 fn is_option(word: &OsString) -> bool {
     let b = word.as_bytes();
     b.len() > 1 && b[0] == b'-'
+}
+
+/// A word that may follow a scalar option as its value: not an option, or a negative number
+/// (no option starts with a digit), so that `--timeout -1` is refused for its value.
+fn is_value(word: &OsString) -> bool {
+    let b = word.as_bytes();
+    !is_option(word) || b[1].is_ascii_digit()
+}
+
+/// Splits an option word into its name and its inline value, as bytes (a value need not be
+/// UTF-8): `--name=value` at the first `=`, `-xVALUE` for a short option that takes a value.
+fn split_option(word: &OsStr) -> (String, Option<OsString>) {
+    let b = word.as_bytes();
+    let (name, value) = if b.starts_with(b"--") {
+        match b.iter().position(|&c| c == b'=') {
+            Some(i) => (&b[..i], Some(&b[i + 1..])),
+            None => (b, None),
+        }
+    } else if b.len() > 2 && SHORT_WITH_VALUE.contains(&b[1]) {
+        (&b[..2], Some(&b[2..]))
+    } else {
+        (b, None)
+    };
+    (String::from_utf8_lossy(name).into_owned(), value.map(|v| OsStr::from_bytes(v).to_owned()))
 }
 
 /// Sets a scalar option, refusing a second occurrence.
@@ -98,26 +131,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut args = args.into_iter().peekable();
     let (mut mem, mut page, mut timeout, mut files_dir) = (None, None, None, None);
     let (mut images, mut files): (Vec<PathBuf>, Vec<PathBuf>) = (Vec::new(), Vec::new());
-    let (mut quiet, mut stats, mut trace, mut coalesce) = (false, false, false, true);
+    let (mut quiet, mut stats, mut trace, mut gdb, mut coalesce) = (false, false, false, None, true);
 
     while let Some(word) = args.next() {
         if !is_option(&word) {
             return err(format!("unexpected argument '{}' (images follow -g)", word.to_string_lossy()));
         }
-        // "--name=value" carries its value inline; short options never do.
-        let text = word.to_string_lossy().into_owned();
-        let (name, mut inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(OsString::from(v))),
-            _ => (text, None),
-        };
-        // The value of a scalar option: inline, or the next word if it is not an option.
+        let (name, mut inline) = split_option(&word);
+        // The value of a scalar option: inline (not empty), or the next word if it is a value.
         let mut value = |what: &str| -> Result<OsString, UsageError> {
-            if let Some(v) = inline.take() {
-                return Ok(v);
-            }
-            match args.next_if(|w| !is_option(w)) {
-                Some(v) => Ok(v),
-                None => err(format!("{name} needs a value: {what}")),
+            match inline.take() {
+                Some(v) if !v.is_empty() => Ok(v),
+                Some(_) => err(format!("{name} needs a value: {what}")),
+                None => match args.next_if(is_value) {
+                    Some(v) => Ok(v),
+                    None => err(format!("{name} needs a value: {what}")),
+                },
             }
         };
         match name.as_str() {
@@ -157,6 +186,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                     }
                 }
             }
+            "--gdb" => {
+                let v = value("a TCP port number from 1 to 65535")?;
+                let port = v.to_str().filter(|s| s.bytes().all(|c| c.is_ascii_digit())).and_then(|s| s.parse().ok());
+                match port {
+                    Some(p) if p != 0 => set_once(&mut gdb, "--gdb", p)?,
+                    _ => {
+                        return err(format!(
+                            "invalid --gdb port '{}': use a TCP port number from 1 to 65535",
+                            v.to_string_lossy()
+                        ));
+                    }
+                }
+            }
             "-g" | "--guest" => take_list(&mut images, inline.take(), &mut args, &name, "at least one guest image")?,
             "-f" | "--file" => take_list(&mut files, inline.take(), &mut args, &name, "at least one file path")?,
             "--files-dir" => set_once(&mut files_dir, "--files-dir", PathBuf::from(value("a directory")?))?,
@@ -178,10 +220,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if images.is_empty() {
         return err("missing -g/--guest <image>");
     }
-    Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace, coalesce }))
+    Ok(Command::Run(Config { mem_size, page, images, files, files_dir, quiet, timeout, stats, trace, gdb, coalesce }))
 }
 
-/// `-g`, `-f`: the inline value if any, then every following word that is not an option.
+/// `-g`, `-f`: the inline value if any (not empty), then every following word that is not an option.
 fn take_list(
     list: &mut Vec<PathBuf>,
     inline: Option<OsString>,
@@ -189,6 +231,9 @@ fn take_list(
     name: &str,
     what: &str,
 ) -> Result<(), UsageError> {
+    if inline.as_ref().is_some_and(|v| v.is_empty()) {
+        return err(format!("{name} needs a value: {what}"));
+    }
     let before = list.len();
     list.extend(inline.map(PathBuf::from));
     while let Some(w) = args.next_if(|w| !is_option(w)) {
@@ -245,6 +290,7 @@ mod tests {
         assert_eq!(config("-m 2 -p 4 -g a.img b.img c.img").images, expect);
         assert_eq!(config("-g a.img -m 2 -g b.img c.img -p 4").images, expect);
         assert_eq!(config("--guest=a.img b.img -p 4 --guest c.img -m 2").images, expect);
+        assert_eq!(config("-ga.img b.img -m2 -p4 -gc.img").images, expect);
     }
 
     #[test]
@@ -260,6 +306,11 @@ mod tests {
         assert!(error("-m 4 -p 2 -g a.img -f").contains("-f needs at least one file path"));
         assert!(error("-m 4 -p 2 -g a.img --files-dir").contains("--files-dir needs a value"));
         assert!(error("-m 4 -p 2 -g a --files-dir d --files-dir e").contains("--files-dir given more than once"));
+        // getopt style: the value attached to -f; an empty --opt= value is a missing value.
+        let c = config("-m4 -p2 -ga.img -fshared.txt y.bin --files-dir=out");
+        assert_eq!((c.files, c.files_dir), (["shared.txt", "y.bin"].map(PathBuf::from).to_vec(), Some("out".into())));
+        assert_eq!(error("-m 4 -p 2 -g a --files-dir="), "--files-dir needs a value: a directory");
+        assert_eq!(error("-m 4 -p 2 -g a --file="), "--file needs a value: at least one file path");
     }
 
     #[test]
@@ -289,7 +340,11 @@ mod tests {
             ("-m 4 -p 2 --page 2 -g x", "-p/--page given more than once"),
             ("-m 4 -p 2 -g x --timeout 1 --timeout 2", "--timeout given more than once"),
             ("-m 4 -p 2 -g x --timeout 0", "invalid timeout '0'"),
-            ("-m 4 -p 2 -g x --timeout -1", "--timeout needs a value"),
+            ("-m 4 -p 2 -g x --timeout -1", "invalid timeout '-1'"),
+            ("-m -1 -p 2 -g x", "invalid memory size '-1'"),
+            ("-m4x -p 2 -g x", "invalid memory size '4x'"),
+            ("-m=4 -p 2 -g x", "invalid memory size '=4'"),
+            ("-m 4 -p 2 -g x -qm", "unknown option '-qm'"),
             ("-m 4 -p 2 -g x --timeout soon", "invalid timeout 'soon'"),
             ("-m 4 -p 2 -g x --frobnicate", "unknown option '--frobnicate'"),
             ("-m 4 -p 2 -g x -x", "unknown option '-x'"),
@@ -307,10 +362,71 @@ mod tests {
     fn image_paths_need_not_be_utf8() {
         use std::os::unix::ffi::OsStringExt;
         let odd = OsString::from_vec(b"g\xffuest.img".to_vec());
-        let args = ["-m", "2", "-p", "4", "-g"].map(OsString::from).into_iter().chain([odd.clone()]);
-        match parse(args) {
-            Ok(Command::Run(c)) => assert_eq!(c.images, vec![PathBuf::from(odd)]),
-            other => panic!("{other:?}"),
+        let with = |words: Vec<OsString>| {
+            let args = ["-m", "2", "-p", "4"].map(OsString::from).into_iter().chain(words);
+            match parse(args) {
+                Ok(Command::Run(c)) => c.images,
+                other => panic!("{other:?}"),
+            }
+        };
+        let expect = vec![PathBuf::from(&odd)];
+        assert_eq!(with(vec![OsString::from("-g"), odd.clone()]), expect);
+        // Inline, the value is split off as bytes and kept as it is.
+        assert_eq!(with(vec![OsString::from_vec(b"--guest=g\xffuest.img".to_vec())]), expect);
+        assert_eq!(with(vec![OsString::from_vec(b"-gg\xffuest.img".to_vec())]), expect);
+    }
+
+    #[test]
+    fn an_inline_value_is_split_at_the_first_equals_sign() {
+        let split = |w: &str| split_option(OsStr::new(w));
+        assert_eq!(split("--guest=a=b.img"), ("--guest".to_owned(), Some(OsString::from("a=b.img"))));
+        assert_eq!(split("--memory="), ("--memory".to_owned(), Some(OsString::new())));
+        assert_eq!(split("--stats"), ("--stats".to_owned(), None));
+        assert_eq!(split("-m4"), ("-m".to_owned(), Some(OsString::from("4"))));
+        assert_eq!(split("-q=1"), ("-q=1".to_owned(), None));
+        assert_eq!(split("-m"), ("-m".to_owned(), None));
+        assert_eq!(config("--guest=a=b.img -m 2 -p 4").images, [PathBuf::from("a=b.img")]);
+    }
+
+    #[test]
+    fn short_options_take_an_attached_value_as_getopt_does() {
+        let c = config("-m 4 -p 2 -g guest.img");
+        assert_eq!(config("-m4 -p2 -gguest.img"), c);
+        assert_eq!(config("-gguest.img -p2 -m4"), c);
+        let c = config("-m8 -p4 -ga.img");
+        assert_eq!((c.mem_size, c.page, c.images), (8 * MIB, PageSize::Small4K, vec![PathBuf::from("a.img")]));
+    }
+
+    #[test]
+    fn an_empty_inline_value_is_a_missing_value() {
+        for (args, expected) in [
+            ("-m 4 -p 2 -g x --memory=", "--memory needs a value: 2, 4 or 8 (MiB)"),
+            ("-m 4 -g x --page=", "--page needs a value: 4 (KiB) or 2 (MiB)"),
+            ("-m 4 -p 2 -g x --timeout=", "--timeout needs a value: a number of seconds"),
+            ("-m 4 -p 2 -g x --gdb=", "--gdb needs a value: a TCP port number from 1 to 65535"),
+            ("-m 4 -p 2 --guest=", "--guest needs a value: at least one guest image"),
+            ("-m 4 -p 2 --guest= x", "--guest needs a value: at least one guest image"),
+        ] {
+            assert_eq!(error(args), expected, "{args:?}");
         }
+    }
+
+    #[test]
+    fn gdb_port_and_no_coalesce() {
+        let c = config("-m 2 -p 4 -g x");
+        assert_eq!((c.gdb, c.coalesce), (None, true));
+        assert_eq!(config("-m 2 -p 4 -g x --gdb 1234").gdb, Some(1234));
+        assert_eq!(config("--gdb=1 -m 2 -p 4 -g x").gdb, Some(1));
+        assert_eq!(config("-m 2 -p 4 -g x --gdb 65535").gdb, Some(65535));
+        assert!(!config("-m 2 -p 4 --no-coalesce -g x").coalesce);
+        for bad in ["abc", "0", "70000", "-1", "+80", "12a", "1.5"] {
+            let msg = error(&format!("-m 2 -p 4 -g x --gdb {bad}"));
+            assert_eq!(msg, format!("invalid --gdb port '{bad}': use a TCP port number from 1 to 65535"));
+            let msg = error(&format!("-m 2 -p 4 -g x --gdb={bad}"));
+            assert!(msg.starts_with(&format!("invalid --gdb port '{bad}'")), "{msg}");
+        }
+        assert!(error("-m 2 -p 4 -g x --gdb").contains("--gdb needs a value"));
+        assert!(error("-m 2 -p 4 -g x --gdb 1 --gdb 2").contains("--gdb given more than once"));
+        assert!(error("-m 2 -p 4 -g x --no-coalesce=1").contains("--no-coalesce takes no value"));
     }
 }

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{BIN, guest, kvm_available, run, run_with_input};
+use common::{BIN, GUARD, Guarded, guest, kvm_available, run, run_with_input};
 
 #[test]
 fn hello_prints_exactly_the_guest_output_and_exits_0() {
@@ -94,27 +94,28 @@ fn without_access_to_dev_kvm_the_message_says_how_to_fix_it() {
         eprintln!("SKIP: needs root and setpriv to run as an unprivileged user");
         return;
     }
-    let out = Command::new("/usr/bin/setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "-m",
-            "2",
-            "-p",
-            "2",
-            "-g",
-            &guest("guest.img"),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut setpriv = Command::new("/usr/bin/setpriv");
+    setpriv.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "-m",
+        "2",
+        "-p",
+        "2",
+        "-g",
+        &guest("guest.img"),
+    ]);
+    let mut running = Guarded::command(setpriv, GUARD);
+    running.input(b"", true);
+    let out = running.finish();
+    let stderr = &out.stderr;
     if !stderr.contains("/dev/kvm") {
         eprintln!("SKIP: the test binary or image is not reachable for user nobody: {stderr}");
         return;
     }
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status, 1);
     assert!(out.stdout.is_empty());
     assert!(
         stderr.contains("/dev/kvm: permission denied") && stderr.contains("kvm group") && stderr.contains("sudo"),
@@ -212,21 +213,13 @@ fn timeout_stops_a_spinning_guest_and_one_waiting_for_input() {
     assert!(r.stderr.contains("timed out after 1 s") && r.stderr.contains("RIP"), "{}", r.stderr);
 
     // echo.img blocks on stdin, which stays open: the kick must interrupt the read.
-    let mut child = Command::new(BIN)
-        .args(["-q", "-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("echo.img")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"typed").unwrap();
-    stdin.flush().unwrap();
-    let out = child.wait_with_output().unwrap();
-    drop(stdin);
-    assert_eq!(out.status.code(), Some(1));
+    let args = ["-q", "-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("echo.img")];
+    let mut running = Guarded::spawn(&std::env::temp_dir(), &args, Duration::from_secs(20));
+    running.input(b"typed", false);
+    let out = running.finish();
+    assert_eq!(out.status, 1);
     assert_eq!(out.stdout, b"typed", "echoed bytes are flushed when the VM is stopped");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    assert!(out.stderr.contains("timed out"), "{}", out.stderr);
 }
 
 #[test]
@@ -234,29 +227,18 @@ fn ctrl_c_stops_the_vm_and_keeps_its_output() {
     if !kvm_available() {
         return;
     }
-    use std::io::{BufRead, BufReader, Read};
-    let mut child = Command::new(BIN)
-        .args(["--trace", "-m", "2", "-p", "2", "-g", &guest("spin.img")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = ["--trace", "-m", "2", "-p", "2", "-g", &guest("spin.img")];
+    let mut running = Guarded::spawn(&std::env::temp_dir(), &args, GUARD);
+    running.input(b"", true);
     // Wait until the guest has written "spinning\n": --trace reports each exit on stderr,
     // and the last byte is the newline (0x0a). Its output is still in the buffer then.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("data=[0a]") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the guest never wrote its newline");
-    }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    running.wait_for_stderr("the guest wrote its newline", |s| s.contains("data=[0a]"));
+    let kill = Command::new("kill").args(["-INT", &running.pid().to_string()]).status().unwrap();
     assert!(kill.success());
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{rest}");
+    let out = running.finish();
+    assert_eq!(out.status, 1, "{}", out.stderr);
     assert_eq!(out.stdout, b"spinning\n", "output flushed though interrupted");
-    assert!(rest.contains("interrupted (SIGINT/SIGTERM)"), "{rest}");
+    assert!(out.stderr.contains("interrupted (SIGINT/SIGTERM)"), "{}", out.stderr);
 }
 
 #[test]

@@ -1,12 +1,26 @@
-//! Helpers shared by the integration tests: run the built binary, find guest images.
+//! Helpers shared by the integration tests: run the built binary under a guard time, find
+//! guest images.
+//!
+//! Every run has a guard: if the binary is still running after it (30 s unless the test picks
+//! another), it is killed and the test fails with "guest ran longer than its guard of N s",
+//! so a regression that hangs fails one test instead of stalling the whole suite. The guard is
+//! not a synchronisation: the helpers wait for the end of the binary's output, read on threads,
+//! with `recv_timeout`, and return as soon as it exits.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mini_hypervisor_c");
+
+/// How long one run may take, unless the test gives its own guard.
+pub const GUARD: Duration = Duration::from_secs(30);
 
 pub struct Run {
     pub status: i32,
@@ -54,23 +68,183 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Runs the binary with `cwd` as its current directory.
-pub fn run_in(cwd: &std::path::Path, args: &[&str], input: &[u8]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mini_hypervisor");
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    Run {
-        status: out.status.code().expect("exited, not killed by a signal"),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+/// Runs the binary with `cwd` as its current directory, `input` on its stdin (then end of file),
+/// under the default [`GUARD`].
+pub fn run_in(cwd: &Path, args: &[&str], input: &[u8]) -> Run {
+    run_guarded(cwd, args, input, GUARD)
+}
+
+/// [`run_in`] with a guard of the test's choosing and arguments that need not be UTF-8.
+pub fn run_guarded<S: AsRef<OsStr>>(cwd: &Path, args: &[S], input: &[u8], guard: Duration) -> Run {
+    let mut running = Guarded::spawn(cwd, args, guard);
+    running.input(input, true);
+    running.finish()
+}
+
+/// What the reader threads report.
+enum Event {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// One of the two pipes reached end of file.
+    Closed,
+}
+
+/// A running process under a guard, for tests that talk to it while it runs (keep stdin open,
+/// wait for a line on stderr, send a signal). Dropped early (a failed assertion), it is killed.
+pub struct Guarded {
+    child: Child,
+    shown: String,
+    guard: Duration,
+    deadline: Instant,
+    events: Receiver<Event>,
+    /// Pipes (stdout, stderr) not yet at end of file.
+    open: u32,
+    stdin: Option<ChildStdin>,
+    /// The thread writing the input; it hands stdin back when the test keeps it open.
+    writer: Option<JoinHandle<Option<ChildStdin>>>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    reaped: bool,
+}
+
+impl Guarded {
+    /// Starts the binary under test in `cwd`, every stdio a pipe.
+    pub fn spawn<S: AsRef<OsStr>>(cwd: &Path, args: &[S], guard: Duration) -> Guarded {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(cwd);
+        Guarded::command(command, guard)
     }
+
+    /// Starts `command` (any program) under `guard`, every stdio a pipe.
+    pub fn command(mut command: Command, guard: Duration) -> Guarded {
+        let shown = std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+        let deadline = Instant::now() + guard;
+        let (tx, events) = mpsc::channel();
+        reader(child.stdout.take().unwrap(), tx.clone(), Event::Stdout);
+        reader(child.stderr.take().unwrap(), tx, Event::Stderr);
+        let stdin = child.stdin.take();
+        Guarded {
+            child,
+            shown,
+            guard,
+            deadline,
+            events,
+            open: 2,
+            stdin,
+            writer: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            reaped: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes `input` to stdin on a thread (the process may never read it all), then closes
+    /// stdin (end of file) if `close`; otherwise stdin stays open until the process is gone.
+    pub fn input(&mut self, input: &[u8], close: bool) {
+        let mut stdin = self.stdin.take().expect("stdin was already given away");
+        if input.is_empty() {
+            self.stdin = (!close).then_some(stdin);
+            return;
+        }
+        let input = input.to_vec();
+        self.writer = Some(thread::spawn(move || {
+            // An error is the process having exited or closed stdin: not the writer's concern.
+            let _ = stdin.write_all(&input);
+            (!close).then_some(stdin)
+        }));
+    }
+
+    /// Waits until the stderr written so far satisfies `done` (`what` says what it waits for);
+    /// panics if stderr ends first.
+    pub fn wait_for_stderr(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        while !done(&String::from_utf8_lossy(&self.stderr)) {
+            assert!(self.next_event(), "stderr ended before {what}: {}", String::from_utf8_lossy(&self.stderr));
+        }
+    }
+
+    /// Waits for the process to exit and returns what it wrote.
+    pub fn finish(mut self) -> Run {
+        while self.next_event() {}
+        // Both pipes are closed: the process has exited (it closes them in no other way).
+        let status = self.child.wait().unwrap();
+        self.reaped = true;
+        Run {
+            status: status.code().unwrap_or_else(|| panic!("{}: killed by a signal ({status})", self.shown)),
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+        }
+    }
+
+    /// Takes in the next output; `false` once both pipes are closed. Past the guard, kills the
+    /// process and panics.
+    fn next_event(&mut self) -> bool {
+        if self.open == 0 {
+            return false;
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(left) {
+            Ok(Event::Stdout(bytes)) => self.stdout.extend_from_slice(&bytes),
+            Ok(Event::Stderr(bytes)) => self.stderr.extend_from_slice(&bytes),
+            Ok(Event::Closed) => self.open -= 1,
+            Err(RecvTimeoutError::Disconnected) => self.open = 0,
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                panic!(
+                    "guest ran longer than its guard of {} s: {}\nstderr so far: {}",
+                    self.guard.as_secs_f64(),
+                    self.shown,
+                    String::from_utf8_lossy(&self.stderr)
+                );
+            }
+        }
+        self.open > 0
+    }
+
+    fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads `pipe` to its end on a thread, sending each chunk as `wrap(chunk)`, then `Closed`.
+fn reader(mut pipe: impl Read + Send + 'static, tx: Sender<Event>, wrap: fn(Vec<u8>) -> Event) {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(wrap(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Event::Closed);
+    });
 }

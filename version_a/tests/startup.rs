@@ -1,0 +1,106 @@
+//! The command line and the startup checks, end to end: what the binary accepts, what it
+//! refuses and how fast; and the test helpers' own guard.
+
+mod common;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{GUARD, Guarded, guest, kvm_available, run, run_guarded, temp_dir};
+
+#[test]
+fn a_fifo_as_guest_image_is_refused_at_once() {
+    let dir = temp_dir("startup_fifo");
+    let fifo = dir.join("pipe.img");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success());
+    // Nobody ever writes to the FIFO: opening it to read would block for ever. The guard is
+    // generous for a loaded machine; the check itself takes no time.
+    let path = fifo.to_str().unwrap();
+    for args in [&["-m", "2", "-p", "4", "-g", path][..], &["-m2", "-p4", &format!("--guest={path}")]] {
+        let r = run_guarded(&dir, args, b"", Duration::from_secs(5));
+        assert_eq!(r.status, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+        assert_eq!(
+            r.stderr,
+            format!(
+                "mini_hypervisor: guest image {path}: is a FIFO (named pipe), not a regular file: \
+                 give the path of a flat binary image\n"
+            )
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_image_path_that_is_not_utf8_is_used_as_it_is() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = temp_dir("startup_non_utf8");
+    let name = OsString::from_vec(b"g\xff.img".to_vec());
+    std::fs::copy(guest("guest.img"), dir.join(&name)).unwrap();
+    let mut inline = OsString::from("--guest=");
+    inline.push(&name);
+    let mut attached = OsString::from("-g");
+    attached.push(&name);
+    for image in [inline, attached] {
+        let args = [OsString::from("-q"), "-m".into(), "2".into(), "-p".into(), "2".into(), image.clone()];
+        let r = run_guarded(&dir, &args, b"", GUARD);
+        assert_eq!((r.status, r.stdout()), (0, "Hello, world!\n".to_owned()), "{image:?}: {}", r.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn short_options_with_attached_values_run_a_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m4", "-p2", &format!("-g{}", guest("guest.img"))]);
+    assert_eq!((r.status, r.stdout()), (0, "Hello, world!\n".to_owned()), "{}", r.stderr);
+}
+
+#[test]
+fn bad_option_values_are_usage_errors_naming_the_value() {
+    let hello = guest("guest.img");
+    for (args, expected) in [
+        (vec!["-m", "2", "-p", "4", "-g", &hello, "--gdb", "abc"], "invalid --gdb port 'abc'"),
+        (vec!["-m", "2", "-p", "4", "-g", &hello, "--gdb=70000"], "invalid --gdb port '70000'"),
+        (vec!["-m", "2", "-p", "4", "-g", &hello, "--gdb", "0"], "invalid --gdb port '0'"),
+        (vec!["-m", "2", "-p", "4", "-g", &hello, "--gdb", "-1"], "invalid --gdb port '-1'"),
+        (vec!["-m", "2", "-p", "4", "-g", &hello, "--gdb="], "--gdb needs a value"),
+        (vec!["--memory=", "-p", "4", "-g", &hello], "--memory needs a value"),
+        (vec!["-m", "2", "-p", "4", "--guest="], "--guest needs a value"),
+        (vec!["-m5", "-p", "4", "-g", &hello], "invalid memory size '5'"),
+    ] {
+        let r = run(&args);
+        assert_eq!(r.status, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+        let first = r.stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("mini_hypervisor: ") && first.contains(expected), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("Usage:"), "{}", r.stderr);
+    }
+    let help = run(&["--help"]).stdout();
+    assert!(help.contains("--gdb <port>") && help.contains("--no-coalesce"), "{help}");
+}
+
+#[test]
+fn a_run_past_its_guard_is_killed_and_fails_the_test() {
+    if !kvm_available() {
+        return;
+    }
+    // spin.img never halts: the helper must stop it at the guard, not hang.
+    let spin = guest("spin.img");
+    let outcome = std::panic::catch_unwind(|| {
+        let mut running = Guarded::spawn(Path::new("/"), &["-q", "-m", "2", "-p", "2", "-g", &spin], GUARD / 30);
+        running.input(b"", true);
+        running.finish()
+    });
+    let panic = outcome.err().expect("a guest past its guard fails the test");
+    let message = panic.downcast_ref::<String>().expect("a formatted panic message");
+    assert!(message.starts_with("guest ran longer than its guard of 1 s: "), "{message}");
+    assert!(message.contains("spin.img"), "{message}");
+}
