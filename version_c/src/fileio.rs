@@ -1,4 +1,4 @@
-//! Port 0x0278: the guest's file I/O device (SPEC §5, and the bulk commands of §6).
+//! Port 0x0278: the guest's file I/O device: the byte protocol and the bulk commands.
 //!
 //! The guest drives this device one port access at a time, exactly as the C original's file
 //! state machine did: every `out` moves the [`State`] one step, and once a request is complete
@@ -29,18 +29,26 @@
 //! An error answer "pending" after an abandoned request and "nothing pending" read the same
 //! (all ones, in any size), so an abandoned request simply returns the device to `Idle`.
 //!
+//! A request that is refused moves no data: a write that fails part-way (a full disk) answers
+//! -1 and first puts the file back to its length before the request.
+//!
+//! With `--trace` ([`FileDevice::set_trace`]), every request answered -1 is reported on stderr
+//! with the reason in words, e.g. `trace: vm0 (x.img): file: write vfd 3: count 150 > 127`.
+//!
 //! The device allocates nothing per access: names and data pass through fixed buffers.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use crate::sandbox::{self, Sandbox};
+use crate::hostfs::ShortWrite;
+use crate::sandbox::{self, OpenError, Sandbox};
 
 /// The I/O port of the file device.
 pub const FILE_PORT: u16 = 0x0278;
 
-/// Guest RAM as the bulk commands (SPEC §6) need it. The hypervisor implements it over its
+/// Guest RAM as the bulk commands need it. The hypervisor implements it over its
 /// mmap; tests implement it over a `Vec`. Callers ([`FileDevice`]) have already checked
 /// `[gpa, gpa+len)` lies in `[0, size())`.
 pub trait GuestRam {
@@ -49,8 +57,9 @@ pub trait GuestRam {
     /// read(2) from `file` straight into guest RAM `[gpa, gpa+len)`, looping until `len` bytes
     /// or end of file; returns bytes read.
     fn read_from_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<usize>;
-    /// write(2) all of guest RAM `[gpa, gpa+len)` to `file`.
-    fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<()>;
+    /// write(2) all of guest RAM `[gpa, gpa+len)` to `file`; on failure, how many bytes reached
+    /// the file first.
+    fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> Result<(), ShortWrite>;
 }
 
 /// Command bytes (the first byte of every request).
@@ -84,7 +93,7 @@ enum Mode {
     Write,
 }
 
-/// Which bulk command (§6) a request is.
+/// Which bulk command a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bulk {
     Read,
@@ -136,7 +145,7 @@ enum State {
     /// close: got 0x02, want the vfd.
     CloseWantVfd,
 
-    /// bulk (§6): got 0x05/0x06, want the vfd byte.
+    /// bulk: got 0x05/0x06, want the vfd byte.
     BulkWantVfd { op: Bulk },
     /// bulk: want the guest-physical address (one dword).
     BulkWantAddress { op: Bulk, vfd: u8 },
@@ -167,6 +176,8 @@ pub struct FileDevice {
     name: [u8; MAX_NAME_BYTES],
     /// The data of the write being received, or of the read being answered.
     data: [u8; MAX_TRANSFER],
+    /// `vmN (image)` when `--trace` asked for the reason of every refusal; `None`: silent.
+    trace: Option<String>,
 }
 
 impl FileDevice {
@@ -178,7 +189,14 @@ impl FileDevice {
             sandbox,
             name: [0; MAX_NAME_BYTES],
             data: [0; MAX_TRANSFER],
+            trace: None,
         }
+    }
+
+    /// Report every request answered -1 on stderr, with the reason, as
+    /// `trace: <label>: file: <request>: <reason>`.
+    pub fn set_trace(&mut self, label: String) {
+        self.trace = Some(label);
     }
 
     /// One `out` access: `data` is the access's bytes (len 1, 2 or 4, little-endian). String
@@ -236,11 +254,23 @@ impl FileDevice {
             | State::SendByte { .. }
             | State::SendDword { .. }
             | State::ReadSendCount { .. }
-            | State::ReadSendByte { .. } => command(byte),
+            | State::ReadSendByte { .. } => {
+                let next = command(byte);
+                if next == (State::SendByte { value: ERROR }) {
+                    self.refuse(Request::Command(byte), &Why::UnknownCommand);
+                }
+                next
+            }
 
             State::OpenWantFlags => State::OpenWantLen { flags: byte },
             State::OpenWantLen { flags } => match byte {
-                0 => State::SendByte { value: ERROR },
+                0 => {
+                    self.refuse(
+                        Request::Open { name: &[], flags },
+                        &Why::Open(OpenError::Name(sandbox::NameError::Empty)),
+                    );
+                    State::SendByte { value: ERROR }
+                }
                 len => State::OpenWantName { flags, len: usize::from(len), got: 0 },
             },
             State::OpenWantName { flags, len, got } => {
@@ -297,32 +327,32 @@ impl FileDevice {
 
     /// The open request is complete (`len` name bytes in `self.name`): the vfd, or 0xFF.
     fn open(&mut self, flags: u8, len: usize) -> u8 {
+        match self.try_open(flags, len) {
+            Ok(vfd) => vfd,
+            Err(why) => {
+                let name = self.name.get(..len).unwrap_or(&self.name);
+                self.refuse(Request::Open { name, flags }, &why);
+                ERROR
+            }
+        }
+    }
+
+    fn try_open(&mut self, flags: u8, len: usize) -> Result<u8, Why> {
         let mode = match flags {
             FLAGS_READ => Mode::Read,
             FLAGS_WRITE => Mode::Write,
-            _ => return ERROR,
+            _ => return Err(Why::Flags),
         };
-        let Some(name) = self.name.get(..len) else {
-            return ERROR;
-        };
-        if !sandbox::valid_name(name) {
-            return ERROR;
-        }
+        let name = self.name.get(..len).ok_or(Why::Open(OpenError::Name(sandbox::NameError::TooLong(len))))?;
+        sandbox::check_name(name).map_err(|e| Why::Open(OpenError::Name(e)))?;
         // The lowest free slot; a full table fails before anything is created on the host.
-        let Some((slot, vfd)) = self.files.iter_mut().zip(0u8..).find(|(slot, _)| slot.is_none()) else {
-            return ERROR;
-        };
+        let (slot, vfd) = self.files.iter_mut().zip(0u8..).find(|(slot, _)| slot.is_none()).ok_or(Why::TableFull)?;
         let opened = match mode {
             Mode::Read => self.sandbox.open_read(name),
             Mode::Write => self.sandbox.open_write(name),
         };
-        match opened {
-            Ok(file) => {
-                *slot = Some(OpenFile { file, mode });
-                vfd
-            }
-            Err(_) => ERROR,
-        }
+        *slot = Some(OpenFile { file: opened.map_err(Why::Open)?, mode });
+        Ok(vfd)
     }
 
     /// close: 0, or 0xFF when `vfd` is not open.
@@ -332,76 +362,208 @@ impl FileDevice {
                 *slot = None;
                 0
             }
-            _ => ERROR,
+            _ => {
+                self.refuse(Request::Close(vfd), &Why::NotOpen);
+                ERROR
+            }
         }
     }
 
     /// The read request is complete: read up to min(count, 127) bytes into `self.data` and
     /// make the answer pending.
     fn read(&mut self, vfd: u8, count: u8) -> State {
-        let Some(file) = lookup(&self.files, vfd, Mode::Read) else {
-            return State::SendByte { value: ERROR };
-        };
+        match self.try_read(vfd, count) {
+            Ok(state) => state,
+            Err(why) => {
+                self.refuse(Request::Read(vfd), &why);
+                State::SendByte { value: ERROR }
+            }
+        }
+    }
+
+    fn try_read(&mut self, vfd: u8, count: u8) -> Result<State, Why> {
+        let file = lookup(&self.files, vfd, Mode::Read)?;
         let want = usize::from(count).min(MAX_TRANSFER);
-        let Some(buf) = self.data.get_mut(..want) else {
-            return State::SendByte { value: ERROR };
-        };
+        let buf = self.data.get_mut(..want).ok_or(Why::CountTooBig(want))?;
         match read_up_to(file, buf).map(u8::try_from) {
-            Ok(Ok(0)) => State::SendByte { value: 0 },
-            Ok(Ok(n)) if usize::from(n) <= want => State::ReadSendCount { n },
-            _ => State::SendByte { value: ERROR },
+            Ok(Ok(0)) => Ok(State::SendByte { value: 0 }),
+            Ok(Ok(n)) if usize::from(n) <= want => Ok(State::ReadSendCount { n }),
+            Ok(_) => Err(Why::CountTooBig(want)),
+            Err(e) => Err(Why::ReadFailed(e)),
         }
     }
 
     /// The write request is complete (`count` data bytes consumed): the answer.
     fn write(&mut self, vfd: u8, count: usize) -> u8 {
+        match self.try_write(vfd, count) {
+            Ok(n) => n,
+            Err(why) => {
+                self.refuse(Request::Write(vfd), &why);
+                ERROR
+            }
+        }
+    }
+
+    fn try_write(&self, vfd: u8, count: usize) -> Result<u8, Why> {
         if count > MAX_TRANSFER {
-            return ERROR;
+            return Err(Why::CountTooBig(count));
         }
-        let Some(mut file) = lookup(&self.files, vfd, Mode::Write) else {
-            return ERROR;
-        };
-        let Some(bytes) = self.data.get(..count) else {
-            return ERROR;
-        };
+        let file = lookup(&self.files, vfd, Mode::Write)?;
+        let bytes = self.data.get(..count).ok_or(Why::CountTooBig(count))?;
         if bytes.is_empty() {
-            return 0;
+            return Ok(0);
         }
-        // One write_all straight to the file descriptor: once answered, the bytes are in the
-        // host file.
-        match (file.write_all(bytes), u8::try_from(count)) {
-            (Ok(()), Ok(n)) => n,
-            _ => ERROR,
-        }
+        // Straight to the file descriptor: once answered, the bytes are in the host file. A
+        // failure part-way takes back the bytes that fit.
+        write_counted(file, bytes).map_err(|short| take_back(file, short))?;
+        u8::try_from(count).map_err(|_| Why::CountTooBig(count))
     }
 
     /// The bulk request is complete: move up to `length` bytes between the file and guest RAM
     /// at `address`; the dword answer.
     fn bulk(&mut self, op: Bulk, vfd: u8, address: u32, length: u32, ram: &dyn GuestRam) -> u32 {
-        let Some(file) = lookup(&self.files, vfd, op.mode()) else {
-            return ERROR_DWORD;
-        };
+        match self.try_bulk(op, vfd, address, length, ram) {
+            Ok(n) => n,
+            Err(why) => {
+                self.refuse(Request::Bulk { op, vfd, address, length }, &why);
+                ERROR_DWORD
+            }
+        }
+    }
+
+    fn try_bulk(&self, op: Bulk, vfd: u8, address: u32, length: u32, ram: &dyn GuestRam) -> Result<u32, Why> {
+        let file = lookup(&self.files, vfd, op.mode())?;
         if length == 0 {
-            return 0;
+            return Ok(0);
         }
         // Both fit in 32 bits, so the sum cannot overflow in 64.
         let end = u64::from(address) + u64::from(length);
-        let Ok(len) = usize::try_from(length) else {
-            return ERROR_DWORD;
-        };
+        let outside = Why::OutsideRam { end, size: ram.size() };
         if end > ram.size() {
-            return ERROR_DWORD;
+            return Err(outside);
         }
+        let len = usize::try_from(length).map_err(|_| outside)?;
         let gpa = u64::from(address);
         match op {
             Bulk::Read => match ram.read_from_file(file, gpa, len) {
-                Ok(n) if n <= len => u32::try_from(n).unwrap_or(ERROR_DWORD),
-                _ => ERROR_DWORD,
+                Ok(n) if n <= len => u32::try_from(n).map_err(|_| Why::CountTooBig(n)),
+                Ok(n) => Err(Why::CountTooBig(n)),
+                Err(e) => Err(Why::ReadFailed(e)),
             },
             Bulk::Write => match ram.write_to_file(file, gpa, len) {
-                Ok(()) => length,
-                Err(_) => ERROR_DWORD,
+                Ok(()) => Ok(length),
+                Err(short) => Err(take_back(file, short)),
             },
+        }
+    }
+
+    /// With `--trace`: one line on stderr saying why `request` was answered -1. Never panics
+    /// (a failing stderr is ignored); costs nothing without `--trace`.
+    fn refuse(&self, request: Request<'_>, why: &Why) {
+        if let Some(label) = &self.trace {
+            let _ = writeln!(io::stderr(), "trace: {label}: file: {request}: {why}");
+        }
+    }
+}
+
+/// A request answered -1, as `--trace` names it.
+#[derive(Debug, Clone, Copy)]
+enum Request<'a> {
+    Open {
+        name: &'a [u8],
+        flags: u8,
+    },
+    Close(u8),
+    Read(u8),
+    Write(u8),
+    Bulk {
+        op: Bulk,
+        vfd: u8,
+        address: u32,
+        length: u32,
+    },
+    /// An unknown command byte.
+    Command(u8),
+}
+
+impl fmt::Display for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Request::Open { name, flags } => {
+                write!(f, "open \"{}\"", name.escape_ascii())?;
+                match flags {
+                    FLAGS_READ => f.write_str(" for read"),
+                    FLAGS_WRITE => f.write_str(" for write"),
+                    _ => write!(f, " with flags {flags}"),
+                }
+            }
+            Request::Close(vfd) => write!(f, "close vfd {vfd}"),
+            Request::Read(vfd) => write!(f, "read vfd {vfd}"),
+            Request::Write(vfd) => write!(f, "write vfd {vfd}"),
+            Request::Bulk { op, vfd, address, length } => {
+                let what = match op {
+                    Bulk::Read => "read bulk",
+                    Bulk::Write => "write bulk",
+                };
+                write!(f, "{what} vfd {vfd}, {length} bytes at {address:#x}")
+            }
+            Request::Command(byte) => write!(f, "command {byte:#04x}"),
+        }
+    }
+}
+
+/// Why a request was answered -1 (said in words by [`fmt::Display`], for `--trace`).
+#[derive(Debug)]
+enum Why {
+    /// open: flags neither 0 nor 1.
+    Flags,
+    /// open: all 16 slots of the file table are in use.
+    TableFull,
+    /// open: the name, or the sandbox, said no.
+    Open(OpenError),
+    /// The vfd is not open.
+    NotOpen,
+    /// The vfd is open, but for the other direction (read vs write).
+    OpenedFor(Mode),
+    /// A count above 127 (or a transfer that reported more than was asked).
+    CountTooBig(usize),
+    /// A bulk range `[address, end)` that does not lie inside guest RAM of `size` bytes.
+    OutsideRam {
+        end: u64,
+        size: u64,
+    },
+    ReadFailed(io::Error),
+    /// A write failed after `written` bytes reached the file; `undone`: they were taken back.
+    WriteFailed {
+        error: io::Error,
+        written: usize,
+        undone: bool,
+    },
+    UnknownCommand,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Flags => f.write_str("flags are neither 0 (read) nor 1 (write)"),
+            Why::TableFull => write!(f, "{MAX_OPEN_FILES} files already open"),
+            Why::Open(e) => write!(f, "{e}"),
+            Why::NotOpen => f.write_str("not open"),
+            Why::OpenedFor(Mode::Read) => f.write_str("opened for read"),
+            Why::OpenedFor(Mode::Write) => f.write_str("opened for write"),
+            Why::CountTooBig(count) => write!(f, "count {count} > {MAX_TRANSFER}"),
+            Why::OutsideRam { end, size } => {
+                write!(f, "the range ends at {end:#x}, past the end of guest RAM ({size:#x} bytes)")
+            }
+            Why::ReadFailed(e) => write!(f, "{e}"),
+            Why::WriteFailed { error, written: 0, .. } => write!(f, "{error}"),
+            Why::WriteFailed { error, written, undone: true } => {
+                write!(f, "{error}; the {written} bytes written first were taken back")
+            }
+            Why::WriteFailed { error, written, undone: false } => {
+                write!(f, "{error}; {written} bytes written first could not be taken back")
+            }
+            Why::UnknownCommand => f.write_str("unknown command"),
         }
     }
 }
@@ -426,11 +588,40 @@ fn command(byte: u8) -> State {
 }
 
 /// The file behind `vfd` if it is open in `mode`.
-fn lookup(files: &[Option<OpenFile>], vfd: u8, mode: Mode) -> Option<&File> {
+fn lookup(files: &[Option<OpenFile>], vfd: u8, mode: Mode) -> Result<&File, Why> {
     match files.get(usize::from(vfd)) {
-        Some(Some(open)) if open.mode == mode => Some(&open.file),
-        _ => None,
+        Some(Some(open)) if open.mode == mode => Ok(&open.file),
+        Some(Some(open)) => Err(Why::OpenedFor(open.mode)),
+        _ => Err(Why::NotOpen),
     }
+}
+
+/// Write all of `bytes` to `file`; on failure, how many reached the file first.
+fn write_counted(mut file: &File, bytes: &[u8]) -> Result<(), ShortWrite> {
+    let mut done = 0;
+    while let Some(rest) = bytes.get(done..).filter(|rest| !rest.is_empty()) {
+        match file.write(rest) {
+            Ok(0) => return Err(ShortWrite { written: done, error: io::ErrorKind::WriteZero.into() }),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(ShortWrite { written: done, error }),
+        }
+    }
+    Ok(())
+}
+
+/// A write failed after `short.written` bytes were appended: cut the file back to its length
+/// before the request, so that a request answered -1 moves no data. The file is open for
+/// append and private to this VM (the only writer), so those bytes are its last ones.
+fn take_back(file: &File, short: ShortWrite) -> Why {
+    let ShortWrite { written, error } = short;
+    let undone = written == 0
+        || u64::try_from(written)
+            .ok()
+            .zip(file.metadata().ok())
+            .and_then(|(n, meta)| meta.len().checked_sub(n))
+            .is_some_and(|len| file.set_len(len).is_ok());
+    Why::WriteFailed { error, written, undone }
 }
 
 /// Read until `buf` is full or end of file (a short read alone does not mean end of file).
@@ -482,9 +673,9 @@ mod tests {
             let mut mem = self.mem.borrow_mut();
             read_up_to(file, &mut mem[start..start + len])
         }
-        fn write_to_file(&self, mut file: &File, gpa: u64, len: usize) -> io::Result<()> {
+        fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> Result<(), ShortWrite> {
             let start = usize::try_from(gpa).unwrap();
-            file.write_all(&self.mem.borrow()[start..start + len])
+            write_counted(file, &self.mem.borrow()[start..start + len])
         }
     }
 
@@ -514,7 +705,7 @@ mod tests {
         fn new(tmp: &TempDir, shared: Arc<SharedFiles>, index: usize) -> Vm {
             let private = tmp.0.join(format!("guest_vm{index}_files"));
             Vm {
-                dev: FileDevice::new(Sandbox::new(shared, private.clone())),
+                dev: FileDevice::new(Sandbox::new(shared, private.clone(), format!("vm{index} (test)"))),
                 ram: VecRam::new(RAM_SIZE),
                 root: tmp.0.clone(),
                 private,
@@ -1182,7 +1373,7 @@ mod tests {
         assert_eq!(vm1.private_file("secret"), b"");
     }
 
-    // ---- bulk (§6) ---------------------------------------------------------------------
+    // ---- bulk --------------------------------------------------------------------------
 
     #[test]
     fn bulk_range_must_lie_inside_guest_ram() {

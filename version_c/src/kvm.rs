@@ -11,15 +11,12 @@
 //!    and [`Vm`], which bundles them as the C's `vm_init` does;
 //! 4. decoding of `kvm_run` into a typed [`VcpuExit`];
 //! 5. [`Kick`]: stopping a vCPU from another thread (`immediate_exit` + a signal), and the
-//!    blocking and waiting of SIGINT/SIGTERM, which stop every VM;
-//! 6. host files for the guest file device (version C): `openat`/`unlinkat` relative to the
-//!    VM's private directory, and `read(2)`/`write(2)` straight between a file and guest RAM.
+//!    blocking and waiting of SIGINT/SIGTERM, which stop every VM.
 //!
 //! Everything outside this file is safe Rust: the crate root denies `unsafe_code`, this module
 //! alone allows it, and every other module forbids it.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
@@ -424,6 +421,13 @@ impl Mmap {
         Ok(self.ptr.as_ptr().wrapping_add(off))
     }
 
+    /// The host address of `[off, off + n)` after checking that it lies inside the mapping,
+    /// for the FFI that moves file data straight into or out of guest RAM (version C's
+    /// `hostfs.rs`). The pointer is valid while `self` is alive; use it for no reference.
+    pub fn ptr_at(&self, off: usize, n: usize) -> io::Result<*mut u8> {
+        self.at(off, n)
+    }
+
     /// Copies `dst.len()` bytes at `off` out of the mapping.
     pub fn read(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
         let src = self.at(off, dst.len())?;
@@ -801,102 +805,6 @@ pub fn wait_stop_signal() -> io::Result<libc::c_int> {
     if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(signal) }
 }
 
-// ---------------------------------------------------------------------------------------------
-// 6. Host files (version C)
-// ---------------------------------------------------------------------------------------------
-//
-// JUSTIFICATION: std opens files by path only. To open a guest-chosen name *inside* the VM's
-// private directory, so that no name can ever resolve outside it, the sandbox opens the
-// directory once and then uses `openat(2)` / `unlinkat(2)` relative to that descriptor (the C
-// original built the path string "../Guest/" + name instead, which a name like `../../x`
-// escaped). And std has no way to `read(2)` into memory that is not a Rust slice: the bulk
-// commands move file data straight into and out of guest RAM.
-
-/// `openat(2)` relative to the directory `dir`, always with `O_NOFOLLOW | O_CLOEXEC` added.
-///
-/// `O_NOFOLLOW` makes a symbolic link in the last component fail with `ELOOP` instead of being
-/// followed; `name` should be a plain file name (no `/`), which the caller checks. `mode` is used
-/// only when `flags` contains `O_CREAT`. Retried on `EINTR`.
-pub fn openat(dir: &File, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
-    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    loop {
-        // SAFETY: `dir.as_raw_fd()` is an open descriptor borrowed from `dir`, which outlives the
-        // call; `name.as_ptr()` points to a NUL-terminated string owned by `name` for the whole
-        // call, and openat keeps neither. The variadic mode is passed as `c_uint`, the promoted
-        // type of `mode_t` that openat reads (only when O_CREAT is set).
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, libc::c_uint::from(mode)) };
-        if fd >= 0 {
-            // SAFETY: openat just returned `fd`: a newly opened descriptor that nothing else owns
-            // or will close, so `OwnedFd` may take ownership and close it exactly once.
-            return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// `unlinkat(2)` of the file `name` in the directory `dir` (never a directory: no `AT_REMOVEDIR`).
-pub fn unlinkat(dir: &File, name: &CStr) -> io::Result<()> {
-    // SAFETY: `dir.as_raw_fd()` is an open descriptor borrowed from `dir` for the whole call;
-    // `name.as_ptr()` is a NUL-terminated string owned by `name` for the whole call; unlinkat
-    // keeps neither pointer.
-    let rc = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-impl Mmap {
-    /// `read(2)` from `file` straight into the mapping at `[off, off + len)`, looping until
-    /// `len` bytes or end of file. Returns the bytes read; only those bytes are changed.
-    /// An error after some bytes arrived returns those bytes (the error shows again next time).
-    pub fn copy_from_file(&self, file: &File, off: usize, len: usize) -> io::Result<usize> {
-        let dst = self.at(off, len)?;
-        let mut got = 0;
-        while got < len {
-            // SAFETY: `dst + got .. dst + len` lies inside the mapping (`at` checked the whole
-            // range); read(2) writes at most `len - got` bytes there and keeps no pointer; no
-            // Rust reference into the mapping exists.
-            let n = unsafe { libc::read(file.as_raw_fd(), dst.wrapping_add(got).cast(), len - got) };
-            match n {
-                0 => break,
-                n if n > 0 => got += n as usize,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::Interrupted => {}
-                        _ if got > 0 => break,
-                        _ => return Err(e),
-                    }
-                }
-            }
-        }
-        Ok(got)
-    }
-
-    /// `write(2)` all of `[off, off + len)` of the mapping to `file`.
-    pub fn copy_to_file(&self, file: &File, off: usize, len: usize) -> io::Result<()> {
-        let src = self.at(off, len)?;
-        let mut done = 0;
-        while done < len {
-            // SAFETY: `src + done .. src + len` lies inside the mapping (`at` checked the whole
-            // range); write(2) only reads those bytes and keeps no pointer.
-            let n = unsafe { libc::write(file.as_raw_fd(), src.wrapping_add(done).cast(), len - done) };
-            match n {
-                n if n > 0 => done += n as usize,
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -936,52 +844,5 @@ mod tests {
         let mut page = vec![0xffu8; 4096];
         m.read(0, &mut page).unwrap();
         assert!(page.iter().all(|&b| b == 0));
-    }
-
-    fn temp_dir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("mh_kvm_{}_{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn openat_stays_in_its_directory_and_never_follows_a_symlink() {
-        use std::io::{Read, Write};
-        let path = temp_dir("openat");
-        let dir = File::open(&path).unwrap();
-        let mut f = openat(&dir, c"x", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap();
-        f.write_all(b"hello").unwrap();
-        let mut text = String::new();
-        openat(&dir, c"x", libc::O_RDONLY, 0).unwrap().read_to_string(&mut text).unwrap();
-        assert_eq!(text, "hello");
-        std::fs::write(path.join("target"), b"outside").unwrap();
-        std::os::unix::fs::symlink(path.join("target"), path.join("link")).unwrap();
-        let err = openat(&dir, c"link", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
-        unlinkat(&dir, c"x").unwrap();
-        assert_eq!(unlinkat(&dir, c"x").unwrap_err().kind(), io::ErrorKind::NotFound);
-        std::fs::remove_dir_all(&path).unwrap();
-    }
-
-    #[test]
-    fn file_copies_into_and_out_of_the_mapping_are_bounds_checked() {
-        let path = temp_dir("copy");
-        std::fs::write(path.join("in"), b"0123456789").unwrap();
-        let m = Mmap::anonymous(4096).unwrap();
-        m.write(4090, b"zzzzzz").unwrap();
-        let input = File::open(path.join("in")).unwrap();
-        assert!(m.copy_from_file(&input, 4095, 2).is_err(), "past the end: refused before reading");
-        assert_eq!(m.copy_from_file(&input, 4090, 4).unwrap(), 4);
-        assert_eq!(m.copy_from_file(&input, 4094, 2).unwrap(), 2);
-        let mut tail = [0u8; 6];
-        m.read(4090, &mut tail).unwrap();
-        assert_eq!(&tail, b"012345");
-        assert_eq!(m.copy_from_file(&input, 0, 100).unwrap(), 4, "short only at end of file");
-        let out = File::create(path.join("out")).unwrap();
-        assert!(m.copy_to_file(&out, 4093, 4).is_err());
-        m.copy_to_file(&out, 4090, 6).unwrap();
-        assert_eq!(std::fs::read(path.join("out")).unwrap(), b"012345");
-        std::fs::remove_dir_all(&path).unwrap();
     }
 }

@@ -9,6 +9,7 @@
 mod args;
 mod devices;
 mod fileio;
+mod hostfs;
 mod image;
 mod kvm;
 mod long_mode;
@@ -73,11 +74,22 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(SharedFiles::check(&config.files)?);
     let files_dir = config.files_dir.clone().unwrap_or_default(); // "" = the current directory
-    if files_dir.exists() && !files_dir.is_dir() {
-        return Err(format!(
-            "--files-dir {}: not a directory: give a directory (it is created if missing)",
-            files_dir.display()
-        ));
+    match std::fs::metadata(&files_dir) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!(
+                "--files-dir {}: not a directory: give a directory (it is created if missing)",
+                files_dir.display()
+            ));
+        }
+        // Under a regular file (ENOTDIR), no permission, ...: it could never be created. ("" is
+        // the current directory; a missing directory is created when a guest first writes.)
+        Err(e) if !files_dir.as_os_str().is_empty() && e.kind() != io::ErrorKind::NotFound => {
+            return Err(format!(
+                "--files-dir {}: cannot be used ({e}): give a directory (it is created if missing)",
+                files_dir.display()
+            ));
+        }
+        _ => {}
     }
     let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
     if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
@@ -110,8 +122,12 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         }
         let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
         // Each VM's private files live in <files-dir>/<stem>_vm<N>_files/ (SPEC §5).
-        let sandbox = Sandbox::new(Arc::clone(&shared), files_dir.join(sandbox::private_dir_name(&image.path, index)));
-        let mut devices = Devices::new(label.clone(), serial, FileDevice::new(sandbox));
+        let private_dir = files_dir.join(sandbox::private_dir_name(&image.path, index));
+        let mut file_device = FileDevice::new(Sandbox::new(Arc::clone(&shared), private_dir, label.clone()));
+        if config.trace {
+            file_device.set_trace(label.clone())
+        }
+        let mut devices = Devices::new(label.clone(), serial, file_device);
         let body_label = label.clone();
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),

@@ -1,4 +1,4 @@
-//! Version C under real KVM: guest file I/O on port 0x0278 (SPEC §5, §6), checked through the
+//! Version C under real KVM: guest file I/O on port 0x0278, checked through the
 //! guests' stdout and the host files they leave behind.
 
 mod common;
