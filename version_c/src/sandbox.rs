@@ -189,26 +189,31 @@ pub enum DirStep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirProblem {
     step: DirStep,
+    /// What was found at the path, in words ("" if nothing more than the error is known).
+    hint: &'static str,
     /// The `errno` of the failure, if it had one.
     code: Option<i32>,
     kind: io::ErrorKind,
 }
 
 impl DirProblem {
-    fn new(step: DirStep, e: &io::Error) -> DirProblem {
-        DirProblem { step, code: e.raw_os_error(), kind: e.kind() }
+    /// The failure `e` of `step` on `path`; looks at the path once more (`lstat(2)`) to say
+    /// what is in the way.
+    fn new(step: DirStep, e: &io::Error, path: &Path) -> DirProblem {
+        let hint = match (fs::symlink_metadata(path), e.raw_os_error()) {
+            (_, Some(libc::ENAMETOOLONG)) => "its name is too long",
+            (Ok(meta), _) if meta.is_symlink() => "it is a symbolic link",
+            (Ok(meta), _) if !meta.is_dir() => "it exists and is not a directory",
+            (Err(_), Some(libc::ENOTDIR)) => "a component of its path is not a directory",
+            _ => "",
+        };
+        DirProblem { step, hint, code: e.raw_os_error(), kind: e.kind() }
     }
 }
 
 impl fmt::Display for DirProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hint = match (self.step, self.code) {
-            (_, Some(libc::ELOOP)) => "it is a symbolic link",
-            (_, Some(libc::ENOTDIR)) => "it, or a directory on its path, is not a directory",
-            (DirStep::Create, Some(libc::EEXIST)) => "it exists and is not a directory",
-            (_, Some(libc::ENAMETOOLONG)) => "its name is too long",
-            _ => "",
-        };
+        let hint = self.hint;
         let error = match self.code {
             Some(code) => io::Error::from_raw_os_error(code),
             None => io::Error::from(self.kind),
@@ -364,13 +369,16 @@ fn private_dir<'a>(
     create: bool,
 ) -> Result<Option<&'a File>, OpenError> {
     if let PrivateDir::NotOpen = dir {
-        let created =
-            if create { fs::create_dir_all(path).map_err(|e| DirProblem::new(DirStep::Create, &e)) } else { Ok(()) };
+        let created = if create {
+            fs::create_dir_all(path).map_err(|e| DirProblem::new(DirStep::Create, &e, path))
+        } else {
+            Ok(())
+        };
         let opened = created.and_then(|()| {
             match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path) {
                 Ok(d) => Ok(Some(d)),
                 Err(e) if !create && e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(DirProblem::new(DirStep::Open, &e)),
+                Err(e) => Err(DirProblem::new(DirStep::Open, &e, path)),
             }
         });
         match opened {
@@ -542,19 +550,50 @@ mod tests {
         assert!(!err.contains('\n'));
     }
 
+    /// The check itself, on a file this process cannot read.
+    fn assert_unreadable_is_refused(p: &Path) {
+        assert!(File::open(p).is_err(), "{} must be unreadable here", p.display());
+        let err = SharedFiles::check(&[p.to_path_buf()]).unwrap_err();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        assert!(err.ends_with("make it readable (chmod +r) or give another -f path"), "{err}");
+    }
+
+    /// Root reads any file, so as root (as in CI) the check runs again in a child process as
+    /// user nobody: a copy of this test binary started through setpriv(1), running this test
+    /// alone, which then finds the file's path in `MH_UNREADABLE_FILE`.
     #[test]
     fn check_refuses_an_unreadable_file() {
+        const AS_NOBODY: &str = "MH_UNREADABLE_FILE";
+        if let Some(path) = std::env::var_os(AS_NOBODY) {
+            assert_unreadable_is_refused(Path::new(&path));
+            return;
+        }
         let tmp = TempDir::new("check-unreadable");
         let p = tmp.join("secret");
         fs::write(&p, b"s").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o000)).unwrap();
-        if File::open(&p).is_ok() {
-            eprintln!("SKIP: running as root, an unreadable file cannot be made");
+        if File::open(&p).is_err() {
+            assert_unreadable_is_refused(&p);
             return;
         }
-        let err = SharedFiles::check(std::slice::from_ref(&p)).unwrap_err();
-        assert!(err.contains(&p.display().to_string()), "{err}");
-        assert!(err.contains("Permission denied"), "{err}");
+        // Root: nobody must reach the file and the binary (a copy in the temp dir, whose
+        // directories are 0755, in case the build directory is not open to nobody).
+        let exe = tmp.join("unit-tests");
+        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let test = "sandbox::tests::check_refuses_an_unreadable_file";
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&exe)
+            .args(["--exact", test, "--test-threads=1"])
+            .env(AS_NOBODY, &p)
+            .output()
+            .expect("run setpriv (util-linux) to repeat the test as user nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "as nobody: {}\n{stdout}{stderr}", out.status);
+        assert!(stdout.contains("test result: ok. 1 passed"), "the test must have run as nobody:\n{stdout}{stderr}");
     }
 
     #[test]
@@ -713,5 +752,154 @@ mod tests {
         assert!(sb.open_write(b"s").is_err());
         // No partial copy poses as the private file.
         assert!(!private.join("s").exists());
+    }
+
+    // ---- an unusable private directory --------------------------------------------------
+
+    /// What the three kinds of unusable private directory do: the shared files stay readable,
+    /// every write-open fails with the directory's problem, and the problem is kept (not
+    /// retried, so the warning is printed once).
+    fn assert_unusable(tmp: &TempDir, private: PathBuf, reason: &str) {
+        let shared = shared_setup(tmp, &[("s", b"shared")]);
+        let mut sb = test_sandbox(shared, private.clone());
+        assert_eq!(read_all(sb.open_read(b"s").unwrap()), b"shared", "{reason}");
+        let err = sb.open_write(b"s").unwrap_err();
+        assert!(matches!(err, OpenError::PrivateDir(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("private directory cannot be "), "{text}");
+        assert!(text.contains(reason), "{text}");
+        let PrivateDir::Unusable(problem) = sb.dir else { panic!("{:?}", sb.dir) };
+        // Reads keep working, and a name that is not shared says why it was not found.
+        assert_eq!(read_all(sb.open_read(b"s").unwrap()), b"shared");
+        assert!(matches!(sb.open_read(b"other"), Err(OpenError::PrivateDir(p)) if p == problem));
+        assert!(matches!(sb.open_write(b"new"), Err(OpenError::PrivateDir(p)) if p == problem));
+        let warning = unusable_warning("vm0 (test.img)", &private, &problem);
+        assert_eq!(
+            warning,
+            format!(
+                "mini_hypervisor: warning: vm0 (test.img): private directory {} cannot be used: {problem}; its guest can read the shared files but not write",
+                private.display()
+            )
+        );
+        assert!(warning.contains(reason) && !warning.contains('\n'), "{warning}");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+    }
+
+    #[test]
+    fn a_private_dir_that_is_a_symlink_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-link");
+        fs::create_dir_all(tmp.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("p")).unwrap();
+        assert_unusable(&tmp, tmp.join("p"), "it is a symbolic link");
+        assert_eq!(fs::read_dir(tmp.join("elsewhere")).unwrap().count(), 0, "nothing written through the link");
+    }
+
+    #[test]
+    fn a_private_dir_under_a_regular_file_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-file");
+        fs::write(tmp.join("file"), b"regular").unwrap();
+        assert_unusable(&tmp, tmp.join("file/p"), "a component of its path is not a directory");
+        // The private directory itself a regular file.
+        let tmp = TempDir::new("unusable-file2");
+        fs::write(tmp.join("p"), b"regular").unwrap();
+        assert_unusable(&tmp, tmp.join("p"), "it exists and is not a directory");
+        assert_eq!(fs::read(tmp.join("p")).unwrap(), b"regular");
+    }
+
+    #[test]
+    fn a_private_dir_with_a_name_too_long_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-long");
+        assert_unusable(&tmp, tmp.join("d".repeat(300)), "its name is too long");
+    }
+
+    #[test]
+    fn an_unusable_private_dir_is_not_tried_again() {
+        let tmp = TempDir::new("unusable-kept");
+        fs::write(tmp.join("p"), b"in the way").unwrap();
+        let mut sb = test_sandbox(shared_setup(&tmp, &[]), tmp.join("p"));
+        assert!(matches!(sb.open_write(b"f"), Err(OpenError::PrivateDir(_))));
+        // The obstacle goes away: the sandbox keeps its verdict (one warning, no retry per open).
+        fs::remove_file(tmp.join("p")).unwrap();
+        assert!(matches!(sb.open_write(b"f"), Err(OpenError::PrivateDir(_))));
+        assert!(!tmp.join("p").exists());
+        // A directory that does not exist yet is not a problem for reads: it is created later.
+        let mut sb = test_sandbox(shared_setup(&tmp, &[]), tmp.join("q"));
+        assert!(matches!(sb.open_read(b"f"), Err(OpenError::NotFound)));
+        assert!(matches!(sb.dir, PrivateDir::NotOpen));
+        sb.open_write(b"f").unwrap();
+        assert!(matches!(sb.dir, PrivateDir::Open(_)));
+    }
+
+    // ---- hard links -------------------------------------------------------------------
+
+    #[test]
+    fn a_hard_link_in_the_private_dir_is_never_opened_for_writing() {
+        let tmp = TempDir::new("hardlink");
+        let shared = shared_setup(&tmp, &[("s", b"shared")]);
+        let private = tmp.join("p");
+        fs::create_dir_all(&private).unwrap();
+        fs::write(tmp.join("outside"), b"outside").unwrap();
+        fs::hard_link(tmp.join("outside"), private.join("h")).unwrap();
+        // A link to the shared original itself, under its shared name.
+        fs::hard_link(tmp.join("host/s"), private.join("s")).unwrap();
+        let mut sb = test_sandbox(shared, private.clone());
+        let err = sb.open_write(b"h").unwrap_err();
+        assert!(matches!(err, OpenError::HardLinks(2)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the private file has 2 hard links, and a file with more is never opened for writing"
+        );
+        assert!(matches!(sb.open_write(b"s"), Err(OpenError::HardLinks(2))));
+        assert_eq!(fs::read(tmp.join("outside")).unwrap(), b"outside");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+        // Once the host removes the other link, the file is the VM's alone again.
+        fs::remove_file(tmp.join("outside")).unwrap();
+        sb.open_write(b"h").unwrap().write_all(b"+mine").unwrap();
+        assert_eq!(fs::read(private.join("h")).unwrap(), b"outside+mine");
+    }
+
+    // ---- reasons ----------------------------------------------------------------------
+
+    #[test]
+    fn name_errors_say_what_is_wrong() {
+        let long = [b'x'; 255];
+        let cases: [(&[u8], NameError, &str); 6] = [
+            (b"", NameError::Empty, "empty name"),
+            (&long, NameError::TooLong(255), "a name of 255 bytes, more than 254"),
+            (b"a/b", NameError::Slash, "'/' in a name"),
+            (b"a\0", NameError::Nul, "NUL in a name"),
+            (b".", NameError::Dots, "\".\" and \"..\" are not file names"),
+            (b"..", NameError::Dots, "\".\" and \"..\" are not file names"),
+        ];
+        for (name, error, text) in cases {
+            assert_eq!(check_name(name), Err(error), "{name:?}");
+            assert_eq!(error.to_string(), text);
+            assert_eq!(OpenError::Name(error).to_string(), format!("refused, {text}"));
+        }
+        assert_eq!(check_name(b"ok"), Ok(()));
+    }
+
+    #[test]
+    fn open_errors_say_what_happened() {
+        let tmp = TempDir::new("reasons");
+        let shared = shared_setup(&tmp, &[]);
+        let mut sb = test_sandbox(shared, tmp.join("p"));
+        assert_eq!(sb.open_read(b"none").unwrap_err().to_string(), "no private file and no shared file of that name");
+        fs::create_dir_all(tmp.join("p/d")).unwrap();
+        assert_eq!(sb.open_read(b"d").unwrap_err().to_string(), "not a regular file");
+        std::os::unix::fs::symlink("/etc/passwd", tmp.join("p/l")).unwrap();
+        let link = sb.open_write(b"l").unwrap_err().to_string();
+        assert!(link.starts_with("the private file is a symbolic link, never followed ("), "{link}");
+        let problem = DirProblem::new(DirStep::Create, &io::Error::from_raw_os_error(libc::EACCES), &tmp.join("p"));
+        assert_eq!(
+            OpenError::PrivateDir(problem).to_string(),
+            "private directory cannot be created: Permission denied (os error 13)"
+        );
+        std::os::unix::fs::symlink(tmp.join("p"), tmp.join("q")).unwrap();
+        let problem = DirProblem::new(DirStep::Open, &io::Error::from_raw_os_error(libc::ENOTDIR), &tmp.join("q"));
+        assert_eq!(
+            OpenError::PrivateDir(problem).to_string(),
+            "private directory cannot be opened: it is a symbolic link (Not a directory (os error 20))"
+        );
     }
 }
