@@ -579,6 +579,7 @@ mod tests {
         }
         // Root: nobody must reach the file and the binary (a copy in the temp dir, whose
         // directories are 0755, in case the build directory is not open to nobody).
+        fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o755)).unwrap();
         let exe = tmp.join("unit-tests");
         fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
