@@ -1,4 +1,5 @@
-//! The FFI room: every `unsafe` of this crate is in this file.
+//! The FFI room: every `unsafe` of this crate is in this file (version C has a second one,
+//! `hostfs.rs`, for host files).
 //!
 //! C counterpart: `vm_init` and `vm_destroy` (open `/dev/kvm`, create the VM and its memory
 //! slot, create the vCPU and map its `kvm_run` area; then unmap and close it all).
@@ -22,8 +23,8 @@
 //! two indices of the coalesced ring, through the [`Kick`] handle, which is `Sync` and exposes
 //! them only as atomics.
 //!
-//! Everything outside this file is safe Rust: the crate root denies `unsafe_code`, this module
-//! alone allows it, and every other module forbids it.
+//! Everything outside the FFI rooms is safe Rust: the crate root denies `unsafe_code`, they
+//! alone allow it, and every other module forbids it.
 #![allow(unsafe_code)]
 // One file for all three versions (and for tests/layout.rs): each uses a part of it (only
 // version C's file port uses `Mmap::ptr_at`, for instance).

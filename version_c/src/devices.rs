@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 
 use crate::fileio::{FILE_PORT, FileDevice, GuestRam};
-use crate::hostfs;
+use crate::hostfs::{self, ShortWrite};
 use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
 
@@ -109,8 +109,9 @@ impl GuestRam for Mmap {
     fn read_from_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<usize> {
         hostfs::read_into_ram(self, file, usize::try_from(gpa).map_err(io::Error::other)?, len)
     }
-    fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> io::Result<()> {
-        hostfs::write_from_ram(self, file, usize::try_from(gpa).map_err(io::Error::other)?, len)
+    fn write_to_file(&self, file: &File, gpa: u64, len: usize) -> Result<(), ShortWrite> {
+        let off = usize::try_from(gpa).map_err(|e| ShortWrite { written: 0, error: io::Error::other(e) })?;
+        hostfs::write_from_ram(self, file, off, len)
     }
 }
 

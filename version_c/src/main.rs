@@ -3,7 +3,7 @@
 //! C counterpart: `main` in `Version_C/mini_hypervisor.c`. Same steps, same order:
 //! parse the options → check every image and shared file → open /dev/kvm → build the VMs →
 //! one thread per VM (C: `pthread_create` running `run_vm`) → join them → exit status.
-//! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
+//! Every `unsafe` of the crate is in `kvm.rs` and `hostfs.rs`; every other module forbids it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
@@ -89,11 +89,22 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(SharedFiles::check(&config.files)?);
     let files_dir = config.files_dir.clone().unwrap_or_default(); // "" = the current directory
-    if files_dir.exists() && !files_dir.is_dir() {
-        return Err(format!(
-            "--files-dir {}: not a directory: give a directory (it is created if missing)",
-            files_dir.display()
-        ));
+    match std::fs::metadata(&files_dir) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!(
+                "--files-dir {}: not a directory: give a directory (it is created if missing)",
+                files_dir.display()
+            ));
+        }
+        // Under a regular file (ENOTDIR), no permission, ...: it could never be created. ("" is
+        // the current directory; a missing directory is created when a guest first writes.)
+        Err(e) if !files_dir.as_os_str().is_empty() && e.kind() != io::ErrorKind::NotFound => {
+            return Err(format!(
+                "--files-dir {}: cannot be used ({e}): give a directory (it is created if missing)",
+                files_dir.display()
+            ));
+        }
+        _ => {}
     }
     // From here on nothing blocks until the VMs run, and no thread has started yet: Ctrl-C
     // and SIGTERM now stop the VMs instead of killing us.
@@ -130,8 +141,11 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         }
         let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
         // Each VM's private files live in <files-dir>/<stem>_vm<N>_files/ (SPEC §5).
-        let sandbox = Sandbox::new(Arc::clone(&shared), files_dir.join(sandbox::private_dir_name(&image.path, index)));
-        let files = FileDevice::new(sandbox);
+        let private_dir = files_dir.join(sandbox::private_dir_name(&image.path, index));
+        let mut files = FileDevice::new(Sandbox::new(Arc::clone(&shared), private_dir, label.clone()));
+        if config.trace {
+            files.set_trace(label.clone())
+        }
         let body_label = label.clone();
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),

@@ -1,4 +1,4 @@
-//! Which host file a guest file name means (SPEC §5, "Names, sharing and isolation").
+//! Which host file a guest file name means: names, sharing and isolation.
 //!
 //! A guest names a file by a plain name (1..=254 bytes, no `/`, no NUL, not `.` or `..`). Two
 //! places can hold a file of that name:
@@ -24,32 +24,75 @@
 //!
 //! Every open also adds `O_NONBLOCK` and then checks that it got a regular file: if a FIFO or a
 //! device has been put where a file was expected, the open fails instead of blocking the vCPU
-//! thread forever. (`O_NONBLOCK` has no effect on reads and writes of regular files.)
+//! thread forever. (`O_NONBLOCK` has no effect on reads and writes of regular files.) A private
+//! file with more than one hard link is never opened for writing: `O_NOFOLLOW` does not see a
+//! hard link planted in the private directory, the link count does.
+//!
+//! A private directory that cannot be created or opened (it is a symbolic link, it sits under
+//! a regular file, its name is too long, ...) does not take the shared files with it: they stay
+//! readable, every write-open fails, and the first failure prints one warning on stderr.
 #![forbid(unsafe_code)]
 
 use std::ffi::{CStr, OsStr, OsString};
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::hostfs as sys; // openat(2)/unlinkat(2): version C's host-file FFI
+use crate::hostfs; // openat(2)/unlinkat(2) relative to the private directory
 
-/// The longest guest file name: the open request's length byte is 1..=254 (SPEC §5).
+/// The longest guest file name: the open request's length byte is 1..=254.
 const MAX_NAME_LEN: usize = 254;
 
 /// Permission bits of files the guest creates (before the umask), as `fopen(3)` would use.
 const NEW_FILE_MODE: libc::mode_t = 0o666;
 
+/// Why a guest file name is not a plain file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    /// Its length in bytes (above 254).
+    TooLong(usize),
+    Slash,
+    Nul,
+    Dots,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => f.write_str("empty name"),
+            NameError::TooLong(n) => write!(f, "a name of {n} bytes, more than {MAX_NAME_LEN}"),
+            NameError::Slash => f.write_str("'/' in a name"),
+            NameError::Nul => f.write_str("NUL in a name"),
+            NameError::Dots => f.write_str("\".\" and \"..\" are not file names"),
+        }
+    }
+}
+
 /// Plain guest file name check: 1..=254 bytes, no `b'/'`, no NUL, not `"."` or `".."`.
+pub fn check_name(name: &[u8]) -> Result<(), NameError> {
+    if name.is_empty() {
+        Err(NameError::Empty)
+    } else if name.len() > MAX_NAME_LEN {
+        Err(NameError::TooLong(name.len()))
+    } else if name.contains(&b'/') {
+        Err(NameError::Slash)
+    } else if name.contains(&0) {
+        Err(NameError::Nul)
+    } else if name == b"." || name == b".." {
+        Err(NameError::Dots)
+    } else {
+        Ok(())
+    }
+}
+
+/// [`check_name`] as a yes/no.
 pub fn valid_name(name: &[u8]) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && !name.contains(&b'/')
-        && !name.contains(&0)
-        && name != b"."
-        && name != b".."
+    check_name(name).is_ok()
 }
 
 /// `<stem>_vm<N>_files` where stem = image file name without its extension ([`Path::file_stem`]).
@@ -135,62 +178,181 @@ impl SharedFiles {
     }
 }
 
+/// Which step of getting the private directory failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirStep {
+    Create,
+    Open,
+}
+
+/// Why the private directory cannot be used (kept after the first failure, which is not retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirProblem {
+    step: DirStep,
+    /// What was found at the path, in words ("" if nothing more than the error is known).
+    hint: &'static str,
+    /// The `errno` of the failure, if it had one.
+    code: Option<i32>,
+    kind: io::ErrorKind,
+}
+
+impl DirProblem {
+    /// The failure `e` of `step` on `path`; looks at the path once more (`lstat(2)`) to say
+    /// what is in the way.
+    fn new(step: DirStep, e: &io::Error, path: &Path) -> DirProblem {
+        let hint = match (fs::symlink_metadata(path), e.raw_os_error()) {
+            (_, Some(libc::ENAMETOOLONG)) => "its name is too long",
+            (Ok(meta), _) if meta.is_symlink() => "it is a symbolic link",
+            (Ok(meta), _) if !meta.is_dir() => "it exists and is not a directory",
+            (Err(_), Some(libc::ENOTDIR)) => "a component of its path is not a directory",
+            _ => "",
+        };
+        DirProblem { step, hint, code: e.raw_os_error(), kind: e.kind() }
+    }
+}
+
+impl fmt::Display for DirProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hint = self.hint;
+        let error = match self.code {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::from(self.kind),
+        };
+        if hint.is_empty() { write!(f, "{error}") } else { write!(f, "{hint} ({error})") }
+    }
+}
+
+/// Why an open failed: [`fmt::Display`] says it in words, for `--trace`.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Not a plain file name.
+    Name(NameError),
+    /// No private file and no shared file of that name.
+    NotFound,
+    /// The private directory cannot be created or opened.
+    PrivateDir(DirProblem),
+    /// The private file exists but cannot be opened (a symbolic link, no permission, ...).
+    Private(io::Error),
+    /// The shared original cannot be opened.
+    Shared(io::Error),
+    /// Copying the shared original into the private directory failed (no copy is left).
+    Copy(io::Error),
+    /// Not a regular file (a directory, a FIFO, a device).
+    NotRegular,
+    /// A private file with this many hard links (more than one) is not opened for writing.
+    HardLinks(u64),
+    /// `fstat(2)` of the opened file failed.
+    Stat(io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Name(e) => write!(f, "refused, {e}"),
+            OpenError::NotFound => f.write_str("no private file and no shared file of that name"),
+            OpenError::PrivateDir(p) => match p.step {
+                DirStep::Create => write!(f, "private directory cannot be created: {p}"),
+                DirStep::Open => write!(f, "private directory cannot be opened: {p}"),
+            },
+            OpenError::Private(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                write!(f, "the private file is a symbolic link, never followed ({e})")
+            }
+            OpenError::Private(e) => write!(f, "private file: {e}"),
+            OpenError::Shared(e) => write!(f, "shared file: {e}"),
+            OpenError::Copy(e) => write!(f, "copy-on-write of the shared file failed: {e}"),
+            OpenError::NotRegular => f.write_str("not a regular file"),
+            OpenError::HardLinks(n) => {
+                write!(f, "the private file has {n} hard links, and a file with more is never opened for writing")
+            }
+            OpenError::Stat(e) => write!(f, "fstat: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+impl OpenError {
+    /// The `io::ErrorKind` closest to this error (for tests and callers that only need a kind).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            OpenError::Name(_) | OpenError::NotRegular | OpenError::HardLinks(_) => io::ErrorKind::InvalidInput,
+            OpenError::NotFound => io::ErrorKind::NotFound,
+            OpenError::PrivateDir(p) => p.kind,
+            OpenError::Private(e) | OpenError::Shared(e) | OpenError::Copy(e) | OpenError::Stat(e) => e.kind(),
+        }
+    }
+}
+
+/// The private directory of a VM, as far as the sandbox got with it.
+#[derive(Debug)]
+enum PrivateDir {
+    /// Not opened yet (perhaps it does not exist yet: it is created on the first write-open).
+    NotOpen,
+    /// Opened `O_DIRECTORY | O_NOFOLLOW`; every private file is opened relative to it.
+    Open(File),
+    /// Creating or opening it failed once (a warning was printed); not tried again.
+    Unusable(DirProblem),
+}
+
 /// One VM's view of the host's files: its private directory over the shared files.
 #[derive(Debug)]
 pub struct Sandbox {
     shared: Arc<SharedFiles>,
     private_dir: PathBuf,
-    /// The private directory, opened `O_DIRECTORY | O_NOFOLLOW` once it exists; every private
-    /// file is opened relative to this descriptor.
-    dir: Option<File>,
+    dir: PrivateDir,
+    /// `vmN (image)`, for the warning about an unusable private directory.
+    label: String,
 }
 
 impl Sandbox {
     /// `private_dir` is the VM's private directory (created lazily on the first write-open;
-    /// never created for reads).
-    pub fn new(shared: Arc<SharedFiles>, private_dir: PathBuf) -> Self {
-        Sandbox { shared, private_dir, dir: None }
+    /// never created for reads). `label` names the VM in warnings.
+    pub fn new(shared: Arc<SharedFiles>, private_dir: PathBuf, label: String) -> Self {
+        Sandbox { shared, private_dir, dir: PrivateDir::NotOpen, label }
     }
 
-    /// SPEC §5: the private file if it exists, else the shared file of that name, else `Err`
-    /// (`NotFound`; `InvalidInput` for an invalid name).
-    pub fn open_read(&mut self, name: &[u8]) -> io::Result<File> {
+    /// The private file if it exists, else the shared file of that name, else `Err`. When the
+    /// private directory cannot be used, the shared files are still found.
+    pub fn open_read(&mut self, name: &[u8]) -> Result<File, OpenError> {
         let mut buf = [0; MAX_NAME_LEN + 1];
         let c_name = c_name(name, &mut buf)?;
-        if let Some(dir) = private_dir(&mut self.dir, &self.private_dir, false)? {
-            match sys::openat(dir, c_name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
-                Ok(file) => return regular(file),
+        let mut dir_error = None;
+        match private_dir(&mut self.dir, &self.private_dir, &self.label, false) {
+            Ok(Some(dir)) => match hostfs::openat(dir, c_name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                Ok(file) => return regular(file, false),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A private entry exists but cannot be used (a symbolic link, no permission):
                 // it hides the shared file of that name all the same.
-                Err(e) => return Err(e),
-            }
+                Err(e) => return Err(OpenError::Private(e)),
+            },
+            Ok(None) => {}
+            Err(e) => dir_error = Some(e),
         }
-        match self.shared.find(name) {
-            Some(path) => open_shared(path),
-            None => Err(io::ErrorKind::NotFound.into()),
+        match (self.shared.find(name), dir_error) {
+            (Some(path), _) => open_shared(path).map_err(OpenError::Shared).and_then(|f| regular(f, false)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(OpenError::NotFound),
         }
     }
 
-    /// SPEC §5: the private file if it exists; else copy-on-write of the shared file into the
-    /// private directory; else a new empty private file. Opened for append (`O_APPEND`).
-    pub fn open_write(&mut self, name: &[u8]) -> io::Result<File> {
+    /// The private file if it exists; else copy-on-write of the shared file into the private
+    /// directory; else a new empty private file. Opened for append (`O_APPEND`).
+    pub fn open_write(&mut self, name: &[u8]) -> Result<File, OpenError> {
         const APPEND: libc::c_int = libc::O_WRONLY | libc::O_APPEND | libc::O_NONBLOCK;
         let mut buf = [0; MAX_NAME_LEN + 1];
         let c_name = c_name(name, &mut buf)?;
-        let Some(dir) = private_dir(&mut self.dir, &self.private_dir, true)? else {
-            return Err(io::ErrorKind::NotFound.into());
+        let Some(dir) = private_dir(&mut self.dir, &self.private_dir, &self.label, true)? else {
+            return Err(OpenError::NotFound);
         };
-        match sys::openat(dir, c_name, APPEND, 0) {
-            Ok(file) => return regular(file),
+        match hostfs::openat(dir, c_name, APPEND, 0) {
+            Ok(file) => return regular(file, true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(OpenError::Private(e)),
         }
         if let Some(path) = self.shared.find(name) {
             copy_on_write(path, dir, c_name)?;
-            return regular(sys::openat(dir, c_name, APPEND, 0)?);
+            return regular(hostfs::openat(dir, c_name, APPEND, 0).map_err(OpenError::Private)?, true);
         }
-        regular(sys::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE)?)
+        regular(hostfs::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE).map_err(OpenError::Private)?, true)
     }
 }
 
@@ -198,33 +360,64 @@ impl Sandbox {
 /// not open yet. `Ok(None)`: it does not exist and `create` is false.
 ///
 /// `O_NOFOLLOW`: if the private directory itself has been replaced by a symbolic link, refuse.
-fn private_dir<'a>(dir: &'a mut Option<File>, path: &Path, create: bool) -> io::Result<Option<&'a File>> {
-    if dir.is_none() {
-        if create {
-            fs::create_dir_all(path)?;
-        }
-        let opened = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path);
+/// The first failure (other than "does not exist yet" for a read) prints one warning and is
+/// kept: the directory is not tried again.
+fn private_dir<'a>(
+    dir: &'a mut PrivateDir,
+    path: &Path,
+    label: &str,
+    create: bool,
+) -> Result<Option<&'a File>, OpenError> {
+    if let PrivateDir::NotOpen = dir {
+        let created = if create {
+            fs::create_dir_all(path).map_err(|e| DirProblem::new(DirStep::Create, &e, path))
+        } else {
+            Ok(())
+        };
+        let opened = created.and_then(|()| {
+            match OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path) {
+                Ok(d) => Ok(Some(d)),
+                Err(e) if !create && e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(DirProblem::new(DirStep::Open, &e, path)),
+            }
+        });
         match opened {
-            Ok(d) => *dir = Some(d),
-            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Ok(Some(d)) => *dir = PrivateDir::Open(d),
+            Ok(None) => return Ok(None),
+            Err(problem) => {
+                let _ = writeln!(io::stderr(), "{}", unusable_warning(label, path, &problem));
+                *dir = PrivateDir::Unusable(problem);
+            }
         }
     }
-    Ok(dir.as_ref())
+    match dir {
+        PrivateDir::Open(d) => Ok(Some(d)),
+        PrivateDir::Unusable(problem) => Err(OpenError::PrivateDir(*problem)),
+        PrivateDir::NotOpen => Ok(None),
+    }
+}
+
+/// The one warning line about a private directory that cannot be used.
+fn unusable_warning(label: &str, path: &Path, problem: &DirProblem) -> String {
+    format!(
+        "mini_hypervisor: warning: {label}: private directory {} cannot be used: {problem}; its guest can read the shared files but not write",
+        path.display()
+    )
 }
 
 /// Copy the shared original at `path` into a new file `name` in the private directory.
 ///
 /// The copy is created with `O_CREAT | O_EXCL`; if copying fails half-way, the partial copy is
 /// removed, so that a truncated copy never poses as the VM's private file.
-fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> io::Result<()> {
-    let mut original = open_shared(path)?;
-    let mut copy = sys::openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, NEW_FILE_MODE)?;
+fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> Result<(), OpenError> {
+    let mut original = regular(open_shared(path).map_err(OpenError::Shared)?, false)?;
+    let mut copy = hostfs::openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, NEW_FILE_MODE)
+        .map_err(OpenError::Private)?;
     if let Err(e) = io::copy(&mut original, &mut copy) {
         drop(copy);
         // Best effort: the copy error is the one worth reporting.
-        let _ = sys::unlinkat(dir, name);
-        return Err(e);
+        let _ = hostfs::unlinkat(dir, name);
+        return Err(OpenError::Copy(e));
     }
     Ok(())
 }
@@ -232,30 +425,31 @@ fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> io::Result<()> {
 /// Open a shared original read-only by its command-line path. The original is never opened
 /// for writing.
 fn open_shared(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-    regular(file)
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
-/// `file` if it is a regular file, else an `InvalidInput` error.
-fn regular(file: File) -> io::Result<File> {
-    if file.metadata()?.is_file() {
-        Ok(file)
+/// `file` if it is a regular file (one `fstat(2)`); for writing, also only if it has a single
+/// hard link (a hard link planted in the private directory could be any file of the host).
+fn regular(file: File, writing: bool) -> Result<File, OpenError> {
+    let meta = file.metadata().map_err(OpenError::Stat)?;
+    if !meta.is_file() {
+        Err(OpenError::NotRegular)
+    } else if writing && meta.nlink() > 1 {
+        Err(OpenError::HardLinks(meta.nlink()))
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
+        Ok(file)
     }
 }
 
-/// `name` checked with [`valid_name`] and NUL-terminated in `buf` (no allocation).
-fn c_name<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME_LEN + 1]) -> io::Result<&'a CStr> {
-    let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "invalid guest file name");
-    if !valid_name(name) {
-        return Err(invalid());
-    }
+/// `name` checked with [`check_name`] and NUL-terminated in `buf` (no allocation).
+fn c_name<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME_LEN + 1]) -> Result<&'a CStr, OpenError> {
+    check_name(name).map_err(OpenError::Name)?;
+    let invalid = || OpenError::Name(NameError::TooLong(name.len()));
     let with_nul = buf.get_mut(..=name.len()).ok_or_else(invalid)?;
     let (last, text) = with_nul.split_last_mut().ok_or_else(invalid)?;
     text.copy_from_slice(name);
     *last = 0;
-    CStr::from_bytes_with_nul(with_nul).map_err(|_| invalid())
+    CStr::from_bytes_with_nul(with_nul).map_err(|_| OpenError::Name(NameError::Nul))
 }
 
 #[cfg(test)]
@@ -277,6 +471,10 @@ mod tests {
             paths.push(p);
         }
         Arc::new(SharedFiles::check(&paths).unwrap())
+    }
+
+    fn test_sandbox(shared: Arc<SharedFiles>, private_dir: PathBuf) -> Sandbox {
+        Sandbox::new(shared, private_dir, "vm0 (test.img)".to_owned())
     }
 
     fn read_all(mut f: File) -> Vec<u8> {
@@ -352,19 +550,51 @@ mod tests {
         assert!(!err.contains('\n'));
     }
 
+    /// The check itself, on a file this process cannot read.
+    fn assert_unreadable_is_refused(p: &Path) {
+        assert!(File::open(p).is_err(), "{} must be unreadable here", p.display());
+        let err = SharedFiles::check(&[p.to_path_buf()]).unwrap_err();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        assert!(err.ends_with("make it readable (chmod +r) or give another -f path"), "{err}");
+    }
+
+    /// Root reads any file, so as root (as in CI) the check runs again in a child process as
+    /// user nobody: a copy of this test binary started through setpriv(1), running this test
+    /// alone, which then finds the file's path in `MH_UNREADABLE_FILE`.
     #[test]
     fn check_refuses_an_unreadable_file() {
+        const AS_NOBODY: &str = "MH_UNREADABLE_FILE";
+        if let Some(path) = std::env::var_os(AS_NOBODY) {
+            assert_unreadable_is_refused(Path::new(&path));
+            return;
+        }
         let tmp = TempDir::new("check-unreadable");
         let p = tmp.join("secret");
         fs::write(&p, b"s").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o000)).unwrap();
-        if File::open(&p).is_ok() {
-            eprintln!("SKIP: running as root, an unreadable file cannot be made");
+        if File::open(&p).is_err() {
+            assert_unreadable_is_refused(&p);
             return;
         }
-        let err = SharedFiles::check(std::slice::from_ref(&p)).unwrap_err();
-        assert!(err.contains(&p.display().to_string()), "{err}");
-        assert!(err.contains("Permission denied"), "{err}");
+        // Root: nobody must reach the file and the binary (a copy in the temp dir, whose
+        // directories are 0755, in case the build directory is not open to nobody).
+        fs::set_permissions(&tmp.0, fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = tmp.join("unit-tests");
+        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let test = "sandbox::tests::check_refuses_an_unreadable_file";
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&exe)
+            .args(["--exact", test, "--test-threads=1"])
+            .env(AS_NOBODY, &p)
+            .output()
+            .expect("run setpriv (util-linux) to repeat the test as user nobody");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "as nobody: {}\n{stdout}{stderr}", out.status);
+        assert!(stdout.contains("test result: ok. 1 passed"), "the test must have run as nobody:\n{stdout}{stderr}");
     }
 
     #[test]
@@ -381,7 +611,7 @@ mod tests {
         let tmp = TempDir::new("read-none");
         let shared = shared_setup(&tmp, &[]);
         let private = tmp.join("guest_vm0_files");
-        let mut sb = Sandbox::new(shared, private.clone());
+        let mut sb = test_sandbox(shared, private.clone());
         let err = sb.open_read(b"x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(!private.exists());
@@ -391,7 +621,7 @@ mod tests {
     fn write_creates_the_private_dir_and_a_new_file_then_appends() {
         let tmp = TempDir::new("write-new");
         let private = tmp.join("guest_vm0_files");
-        let mut sb = Sandbox::new(shared_setup(&tmp, &[]), private.clone());
+        let mut sb = test_sandbox(shared_setup(&tmp, &[]), private.clone());
         sb.open_write(b"new.txt").unwrap().write_all(b"one").unwrap();
         sb.open_write(b"new.txt").unwrap().write_all(b"two").unwrap();
         assert_eq!(fs::read(private.join("new.txt")).unwrap(), b"onetwo");
@@ -404,7 +634,7 @@ mod tests {
         let shared = shared_setup(&tmp, &[("s.txt", b"shared")]);
         let private = tmp.join("p");
         fs::create_dir_all(&private).unwrap();
-        let mut sb = Sandbox::new(shared.clone(), private.clone());
+        let mut sb = test_sandbox(shared.clone(), private.clone());
         assert_eq!(read_all(sb.open_read(b"s.txt").unwrap()), b"shared");
         fs::write(private.join("s.txt"), b"mine").unwrap();
         assert_eq!(read_all(sb.open_read(b"s.txt").unwrap()), b"mine");
@@ -415,8 +645,8 @@ mod tests {
         let tmp = TempDir::new("cow");
         let original: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
         let shared = shared_setup(&tmp, &[("data.bin", &original)]);
-        let mut vm0 = Sandbox::new(shared.clone(), tmp.join("g_vm0_files"));
-        let mut vm1 = Sandbox::new(shared.clone(), tmp.join("g_vm1_files"));
+        let mut vm0 = test_sandbox(shared.clone(), tmp.join("g_vm0_files"));
+        let mut vm1 = test_sandbox(shared.clone(), tmp.join("g_vm1_files"));
 
         let mut w = vm0.open_write(b"data.bin").unwrap();
         w.write_all(b"+tail").unwrap();
@@ -438,11 +668,11 @@ mod tests {
         let tmp = TempDir::new("persist");
         let shared = shared_setup(&tmp, &[("s", b"orig")]);
         let private = tmp.join("g_vm0_files");
-        let mut run1 = Sandbox::new(shared.clone(), private.clone());
+        let mut run1 = test_sandbox(shared.clone(), private.clone());
         run1.open_write(b"s").unwrap().write_all(b"+1").unwrap();
         run1.open_write(b"own").unwrap().write_all(b"own").unwrap();
         drop(run1);
-        let mut run2 = Sandbox::new(shared, private);
+        let mut run2 = test_sandbox(shared, private);
         assert_eq!(read_all(run2.open_read(b"s").unwrap()), b"orig+1");
         assert_eq!(read_all(run2.open_read(b"own").unwrap()), b"own");
         run2.open_write(b"s").unwrap().write_all(b"+2").unwrap();
@@ -455,7 +685,7 @@ mod tests {
         let tmp = TempDir::new("names");
         let shared = shared_setup(&tmp, &[]);
         let private = tmp.join("p");
-        let mut sb = Sandbox::new(shared, private.clone());
+        let mut sb = test_sandbox(shared, private.clone());
         let long = [b'y'; 255];
         for bad in [&b""[..], b".", b"..", b"a/b", b"/x", b"../escape", b"a\0b", &long] {
             assert_eq!(sb.open_read(bad).unwrap_err().kind(), io::ErrorKind::InvalidInput);
@@ -477,7 +707,7 @@ mod tests {
         fs::write(tmp.join("outside"), b"outside").unwrap();
         std::os::unix::fs::symlink(tmp.join("outside"), private.join("link")).unwrap();
         std::os::unix::fs::symlink(tmp.join("outside"), private.join("s")).unwrap();
-        let mut sb = Sandbox::new(shared, private);
+        let mut sb = test_sandbox(shared, private);
         assert!(sb.open_read(b"link").is_err());
         assert!(sb.open_write(b"link").is_err());
         // The planted link hides the shared file rather than leading outside.
@@ -494,7 +724,7 @@ mod tests {
         fs::create_dir_all(tmp.join("elsewhere")).unwrap();
         fs::write(tmp.join("elsewhere/f"), b"x").unwrap();
         std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("p")).unwrap();
-        let mut sb = Sandbox::new(shared, tmp.join("p"));
+        let mut sb = test_sandbox(shared, tmp.join("p"));
         assert!(sb.open_read(b"f").is_err());
         assert!(sb.open_write(b"g").is_err());
         assert!(!tmp.join("elsewhere/g").exists());
@@ -506,7 +736,7 @@ mod tests {
         let shared = shared_setup(&tmp, &[]);
         let private = tmp.join("p");
         fs::create_dir_all(private.join("d")).unwrap();
-        let mut sb = Sandbox::new(shared, private);
+        let mut sb = test_sandbox(shared, private);
         assert!(sb.open_read(b"d").is_err());
         assert!(sb.open_write(b"d").is_err());
     }
@@ -518,10 +748,159 @@ mod tests {
         fs::remove_file(tmp.join("host/s")).unwrap();
         fs::create_dir(tmp.join("host/s")).unwrap();
         let private = tmp.join("p");
-        let mut sb = Sandbox::new(shared, private.clone());
+        let mut sb = test_sandbox(shared, private.clone());
         assert!(sb.open_read(b"s").is_err());
         assert!(sb.open_write(b"s").is_err());
         // No partial copy poses as the private file.
         assert!(!private.join("s").exists());
+    }
+
+    // ---- an unusable private directory --------------------------------------------------
+
+    /// What the three kinds of unusable private directory do: the shared files stay readable,
+    /// every write-open fails with the directory's problem, and the problem is kept (not
+    /// retried, so the warning is printed once).
+    fn assert_unusable(tmp: &TempDir, private: PathBuf, reason: &str) {
+        let shared = shared_setup(tmp, &[("s", b"shared")]);
+        let mut sb = test_sandbox(shared, private.clone());
+        assert_eq!(read_all(sb.open_read(b"s").unwrap()), b"shared", "{reason}");
+        let err = sb.open_write(b"s").unwrap_err();
+        assert!(matches!(err, OpenError::PrivateDir(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("private directory cannot be "), "{text}");
+        assert!(text.contains(reason), "{text}");
+        let PrivateDir::Unusable(problem) = sb.dir else { panic!("{:?}", sb.dir) };
+        // Reads keep working, and a name that is not shared says why it was not found.
+        assert_eq!(read_all(sb.open_read(b"s").unwrap()), b"shared");
+        assert!(matches!(sb.open_read(b"other"), Err(OpenError::PrivateDir(p)) if p == problem));
+        assert!(matches!(sb.open_write(b"new"), Err(OpenError::PrivateDir(p)) if p == problem));
+        let warning = unusable_warning("vm0 (test.img)", &private, &problem);
+        assert_eq!(
+            warning,
+            format!(
+                "mini_hypervisor: warning: vm0 (test.img): private directory {} cannot be used: {problem}; its guest can read the shared files but not write",
+                private.display()
+            )
+        );
+        assert!(warning.contains(reason) && !warning.contains('\n'), "{warning}");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+    }
+
+    #[test]
+    fn a_private_dir_that_is_a_symlink_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-link");
+        fs::create_dir_all(tmp.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("p")).unwrap();
+        assert_unusable(&tmp, tmp.join("p"), "it is a symbolic link");
+        assert_eq!(fs::read_dir(tmp.join("elsewhere")).unwrap().count(), 0, "nothing written through the link");
+    }
+
+    #[test]
+    fn a_private_dir_under_a_regular_file_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-file");
+        fs::write(tmp.join("file"), b"regular").unwrap();
+        assert_unusable(&tmp, tmp.join("file/p"), "a component of its path is not a directory");
+        // The private directory itself a regular file.
+        let tmp = TempDir::new("unusable-file2");
+        fs::write(tmp.join("p"), b"regular").unwrap();
+        assert_unusable(&tmp, tmp.join("p"), "it exists and is not a directory");
+        assert_eq!(fs::read(tmp.join("p")).unwrap(), b"regular");
+    }
+
+    #[test]
+    fn a_private_dir_with_a_name_too_long_leaves_the_shared_files_readable() {
+        let tmp = TempDir::new("unusable-long");
+        assert_unusable(&tmp, tmp.join("d".repeat(300)), "its name is too long");
+    }
+
+    #[test]
+    fn an_unusable_private_dir_is_not_tried_again() {
+        let tmp = TempDir::new("unusable-kept");
+        fs::write(tmp.join("p"), b"in the way").unwrap();
+        let mut sb = test_sandbox(shared_setup(&tmp, &[]), tmp.join("p"));
+        assert!(matches!(sb.open_write(b"f"), Err(OpenError::PrivateDir(_))));
+        // The obstacle goes away: the sandbox keeps its verdict (one warning, no retry per open).
+        fs::remove_file(tmp.join("p")).unwrap();
+        assert!(matches!(sb.open_write(b"f"), Err(OpenError::PrivateDir(_))));
+        assert!(!tmp.join("p").exists());
+        // A directory that does not exist yet is not a problem for reads: it is created later.
+        let mut sb = test_sandbox(shared_setup(&tmp, &[]), tmp.join("q"));
+        assert!(matches!(sb.open_read(b"f"), Err(OpenError::NotFound)));
+        assert!(matches!(sb.dir, PrivateDir::NotOpen));
+        sb.open_write(b"f").unwrap();
+        assert!(matches!(sb.dir, PrivateDir::Open(_)));
+    }
+
+    // ---- hard links -------------------------------------------------------------------
+
+    #[test]
+    fn a_hard_link_in_the_private_dir_is_never_opened_for_writing() {
+        let tmp = TempDir::new("hardlink");
+        let shared = shared_setup(&tmp, &[("s", b"shared")]);
+        let private = tmp.join("p");
+        fs::create_dir_all(&private).unwrap();
+        fs::write(tmp.join("outside"), b"outside").unwrap();
+        fs::hard_link(tmp.join("outside"), private.join("h")).unwrap();
+        // A link to the shared original itself, under its shared name.
+        fs::hard_link(tmp.join("host/s"), private.join("s")).unwrap();
+        let mut sb = test_sandbox(shared, private.clone());
+        let err = sb.open_write(b"h").unwrap_err();
+        assert!(matches!(err, OpenError::HardLinks(2)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the private file has 2 hard links, and a file with more is never opened for writing"
+        );
+        assert!(matches!(sb.open_write(b"s"), Err(OpenError::HardLinks(2))));
+        assert_eq!(fs::read(tmp.join("outside")).unwrap(), b"outside");
+        assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+        // Once the host removes the other link, the file is the VM's alone again.
+        fs::remove_file(tmp.join("outside")).unwrap();
+        sb.open_write(b"h").unwrap().write_all(b"+mine").unwrap();
+        assert_eq!(fs::read(private.join("h")).unwrap(), b"outside+mine");
+    }
+
+    // ---- reasons ----------------------------------------------------------------------
+
+    #[test]
+    fn name_errors_say_what_is_wrong() {
+        let long = [b'x'; 255];
+        let cases: [(&[u8], NameError, &str); 6] = [
+            (b"", NameError::Empty, "empty name"),
+            (&long, NameError::TooLong(255), "a name of 255 bytes, more than 254"),
+            (b"a/b", NameError::Slash, "'/' in a name"),
+            (b"a\0", NameError::Nul, "NUL in a name"),
+            (b".", NameError::Dots, "\".\" and \"..\" are not file names"),
+            (b"..", NameError::Dots, "\".\" and \"..\" are not file names"),
+        ];
+        for (name, error, text) in cases {
+            assert_eq!(check_name(name), Err(error), "{name:?}");
+            assert_eq!(error.to_string(), text);
+            assert_eq!(OpenError::Name(error).to_string(), format!("refused, {text}"));
+        }
+        assert_eq!(check_name(b"ok"), Ok(()));
+    }
+
+    #[test]
+    fn open_errors_say_what_happened() {
+        let tmp = TempDir::new("reasons");
+        let shared = shared_setup(&tmp, &[]);
+        let mut sb = test_sandbox(shared, tmp.join("p"));
+        assert_eq!(sb.open_read(b"none").unwrap_err().to_string(), "no private file and no shared file of that name");
+        fs::create_dir_all(tmp.join("p/d")).unwrap();
+        assert_eq!(sb.open_read(b"d").unwrap_err().to_string(), "not a regular file");
+        std::os::unix::fs::symlink("/etc/passwd", tmp.join("p/l")).unwrap();
+        let link = sb.open_write(b"l").unwrap_err().to_string();
+        assert!(link.starts_with("the private file is a symbolic link, never followed ("), "{link}");
+        let problem = DirProblem::new(DirStep::Create, &io::Error::from_raw_os_error(libc::EACCES), &tmp.join("p"));
+        assert_eq!(
+            OpenError::PrivateDir(problem).to_string(),
+            "private directory cannot be created: Permission denied (os error 13)"
+        );
+        std::os::unix::fs::symlink(tmp.join("p"), tmp.join("q")).unwrap();
+        let problem = DirProblem::new(DirStep::Open, &io::Error::from_raw_os_error(libc::ENOTDIR), &tmp.join("q"));
+        assert_eq!(
+            OpenError::PrivateDir(problem).to_string(),
+            "private directory cannot be opened: it is a symbolic link (Not a directory (os error 20))"
+        );
     }
 }

@@ -1,12 +1,54 @@
-//! Version C under real KVM: guest file I/O on port 0x0278 (SPEC §5, §6), checked through the
+//! Version C under real KVM: guest file I/O on port 0x0278, checked through the
 //! guests' stdout and the host files they leave behind.
 
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use common::{Run, guest, kvm_available, run_in, temp_dir};
+use common::{BIN, Run, guest, kvm_available, temp_dir};
+
+/// How long a run may take before the test kills it and fails.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// Runs the binary in `cwd` with `input` on stdin; kills it and fails the test if it has not
+/// ended after [`GUARD`].
+fn run_in(cwd: &Path, args: &[&str], input: &[u8]) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mini_hypervisor");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(GUARD) {
+        Ok(out) => {
+            let out = out.unwrap();
+            Run {
+                status: out.status.code().expect("exited, not killed by a signal"),
+                stdout: out.stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("mini_hypervisor {args:?} still running after {GUARD:?}: killed");
+        }
+    }
+}
 
 const SHARED: &[u8] = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
 
@@ -388,4 +430,200 @@ fn shared_files_are_checked_before_any_vm_starts() {
     let r = run_in(&s.dir, &["-m", "2", "-p", "2", "-g", &hello, "--files-dir", "host/shared.txt"], b"");
     assert_eq!(r.status, 1);
     assert!(r.stderr.contains("not a directory"), "{}", r.stderr);
+}
+
+#[test]
+fn files_dir_under_a_regular_file_is_refused_at_startup() {
+    let s = Setup::new("fdirfile", SHARED);
+    let hello = guest("guest.img");
+    let r = run_in(&s.dir, &["-m", "2", "-p", "2", "-g", &hello, "--files-dir", "host/shared.txt/sub"], b"");
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "no VM ran");
+    assert!(
+        r.stderr.starts_with("mini_hypervisor: --files-dir host/shared.txt/sub: cannot be used (Not a directory"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}
+
+/// The one warning line about an unusable private directory.
+fn unusable_warning(image: &str, dir: &str, reason: &str) -> String {
+    format!(
+        "mini_hypervisor: warning: vm0 ({image}): private directory {dir} cannot be used: {reason}; its guest can read the shared files but not write"
+    )
+}
+
+#[test]
+fn an_unusable_private_dir_leaves_the_shared_files_readable_with_one_warning() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("unusable", SHARED);
+    fs::create_dir_all(s.files().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(s.files().join("elsewhere"), s.files().join("fileshell_vm0_files")).unwrap();
+    let commands = "o 0 shared.txt\nr 0 5\no 1 new.txt\no 1 shared.txt\no 0 missing\no 0 shared.txt\nc 0\nc 1\n";
+    let (r, out) = shell(&s, commands);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(out, ["0", "5 48656c6c6f", "-1", "-1", "-1", "1", "0", "0"]);
+    let warning = unusable_warning(
+        &guest("fileshell.img"),
+        "files/fileshell_vm0_files",
+        "it is a symbolic link (Not a directory (os error 20))",
+    );
+    assert_eq!(r.stderr.lines().collect::<Vec<_>>(), [warning.as_str()], "exactly one warning");
+    assert_eq!(fs::read_dir(s.files().join("elsewhere")).unwrap().count(), 0, "nothing written through the link");
+
+    // Its name too long: an image whose file name leaves no room for "_vm0_files".
+    let long = format!("{}.img", "n".repeat(250));
+    fs::copy(guest("fileshell.img"), s.dir.join(&long)).unwrap();
+    let r = run_in(
+        &s.dir,
+        &["-q", "-m", "2", "-p", "2", "-f", "host/shared.txt", "--files-dir", "files", "-g", &long],
+        b"o 1 x\no 0 shared.txt\nr 0 5\no 1 y\n",
+    );
+    assert_eq!((r.status, r.stdout()), (0, "-1\n0\n5 48656c6c6f\n-1\n".to_owned()), "{}", r.stderr);
+    let dir = format!("files/{}_vm0_files", "n".repeat(250));
+    let warning = unusable_warning(&long, &dir, "its name is too long (File name too long (os error 36))");
+    assert_eq!(r.stderr.lines().collect::<Vec<_>>(), [warning.as_str()]);
+}
+
+#[test]
+fn a_hard_link_planted_in_the_private_dir_is_not_written_through() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("hardlink", SHARED);
+    let private = s.files().join("fileshell_vm0_files");
+    fs::create_dir_all(&private).unwrap();
+    fs::write(s.files().join("host_file.txt"), b"host's").unwrap();
+    fs::hard_link(s.files().join("host_file.txt"), private.join("h")).unwrap();
+    // A link to the shared original itself, under its shared name.
+    fs::hard_link(&s.shared, private.join("shared.txt")).unwrap();
+    let (r, out) = shell(&s, "o 1 h\no 1 shared.txt\no 1 own\nw 0 6f6b\n");
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(out, ["-1", "-1", "0", "2"]);
+    assert_eq!(fs::read(s.files().join("host_file.txt")).unwrap(), b"host's");
+    s.shared_is_untouched(SHARED);
+    assert_eq!(s.private("fileshell_vm0_files", "own"), b"ok");
+}
+
+/// A small tmpfs for one test (unmounted when dropped), or `None` (the test is skipped) when
+/// it cannot be mounted outside CI.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_owned())),
+            other if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIP: cannot mount a tmpfs (needs root): {other:?}");
+                None
+            }
+            other => panic!("mount a tmpfs (CI runs as root): {other:?}"),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_write_that_does_not_fit_on_the_disk_moves_no_data() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("enospc", SHARED);
+    let Some(disk) = Tmpfs::mount(&s.dir.join("small"), "64k") else {
+        return;
+    };
+    let mark = b"mark of the start of the scratch area";
+    let mut commands = vec![
+        format!("m 100000 {}", hex(mark)),
+        "o 1 big.bin".to_owned(),
+        "B w 0 100000 524288".to_owned(), // 512 KiB onto a 64 KiB disk
+        "o 1 part.bin".to_owned(),
+        "B w 1 100000 4046".to_owned(), // one page, 50 bytes of it free
+        "o 1 fill.bin".to_owned(),
+    ];
+    commands.extend((0..20).map(|_| "B w 2 100000 4096".to_owned())); // until the disk is full
+    commands.extend([
+        format!("w 1 {}", "41".repeat(127)), // 50 bytes fit, the rest do not
+        "B w 1 100000 8192".to_owned(),      // the same, through bulk
+        "w 1 5a5a5a".to_owned(),             // room again for what fits in the page
+    ]);
+    let r = run_in(
+        &s.dir,
+        &["-q", "-m", "2", "-p", "2", "--files-dir", "small", "-g", &guest("fileshell.img")],
+        (commands.join("\n") + "\n").as_bytes(),
+    );
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let out: Vec<String> = r.stdout().lines().map(str::to_owned).collect();
+    assert_eq!(out[..5], ["ok", "0", "-1", "1", "4046"], "{out:?}");
+    assert_eq!(out[5], "2");
+    let fills = &out[6..26];
+    let full = fills.iter().position(|l| l == "-1").expect("the disk fills up");
+    assert!(
+        full > 0 && fills[full..].iter().all(|l| l == "-1") && fills[..full].iter().all(|l| l == "4096"),
+        "{fills:?}"
+    );
+    assert_eq!(out[26..], ["-1", "-1", "3"]);
+
+    let private = disk.0.join("fileshell_vm0_files");
+    assert_eq!(fs::metadata(private.join("big.bin")).unwrap().len(), 0, "the refused bulk write left nothing");
+    let part = fs::read(private.join("part.bin")).unwrap();
+    assert_eq!(part.len(), 4046 + 3, "the refused writes left nothing");
+    assert_eq!(&part[..mark.len()], mark);
+    assert_eq!(&part[4046..], b"ZZZ");
+    assert_eq!(fs::metadata(private.join("fill.bin")).unwrap().len(), 4096 * u64::try_from(full).unwrap());
+}
+
+#[test]
+fn trace_says_why_the_file_device_said_no() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("trace", SHARED);
+    let image = guest("fileshell.img");
+    let commands = [
+        "o 0 a/b".to_owned(),
+        "o 0 shared.txt".to_owned(),
+        "w 0 41".to_owned(),
+        "r 5 10".to_owned(),
+        format!("w 0 {}", "42".repeat(150)),
+        "B r 0 1ffffe 4".to_owned(),
+        "c 7".to_owned(),
+        "o 1 ..".to_owned(),
+        "r 0 3".to_owned(),
+    ];
+    let input = commands.join("\n") + "\n";
+    let args = ["-m", "2", "-p", "2", "-f", "host/shared.txt", "--files-dir", "files", "-g", image.as_str()];
+    let mut traced = vec!["--trace"];
+    traced.extend(args);
+    let r = run_in(&s.dir, &traced, input.as_bytes());
+    assert_eq!(r.status, 0, "{}", r.stderr.lines().last().unwrap_or(""));
+    assert_eq!(r.stdout(), "-1\n0\n-1\n-1 \n-1\n-1\n-1\n-1\n3 48656c\n");
+    let file_lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(": file: ")).collect();
+    let expected: Vec<String> = [
+        "open \"a/b\" for read: refused, '/' in a name",
+        "write vfd 0: opened for read",
+        "read vfd 5: not open",
+        "write vfd 0: count 150 > 127",
+        "read bulk vfd 0, 4 bytes at 0x1ffffe: the range ends at 0x200002, past the end of guest RAM (0x200000 bytes)",
+        "close vfd 7: not open",
+        "open \"..\" for write: refused, \".\" and \"..\" are not file names",
+    ]
+    .iter()
+    .map(|why| format!("trace: vm0 ({image}): file: {why}"))
+    .collect();
+    assert_eq!(file_lines, expected);
+    // Without --trace: the same answers, and not a word.
+    let r = run_in(&s.dir, &args, input.as_bytes());
+    assert_eq!(r.stdout(), "-1\n0\n-1\n-1 \n-1\n-1\n-1\n-1\n3 48656c\n");
+    assert!(!r.stderr.contains("file:"), "{}", r.stderr);
 }
