@@ -72,8 +72,10 @@ run-c:
 	@cat guest/shared.txt
 
 # `make run-c` must tell the same story every time: run it twice and compare.
+# Skipped, as the KVM tests are, where /dev/kvm cannot be used.
 demo-check: all
-	@out=$$(mktemp -d); \
+	@if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then echo "demo-check: SKIP: /dev/kvm is not usable here"; exit 0; fi; \
+	out=$$(mktemp -d); \
 	$(MAKE) -s --no-print-directory run-c > $$out/1 2>&1 && \
 	$(MAKE) -s --no-print-directory run-c > $$out/2 2>&1 && \
 	if cmp -s $$out/1 $$out/2; then echo "demo-check: make run-c printed the same $$(wc -l < $$out/1) lines twice"; \
