@@ -1,28 +1,43 @@
 # mini_hypervisor: guests, the three versions, tests and benchmarks.
 #
-#   make          guests + all three versions; each binary lands in version_X/mini_hypervisor
-#   make run-a    version A on the hello guest
-#   make run-b    version B: two guests side by side
-#   make run-c    version C: the file I/O demo (shared file, copy-on-write, private files)
-#   make test     every test: unit, <linux/kvm.h> layout, real guests under /dev/kvm
-#   make bench    benchmark table (see README)
+#   make           guests + all three versions; each binary lands in version_X/mini_hypervisor
+#   make run-a     version A on the hello guest
+#   make run-b     version B: two guests side by side
+#   make run-c     version C: the file I/O story (shared file, copy-on-write, private files,
+#                  isolation), the same screen every run
+#   make test      every test: unit, <linux/kvm.h> layout, real guests under /dev/kvm, the
+#                  guest image checks, identical shared files, and `make run-c` twice the same
+#   make bench     benchmark table (see README)
+#   make diff-ab   what version B adds to A (diff -ru of src/ and tests/)
+#   make diff-bc   what version C adds to B
+#   make gdb       a short gdb session on a guest (see README, "Debugging a guest with GDB")
+#   make lint      rustfmt and clippy
 #   make clean
+#   make V=1 ...   show the full command lines
 
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all guests build run-a run-b run-c test lint bench clean
+ifeq ($(V),1)
+  Q :=
+  CARGO_QUIET :=
+else
+  Q := @
+  CARGO_QUIET := -q
+endif
+
+.PHONY: all guests build run-a run-b run-c demo-check test lint bench diff-ab diff-bc gdb clean
 
 all: guests build
 
 guests:
-	$(MAKE) -C guest
+	$(Q)$(MAKE) --no-print-directory -C guest
 
 build:
-	$(CARGO) build --release --workspace
-	cp $(RELEASE)/mini_hypervisor_a version_a/mini_hypervisor
-	cp $(RELEASE)/mini_hypervisor_b version_b/mini_hypervisor
-	cp $(RELEASE)/mini_hypervisor_c version_c/mini_hypervisor
+	$(Q)$(CARGO) build $(CARGO_QUIET) --release --workspace
+	$(Q)cp $(RELEASE)/mini_hypervisor_a version_a/mini_hypervisor
+	$(Q)cp $(RELEASE)/mini_hypervisor_b version_b/mini_hypervisor
+	$(Q)cp $(RELEASE)/mini_hypervisor_c version_c/mini_hypervisor
 
 run-a: all
 	cd version_a && ./mini_hypervisor -m 4 -p 2 -g ../guest/guest.img
@@ -30,22 +45,48 @@ run-a: all
 run-b: all
 	cd version_b && ./mini_hypervisor -m 4 -p 2 -g ../guest/counter.img ../guest/counter.img
 
-# The version C demo: cow.img reads the shared file, writes to it (so gets its own copy) and
-# creates a private file; reader.img, beside it, still sees the original.
-run-c: all
+# The version C story, on one screen and the same every run: the build says nothing; the two
+# VMs run at the same time, and their output is then shown grouped by VM (neither depends on
+# the other's timing: vm1 sees the original shared file and is refused vm0's private file
+# whenever it runs); then the files they left.
+DEMO_RUN := ./mini_hypervisor -q -m 4 -p 2 -g ../guest/cow.img ../guest/snoop.img \
+            -f ../guest/shared.txt --files-dir demo_files
+run-c:
+	@$(MAKE) -s --no-print-directory all
 	@rm -rf version_c/demo_files
-	cd version_c && ./mini_hypervisor -q -m 4 -p 2 -g ../guest/cow.img ../guest/reader.img \
-		-f ../guest/shared.txt --files-dir demo_files
+	@echo "Version C: two VMs at once, sharing one host file, guest/shared.txt."
+	@echo "  vm0 = cow.img    prints shared.txt, appends a line to it (so the hypervisor gives vm0"
+	@echo "                   a private copy first: copy-on-write), creates a private notes.txt"
+	@echo "  vm1 = snoop.img  prints shared.txt, then tries to open vm0's notes.txt: refused"
 	@echo
-	@echo "Private files the guests left, under version_c/demo_files/:"
-	@cd version_c && for f in $$(find demo_files -type f | sort); do echo "--- $$f"; cat "$$f"; done
-	@echo "--- guest/shared.txt (the shared original, unchanged)"
+	@echo '$$ cd version_c && $(DEMO_RUN)'
+	@out=$$(mktemp); cd version_c && { $(DEMO_RUN) > $$out; status=$$?; }; \
+	 echo "(its stdout, grouped by VM here: as they ran, the two VMs' lines interleaved)"; \
+	 grep '^\[vm0\] ' $$out; grep '^\[vm1\] ' $$out; rm -f $$out; echo "exit status $$status"
+	@echo
+	@echo "Private files, under version_c/demo_files/ (vm1 wrote nothing, so it has no directory):"
+	@cd version_c && for f in $$(find demo_files -type f | sort); do \
+	   case $$f in */shared.txt) note="  (vm0's copy)";; *) note="  (new, vm0's alone)";; esac; \
+	   echo "--- $$f$$note"; cat "$$f"; done
+	@echo "--- guest/shared.txt  (the shared original: unchanged)"
 	@cat guest/shared.txt
+
+# `make run-c` must tell the same story every time: run it twice and compare.
+# Skipped, as the KVM tests are, where /dev/kvm cannot be used.
+demo-check: all
+	@if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then echo "demo-check: SKIP: /dev/kvm is not usable here"; exit 0; fi; \
+	out=$$(mktemp -d); \
+	$(MAKE) -s --no-print-directory run-c > $$out/1 2>&1 && \
+	$(MAKE) -s --no-print-directory run-c > $$out/2 2>&1 && \
+	if cmp -s $$out/1 $$out/2; then echo "demo-check: make run-c printed the same $$(wc -l < $$out/1) lines twice"; \
+	else diff $$out/1 $$out/2; echo "demo-check: make run-c differs between two runs"; rm -rf $$out; exit 1; fi; \
+	rm -rf $$out
 
 test: guests
 	$(CARGO) test --workspace
-	$(MAKE) -C guest check
+	$(MAKE) --no-print-directory -C guest check
 	scripts/check-same-files
+	$(MAKE) --no-print-directory demo-check
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -53,6 +94,20 @@ lint:
 
 bench: all
 	$(CARGO) run --release -p bench
+
+# What each version adds to the one before, as a patch (build outputs left out). diff exits 1
+# when it finds differences, which is the point here; 2 (trouble) still fails.
+DIFF := diff -ru -x mini_hypervisor -x '*_files' -x '*.out'
+diff-ab:
+	@$(DIFF) version_a/src version_b/src; s=$$?; \
+	 $(DIFF) version_a/tests version_b/tests; t=$$?; [ $$s -le 1 ] && [ $$t -le 1 ]
+
+diff-bc:
+	@$(DIFF) version_b/src version_c/src; s=$$?; \
+	 $(DIFF) version_b/tests version_c/tests; t=$$?; [ $$s -le 1 ] && [ $$t -le 1 ]
+
+gdb: all
+	scripts/gdb-demo
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,5 @@
 /* bulkcopy.c -> bulkcopy.img (version C): copy a shared file with the bulk
- * commands (SPEC section 6): the hypervisor moves up to 64 KiB per request
+ * commands (docs/REFERENCE.md §6): the hypervisor moves up to 64 KiB per request
  * directly between the host file and guest RAM.  Run with -f .../big.bin
  * (any size up to 1 MiB).  Output: "bulk copied <n> bytes\n". */
 #include "hv.h"

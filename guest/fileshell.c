@@ -13,8 +13,8 @@
  *                           name = rest of the line after one space
  *                           (may be empty: "o 0" or "o 0 ")
  *   c <vfd>                 f_close(vfd)               -> result
- *   w <vfd> <hexbytes>      f_write(vfd, bytes, count) -> result
- *   r <vfd> <count>         f_read(vfd, buf, count)    -> "<n> <hexbytes>"
+ *   w <vfd> <hexbytes>      f_write_request(vfd, bytes, count) -> result
+ *   r <vfd> <count>         f_read_request(vfd, buf, count) -> "<n> <hexbytes>"
  *                                                         ("<n> " if none)
  *   x <hexbytes>            raw 1-byte outs to 0x0278  -> ok
  *   i <k>                   k raw 1-byte ins from 0x0278 -> hex of the k bytes
@@ -27,7 +27,9 @@
  *   q                       halt (prints nothing); end of stdin also halts
  *   anything else, or bad arguments -> ?
  *
- * f_read/f_write accept count 0..255 (others: -1 without a request).
+ * w and r send exactly ONE request each (f_write_request/f_read_request,
+ * not the splitting f_write/f_read), so they show the protocol as it is:
+ * count 0..255 (others: -1 without a request), at most 127 per answer.
  * Use the scratch area 0x100000 .. 0x17ffff (SCRATCH_BASE, 512 KiB) for
  * B/m/d: this program does not use it.  m/d on addresses outside RAM
  * crash the guest (page fault without an IDT); B only passes the address
@@ -40,7 +42,7 @@
 
 static char line[LINE_MAX];
 static uint8_t bytes[LINE_MAX / 2];     /* decoded <hexbytes>           */
-static uint8_t rbuf[256];               /* f_read buffer                */
+static uint8_t rbuf[256];               /* r buffer (count <= 255)      */
 
 /* ---- reading a line ---------------------------------------------- */
 
@@ -212,15 +214,15 @@ static int run_command(void)
         if (!parse_dec(&p, &a) || (n = parse_bytes(&p, bytes)) < 0 ||
             !at_end(&p))
             goto bad;
-        answer(f_write((int)a, bytes, n));
+        answer(f_write_request((int)a, bytes, n));
         return 0;
 
     case 'r':                           /* r <vfd> <count>              */
         if (!parse_dec(&p, &a) || !parse_dec(&p, &b) || !at_end(&p))
             goto bad;
         if (b < -0x80000000L || b > 0x7FFFFFFFL)
-            b = -1;                     /* f_read refuses it locally    */
-        n = f_read((int)a, rbuf, (int)b);
+            b = -1;                     /* refused locally, no request  */
+        n = f_read_request((int)a, rbuf, (int)b);
         put_dec(n);
         putchar_e9(' ');
         if (n > 0)

@@ -120,7 +120,7 @@ void serial_write(const void *buf, unsigned n)
 }
 
 /* ------------------------------------------------------------------ */
-/* File protocol on port 0x0278 (SPEC section 5): one byte per in/out  */
+/* File protocol on port 0x0278 (docs/REFERENCE.md §5): byte per in/out */
 /* ------------------------------------------------------------------ */
 
 /* The answer byte is signed: 0xFF means -1. */
@@ -151,7 +151,7 @@ int f_close(int vfd)
     return answer_byte();               /* 0 or -1 */
 }
 
-int f_read(int vfd, void *buf, int count)
+int f_read_request(int vfd, void *buf, int count)
 {
     uint8_t *p = buf;
     int n, i;
@@ -174,7 +174,7 @@ int f_read(int vfd, void *buf, int count)
     return n < count ? n : count;
 }
 
-int f_write(int vfd, const void *buf, int count)
+int f_write_request(int vfd, const void *buf, int count)
 {
     const uint8_t *p = buf;
     int i;
@@ -187,6 +187,51 @@ int f_write(int vfd, const void *buf, int count)
     for (i = 0; i < count; i++)
         outb(FILE_PORT, p[i]);
     return answer_byte();               /* bytes written or -1 */
+}
+
+/* f_read/f_write: any count, split into requests of at most
+ * FILE_CHUNK_MAX bytes (the hypervisor answers at most 127 per request). */
+
+int f_read(int vfd, void *buf, int count)
+{
+    uint8_t *p = buf;
+    int total = 0;
+
+    if (count < 0)
+        return -1;
+    if (count == 0)                     /* still one request: checks vfd */
+        return f_read_request(vfd, buf, 0);
+    while (total < count) {
+        int want = count - total > FILE_CHUNK_MAX ? FILE_CHUNK_MAX : count - total;
+        int n = f_read_request(vfd, p + total, want);
+        if (n < 0)                      /* error: what was read so far */
+            return total > 0 ? total : -1;
+        total += n;
+        if (n < want)                   /* end of file reached */
+            break;
+    }
+    return total;
+}
+
+int f_write(int vfd, const void *buf, int count)
+{
+    const uint8_t *p = buf;
+    int total = 0;
+
+    if (count < 0)
+        return -1;
+    if (count == 0)                     /* still one request: checks vfd */
+        return f_write_request(vfd, buf, 0);
+    while (total < count) {
+        int want = count - total > FILE_CHUNK_MAX ? FILE_CHUNK_MAX : count - total;
+        int n = f_write_request(vfd, p + total, want);
+        if (n < 0)                      /* error: what was written so far */
+            return total > 0 ? total : -1;
+        total += n;
+        if (n < want)                   /* short write: stop there */
+            break;
+    }
+    return total;
 }
 
 long cat_file(const char *name)
@@ -218,8 +263,8 @@ long cat_file(const char *name)
 }
 
 /* ------------------------------------------------------------------ */
-/* Bulk transfers (SPEC section 6): bytes for command and vfd, dwords  */
-/* for address and length and for the answer.                          */
+/* Bulk transfers (docs/REFERENCE.md §6): bytes for command and vfd, */
+/* dwords for address and length and for the answer.                   */
 /* ------------------------------------------------------------------ */
 
 static long bulk(uint8_t cmd, int vfd, const void *buf, unsigned len)

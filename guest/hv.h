@@ -8,7 +8,7 @@
  *   0xE9    serial: one-byte out = one byte of stdout,
  *                   one-byte in  = next byte of stdin (0xFF at end of file)
  *   0x0278  file protocol (version C): see f_open() and friends below and
- *           SPEC.md sections 5 (byte protocol) and 6 (bulk transfers).
+ *           docs/REFERENCE.md sections 5 (byte protocol) and 6 (bulk).
  *
  * Every guest defines
  *
@@ -30,7 +30,7 @@ typedef unsigned long      size_t;
 #define SERIAL_PORT 0xE9     /* serial console            */
 #define FILE_PORT   0x0278   /* file protocol (version C) */
 
-/* File protocol command bytes (SPEC sections 5 and 6). */
+/* File protocol command bytes (docs/REFERENCE.md sections 5 and 6). */
 #define CMD_OPEN       0x01
 #define CMD_CLOSE      0x02
 #define CMD_READ       0x03
@@ -41,6 +41,10 @@ typedef unsigned long      size_t;
 /* f_open() flags */
 #define O_READ  0
 #define O_WRITE 1
+
+/* The most bytes one read or write request moves (the answer byte must
+ * never be 0xFF, which means -1). */
+#define FILE_CHUNK_MAX 127
 
 /* ------------------------------------------------------------------ */
 /* Port I/O.  Each function is exactly one in/out instruction.         */
@@ -123,6 +127,11 @@ void serial_write(const void *buf, unsigned n); /* n bytes with ONE rep outsb   
 /* ------------------------------------------------------------------ */
 /* File I/O on port 0x0278 (version C)                                 */
 /* All return -1 on error (answer byte 0xFF).                          */
+/*                                                                     */
+/* The course's guest library has the same four calls with C types of  */
+/* the wire: uint8_t f_open(char *, uint8_t), int8_t f_close(int8_t),  */
+/* int8_t f_read(int8_t, void *, uint8_t) and the same for f_write.    */
+/* Here they take and return int, and f_read/f_write take any count.   */
 /* ------------------------------------------------------------------ */
 
 /* flags 0 = read, 1 = write (append, create).  Returns vfd or -1.
@@ -131,16 +140,27 @@ void serial_write(const void *buf, unsigned n); /* n bytes with ONE rep outsb   
 int f_open(const char *name, int flags);
 /* Returns 0 or -1. */
 int f_close(int vfd);
-/* count 0..255 (else -1 locally).  Returns n bytes read (<= 127), 0 at EOF,
- * -1 on error. */
+/* Reads up to count bytes (any count >= 0) into buf, with as many read
+ * requests of at most FILE_CHUNK_MAX bytes as it takes.  Returns the
+ * bytes read: count, or fewer at end of file (0 = already at end); -1 on
+ * an error before any byte was read (after some bytes: those bytes).
+ * count 0 sends one request of 0 bytes (0, or -1 for a bad vfd). */
 int f_read(int vfd, void *buf, int count);
-/* count 0..255 (else -1 locally).  Returns bytes written or -1 (the
- * hypervisor refuses count > 127). */
+/* Writes count bytes (any count >= 0) with requests of at most
+ * FILE_CHUNK_MAX bytes.  Returns count, or -1 if nothing could be
+ * written (after some bytes: those bytes). */
 int f_write(int vfd, const void *buf, int count);
 
-/* Bulk transfers (SPEC section 6): the hypervisor copies directly between
- * the file and guest RAM [buf, buf+len).  Return bytes moved (0 = EOF for
- * read) or -1. */
+/* Exactly ONE protocol request each, as on the wire (docs/REFERENCE.md
+ * §5): count 0..255 (else -1 without a request).  The hypervisor answers
+ * at most 127 bytes per read and refuses a write of more than 127 (-1).
+ * f_read_request reads all n answer bytes but stores at most count. */
+int f_read_request(int vfd, void *buf, int count);
+int f_write_request(int vfd, const void *buf, int count);
+
+/* Bulk transfers (docs/REFERENCE.md section 6): the hypervisor copies
+ * directly between the file and guest RAM [buf, buf+len).  Return bytes
+ * moved (0 = EOF for read) or -1. */
 long f_read_bulk(int vfd, void *buf, unsigned len);
 long f_write_bulk(int vfd, const void *buf, unsigned len);
 
