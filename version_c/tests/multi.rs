@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{guest, kvm_available, run, run_with_input};
+use std::process::Command;
+
+use common::{BIN, GUARD, Guarded, guest, kvm_available, run, run_with_input};
 
 /// The lines of one VM, prefix removed, in the order they were written.
 fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
@@ -130,24 +132,61 @@ fn timeout_stops_vms_that_all_wait_for_a_stdin_that_never_ends() {
     if !kvm_available() {
         return;
     }
-    use std::process::{Command, Stdio};
-    use std::sync::mpsc;
-    use std::time::Duration;
     // Both echo.img VMs wait for input: one in read(2), the other for the stdin lock.
-    let mut child = Command::new(common::BIN)
-        .args(["-q", "--timeout", "1", "-m", "2", "-p", "2", "-g", &guest("echo.img"), &guest("echo.img")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap(); // kept open: no end of file
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    // A guard, not a synchronisation: a regression would otherwise hang the test run.
-    let out = rx.recv_timeout(Duration::from_secs(30)).expect("the VMs were not stopped").unwrap();
-    drop(stdin);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("timed out after 1 s").count(), 2, "{stderr}");
+    let args = ["-q", "--timeout", "1", "-m", "2", "-p", "2", "-g", &guest("echo.img"), &guest("echo.img")];
+    let mut running = Guarded::spawn(&std::env::temp_dir(), &args, GUARD);
+    running.input(b"", false); // stdin stays open: no end of file
+    let out = running.finish();
+    assert_eq!(out.status, 1);
+    assert_eq!(out.stderr.matches("timed out after 1 s").count(), 2, "{}", out.stderr);
+}
+
+/// Runs the binary under `prlimit --as=LIMIT` (address space, bytes); `None` if it was killed
+/// by a signal (an allocation that failed outside our control aborts).
+fn run_with_address_space(limit: u64, args: &[String]) -> Option<(i32, String)> {
+    let mut command = Command::new("prlimit");
+    command.arg(format!("--as={limit}")).arg("--").arg(BIN).args(args);
+    let mut running = Guarded::command(command, GUARD);
+    running.input(b"", true);
+    running.try_finish().map(|r| (r.status, r.stderr))
+}
+
+#[test]
+fn a_vm_whose_thread_cannot_start_says_why_even_with_q() {
+    if !kvm_available() {
+        return;
+    }
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "prlimit(1) (util-linux) is needed in CI");
+        eprintln!("SKIP: no prlimit(1)");
+        return;
+    }
+    let mut args: Vec<String> = ["-q", "-m", "2", "-p", "2", "-g"].map(String::from).to_vec();
+    args.extend(std::iter::repeat_n(guest("guest.img"), 20));
+    // The smallest address-space limit under which every VM runs (64 KiB precision)...
+    let (mut lo, mut hi) = (8u64 << 20, 1u64 << 30);
+    assert_eq!(run_with_address_space(hi, &args).map(|r| r.0), Some(0), "20 VMs run in 1 GiB");
+    while hi - lo > 64 << 10 {
+        let mid = (lo + hi) / 2;
+        if run_with_address_space(mid, &args).is_some_and(|r| r.0 == 0) { hi = mid } else { lo = mid }
+    }
+    // ...and just below it, what fails last is starting the VMs' threads (every VM, with its
+    // RAM, exists before the first thread starts).
+    for step in 1..=128 {
+        let Some((status, stderr)) = run_with_address_space(hi - step * (16 << 10), &args) else { continue };
+        if stderr.contains("cannot start its thread") {
+            assert_eq!(status, 1, "{stderr}");
+            let line = stderr.lines().find(|l| l.contains("cannot start its thread")).unwrap();
+            assert!(
+                line.starts_with("mini_hypervisor: vm") && line.contains(": failed: cannot start its thread: "),
+                "{line}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            return;
+        }
+        if stderr.contains("cannot create the VM") {
+            break; // below the window in which only threads fail
+        }
+    }
+    panic!("no address-space limit made a VM thread fail to start (limit found: {hi} bytes)");
 }

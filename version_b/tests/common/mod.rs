@@ -176,17 +176,31 @@ impl Guarded {
         }
     }
 
+    /// Waits until the stdout written so far satisfies `done` (`what` says what it waits for);
+    /// panics if stdout ends first.
+    pub fn wait_for_stdout(&mut self, what: &str, done: impl Fn(&[u8]) -> bool) {
+        while !done(&self.stdout) {
+            assert!(self.next_event(), "stdout ended before {what}: {}", String::from_utf8_lossy(&self.stdout));
+        }
+    }
+
     /// Waits for the process to exit and returns what it wrote.
-    pub fn finish(mut self) -> Run {
+    pub fn finish(self) -> Run {
+        let shown = self.shown.clone();
+        self.try_finish().unwrap_or_else(|| panic!("{shown}: killed by a signal"))
+    }
+
+    /// As [`Guarded::finish`], but `None` if the process was killed by a signal.
+    pub fn try_finish(mut self) -> Option<Run> {
         while self.next_event() {}
         // Both pipes are closed: the process has exited (it closes them in no other way).
         let status = self.child.wait().unwrap();
         self.reaped = true;
-        Run {
-            status: status.code().unwrap_or_else(|| panic!("{}: killed by a signal ({status})", self.shown)),
+        Some(Run {
+            status: status.code()?,
             stdout: std::mem::take(&mut self.stdout),
             stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
-        }
+        })
     }
 
     /// Takes in the next output; `false` once both pipes are closed. Past the guard, kills the

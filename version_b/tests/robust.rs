@@ -1,0 +1,93 @@
+//! Nothing hangs and nothing panics: a stdout nobody reads, a stderr that cannot be written.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{BIN, guest, kvm_available};
+
+/// Runs the binary with stdout a pipe that nobody reads (kept open), stderr collected; kills
+/// it and fails past `guard`. Returns the exit status and stderr.
+fn run_with_stuck_stdout(args: &[&str], guard: Duration) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdout = child.stdout.take().unwrap(); // open, never read: writes block once it is full
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let Ok(text) = rx.recv_timeout(guard) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("still running after {} s: {args:?}", guard.as_secs());
+    };
+    (child.wait().unwrap().code().expect("exited, not killed by a signal"), text)
+}
+
+#[test]
+fn a_timeout_stops_a_vm_blocked_writing_to_a_stdout_nobody_reads() {
+    if !kvm_available() {
+        return;
+    }
+    // bench_out.img writes 1 MB: far more than a pipe holds.
+    let args = ["-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("bench_out.img")];
+    let (status, stderr) = run_with_stuck_stdout(&args, Duration::from_secs(30));
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+}
+
+/// Runs the binary through sh with stderr redirected as `redirect` says (`2>/dev/full`, `2>&-`).
+fn run_with_stderr(redirect: &str, args: &[&str]) -> i32 {
+    let script = format!("exec \"$0\" \"$@\" {redirect}");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let id = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(status) => status.unwrap().code().expect("exited, not killed by a signal"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(id.to_string()).status();
+            panic!("still running after 30 s: {args:?} {redirect}");
+        }
+    }
+}
+
+#[test]
+fn a_stderr_that_cannot_be_written_never_panics_and_the_exit_status_still_tells() {
+    if !kvm_available() {
+        return;
+    }
+    let hello = guest("guest.img");
+    let crash = guest("crash.img");
+    for redirect in ["2>/dev/full", "2>&-"] {
+        for quiet in [false, true] {
+            let q = if quiet { "-q" } else { "--stats" };
+            assert_eq!(run_with_stderr(redirect, &[q, "-m", "2", "-p", "2", "-g", &hello]), 0, "{redirect} {q}");
+            assert_eq!(run_with_stderr(redirect, &[q, "-m", "2", "-p", "2", "-g", &crash]), 1, "{redirect} {q}");
+        }
+        assert_eq!(run_with_stderr(redirect, &["-m", "3", "-p", "2", "-g", &hello]), 2, "usage error {redirect}");
+        assert_eq!(run_with_stderr(redirect, &["-m", "2", "-p", "2", "-g", "/nonexistent.img"]), 1, "{redirect}");
+    }
+}
