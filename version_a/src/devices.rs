@@ -1,4 +1,4 @@
-//! The I/O ports a guest sees (SPEC §3, §4). The run loop hands every I/O exit here as plain
+//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4). The run loop hands every I/O exit here as plain
 //! bytes; nothing in this file knows about KVM.
 //!
 //! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
@@ -88,7 +88,7 @@ fn output_error(e: std::io::Error) -> IoError {
     }
 }
 
-/// Port 0xE9 moves single bytes: a 2- or 4-byte access is a guest error (SPEC §3).
+/// Port 0xE9 moves single bytes: a 2- or 4-byte access is a guest error (docs/REFERENCE.md §3).
 fn serial_size(size: u8, what: &str) -> Result<(), IoError> {
     if size == 1 {
         Ok(())

@@ -35,7 +35,7 @@ use long_mode::{Layout, PageSize};
 use serial::Serial;
 use vm::{Outcome, Report, RunOptions};
 
-/// Exit statuses (SPEC §1).
+/// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -73,7 +73,7 @@ fn print_stdout(text: &str) -> ExitCode {
 /// Everything after parsing. `Err` is a startup failure: no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (SPEC §1).
+    // Every check before any VM starts (docs/REFERENCE.md §1).
     let image = image::check(&config.images[0], &layout)?;
     // From here on nothing blocks until the VM runs, and no thread has started yet: Ctrl-C and
     // SIGTERM now stop the VM instead of killing us.
@@ -106,7 +106,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         kick,
         body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts)),
     };
-    // On a terminal, a line waiting in the coalesced ring must show up soon (reference §3).
+    // On a terminal, a line waiting in the coalesced ring must show up soon (docs/REFERENCE.md §3).
     let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
     let reports = watchdog::run_all(vec![job], config.timeout, drain_every);
     for report in &reports {

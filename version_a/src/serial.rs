@@ -1,4 +1,4 @@
-//! The serial port on 0xE9 (SPEC §3): guest bytes out to stdout, stdin bytes in.
+//! The serial port on 0xE9 (docs/REFERENCE.md §3): guest bytes out to stdout, stdin bytes in.
 //!
 //! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` and a `scanf("%d")`
 //! behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio: line-buffered

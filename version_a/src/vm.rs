@@ -1,4 +1,4 @@
-//! One VM's life: build it, then the `KVM_RUN` loop (reference §2).
+//! One VM's life: build it, then the `KVM_RUN` loop (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `run_vm` (after `vm_init`): set up long mode and segments, load the image,
 //! set RIP/RSP/RFLAGS, then loop on `KVM_RUN` and `switch (run->exit_reason)`.

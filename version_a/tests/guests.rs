@@ -22,6 +22,19 @@ fn hello_prints_exactly_the_guest_output_and_exits_0() {
 }
 
 #[test]
+fn the_template_guest_a_student_starts_from_runs() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("template.img")]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout(),
+        "template: hello from the guest\n1 squared is 1\n2 squared is 4\n3 squared is 9\ntemplate: done\n"
+    );
+}
+
+#[test]
 fn page_tables_for_all_six_memory_and_page_sizes() {
     if !kvm_available() {
         return;

@@ -72,7 +72,7 @@ fn read(path: &Path, file: File, len: u64, layout: &Layout) -> Result<Image, Str
     if bytes.len() as u64 > max {
         return Err(format!(
             "guest image {shown}: {} bytes do not fit: with {} MiB of RAM and {} the page tables start at {:#x}, \
-             so an image may have at most {max} bytes; use a larger -m",
+             so an image may have at most {max} bytes; {}",
             len.max(bytes.len() as u64),
             layout.mem_size >> 20,
             match layout.page {
@@ -80,9 +80,26 @@ fn read(path: &Path, file: File, len: u64, layout: &Layout) -> Result<Image, Str
                 crate::long_mode::PageSize::Large2M => "2 MiB pages",
             },
             layout.tables_base(),
+            what_fits(len.max(bytes.len() as u64)),
         ));
     }
     Ok(Image { path: path.to_owned(), bytes })
+}
+
+/// The smallest `-m`/`-p` under which an image of `size` bytes fits (`-p 2` needs fewer table
+/// pages than `-p 4`, so it leaves more room), or why none does.
+fn what_fits(size: u64) -> String {
+    use crate::long_mode::{MIB, PageSize};
+    for mib in [2, 4, 8] {
+        for (page, flag) in [(PageSize::Large2M, "2"), (PageSize::Small4K, "4")] {
+            let max = Layout::new(mib * MIB, page).max_image_size();
+            if size <= max {
+                return format!("it fits with -m {mib} -p {flag} (up to {max} bytes)");
+            }
+        }
+    }
+    let max = Layout::new(8 * MIB, PageSize::Large2M).max_image_size();
+    format!("no setting fits it: the largest image is {max} bytes (-m 8 -p 2)")
 }
 
 #[cfg(test)]
@@ -107,6 +124,9 @@ mod tests {
         let big = temp("big.img", &vec![0xf4; max + 1]);
         let e = check(&big, &layout).unwrap_err();
         assert!(e.contains("big.img") && e.contains("do not fit") && e.contains("-m"), "{e}");
+        assert_eq!(what_fits(1), "it fits with -m 2 -p 2 (up to 2084864 bytes)");
+        assert_eq!(what_fits(2084865), "it fits with -m 4 -p 2 (up to 4182016 bytes)");
+        assert_eq!(what_fits(8 * MIB), "no setting fits it: the largest image is 8376320 bytes (-m 8 -p 2)");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use long_mode::{Layout, PageSize};
 use serial::{Console, Serial};
 use vm::{Outcome, Report, RunOptions};
 
-/// Exit statuses (SPEC §1).
+/// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -75,7 +75,7 @@ fn print_stdout(text: &str) -> ExitCode {
 /// Everything after parsing. `Err` is a startup failure: no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (SPEC §1).
+    // Every check before any VM starts (docs/REFERENCE.md §1).
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
     // From here on nothing blocks until the VMs run, and no thread has started yet: Ctrl-C
     // and SIGTERM now stop the VMs instead of killing us.
@@ -88,7 +88,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
     let line_buffered = stdout.is_terminal();
     let console = Arc::new(Console::new(stdout, stdin, line_buffered));
-    // With several VMs, output lines are prefixed with the VM's number (SPEC §3).
+    // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
     let several = images.len() > 1;
     let opts =
         RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout, coalesce: config.coalesce };
@@ -119,7 +119,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     }
     drop(images); // the bytes are in guest RAM now
 
-    // On a terminal, a line waiting in a coalesced ring must show up soon (reference §3).
+    // On a terminal, a line waiting in a coalesced ring must show up soon (docs/REFERENCE.md §3).
     let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
     let reports = watchdog::run_all(jobs, config.timeout, drain_every);
     for (label, report) in labels.iter().zip(&reports) {

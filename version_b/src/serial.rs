@@ -1,4 +1,4 @@
-//! The serial port on 0xE9 (SPEC §3): guest bytes out to stdout, stdin bytes in.
+//! The serial port on 0xE9 (docs/REFERENCE.md §3): guest bytes out to stdout, stdin bytes in.
 //!
 //! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` under a mutex and a
 //! `scanf("%d")` behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio:
@@ -178,7 +178,7 @@ impl<W: Write, R: Read> Serial<W, R> {
     /// is interrupted by a signal and `stop()` says this VM is being stopped, returns
     /// `ErrorKind::Interrupted`.
     pub fn read(&mut self, dst: &mut [u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
-        // With several VMs, an unfinished line is written when its VM reads input (SPEC §3);
+        // With several VMs, an unfinished line is written when its VM reads input (docs/REFERENCE.md §3);
         // with one, the bytes join the console's buffer, flushed below before any wait.
         self.hand_over(stop)?;
         let mut input = lock(&self.console.input);

@@ -1,4 +1,4 @@
-//! Versions A and B have no file device: port 0x0278 is an unknown port there (SPEC §4).
+//! Versions A and B have no file device: port 0x0278 is an unknown port there (docs/REFERENCE.md §4).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The guest machine's starting state, as plain data (SPEC §2).
+//! The guest machine's starting state, as plain data (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `setup_long_mode` (page tables, CR3, CR4.PAE, CR0.PE|PG, EFER.LME|LMA) and
 //! `setup_segments_64` (flat 64-bit code and data segments), plus the registers `run_vm` sets.

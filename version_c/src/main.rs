@@ -44,7 +44,7 @@ use sandbox::{Sandbox, SharedFiles};
 use serial::{Console, Serial};
 use vm::{Outcome, Report, RunOptions};
 
-/// Exit statuses (SPEC §1).
+/// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -85,7 +85,7 @@ fn print_stdout(text: &str) -> ExitCode {
 /// Everything after parsing. `Err` is a startup failure: no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (SPEC §1).
+    // Every check before any VM starts (docs/REFERENCE.md §1).
     let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(SharedFiles::check(&config.files)?);
     let files_dir = config.files_dir.clone().unwrap_or_default(); // "" = the current directory
@@ -117,7 +117,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
     let line_buffered = stdout.is_terminal();
     let console = Arc::new(Console::new(stdout, stdin, line_buffered));
-    // With several VMs, output lines are prefixed with the VM's number (SPEC §3).
+    // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
     let several = images.len() > 1;
     if !config.quiet && !shared.is_empty() {
         diag!("mini_hypervisor: {} shared file(s) from -f, visible to every VM", shared.len());
@@ -140,7 +140,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
             );
         }
         let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
-        // Each VM's private files live in <files-dir>/<stem>_vm<N>_files/ (SPEC §5).
+        // Each VM's private files live in <files-dir>/<stem>_vm<N>_files/ (docs/REFERENCE.md §5).
         let private_dir = files_dir.join(sandbox::private_dir_name(&image.path, index));
         let mut files = FileDevice::new(Sandbox::new(Arc::clone(&shared), private_dir, label.clone()));
         if config.trace {
@@ -160,7 +160,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     }
     drop(images); // the bytes are in guest RAM now
 
-    // On a terminal, a line waiting in a coalesced ring must show up soon (reference §3).
+    // On a terminal, a line waiting in a coalesced ring must show up soon (docs/REFERENCE.md §3).
     let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
     let reports = watchdog::run_all(jobs, config.timeout, drain_every);
     for (label, report) in labels.iter().zip(&reports) {

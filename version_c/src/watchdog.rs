@@ -1,4 +1,4 @@
-//! Runs VMs on their own threads, enforces `--timeout` and handles Ctrl-C (SPEC §2).
+//! Runs VMs on their own threads, enforces `--timeout` and handles Ctrl-C (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `pthread_create` / `pthread_join` in `main`; the C has no timeout, and
 //! Ctrl-C kills it with guest output still in its buffers.

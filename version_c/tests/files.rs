@@ -4,51 +4,10 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use common::{BIN, Run, guest, kvm_available, temp_dir};
-
-/// How long a run may take before the test kills it and fails.
-const GUARD: Duration = Duration::from_secs(30);
-
-/// Runs the binary in `cwd` with `input` on stdin; kills it and fails the test if it has not
-/// ended after [`GUARD`].
-fn run_in(cwd: &Path, args: &[&str], input: &[u8]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mini_hypervisor");
-    let pid = child.id();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(GUARD) {
-        Ok(out) => {
-            let out = out.unwrap();
-            Run {
-                status: out.status.code().expect("exited, not killed by a signal"),
-                stdout: out.stdout,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        }
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("mini_hypervisor {args:?} still running after {GUARD:?}: killed");
-        }
-    }
-}
+use common::{Run, guest, kvm_available, run_in, temp_dir};
 
 const SHARED: &[u8] = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
 
@@ -626,4 +585,26 @@ fn trace_says_why_the_file_device_said_no() {
     let r = run_in(&s.dir, &args, input.as_bytes());
     assert_eq!(r.stdout(), "-1\n0\n-1\n-1 \n-1\n-1\n-1\n-1\n3 48656c\n");
     assert!(!r.stderr.contains("file:"), "{}", r.stderr);
+}
+
+#[test]
+fn the_library_splits_reads_and_writes_into_protocol_sized_requests() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = temp_dir("chunks");
+    let r = run_in(&dir, &["-q", "--trace", "-m", "2", "-p", "2", "-g", &guest("chunks.img")], b"");
+    assert_eq!(
+        r.stdout(),
+        "f_write 300 -> 300\nf_read 300 -> 300\nf_read at end -> 0\nf_read 400 -> 300\nchecksum 5773598 same\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let expected: Vec<u8> = (0..300u32).map(|i| ((7 * i + 3) % 256) as u8).collect();
+    assert_eq!(fs::read(dir.join("chunks_vm0_files/chunks.bin")).unwrap(), expected);
+    // One f_write of 300 bytes is three requests on the port: 127 + 127 + 46 bytes.
+    let writes: Vec<&str> = r.stderr.lines().filter(|l| l.contains("port=0x278") && l.contains("data=[04")).collect();
+    assert!(writes.len() >= 3, "{}", r.stderr);
+    let _ = fs::remove_dir_all(&dir);
 }
