@@ -16,6 +16,7 @@ macro_rules! diag {
 
 mod args;
 mod devices;
+mod gdb;
 mod image;
 mod kvm;
 mod long_mode;
@@ -89,6 +90,10 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let label = format!("vm0 ({})", image.path.display());
     let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
     let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
+    let debugger = match config.gdb {
+        Some(port) => Some(gdb::Debugger::new(gdb::listen(port)?, kick.clone(), &image.path, gdb::data_breakpoints_fire(&kvm))),
+        None => None,
+    };
     if !config.quiet {
         diag!(
             "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
@@ -104,7 +109,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let job = watchdog::Job {
         name: "vm0".to_owned(),
         kick,
-        body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts)),
+        body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)),
     };
     // On a terminal, a line waiting in the coalesced ring must show up soon (docs/REFERENCE.md §3).
     let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
