@@ -489,9 +489,15 @@ const DR6_HITS: u64 = 0xf;
 const RFLAGS_RF: u64 = 1 << 16;
 
 /// The four debug registers DR0–DR3, shared by breakpoints and watchpoints.
+///
+/// Where the host does not fire data breakpoints (`native_watch` false), a write watchpoint
+/// still takes one of the four, but is not put in DR7: the stub single-steps the guest and
+/// compares the watched bytes after each instruction instead ([`Session::on_trap`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DebugRegs {
     pub slots: [Option<Slot>; 4],
+    /// Whether watchpoints go into DR7 (the host fires data breakpoints).
+    pub native_watch: bool,
 }
 
 impl DebugRegs {
@@ -526,7 +532,7 @@ impl DebugRegs {
     pub fn dr7(&self) -> u64 {
         let mut dr7 = 0;
         for (i, slot) in self.slots.iter().enumerate() {
-            let Some(s) = slot else { continue };
+            let Some(s) = slot.filter(|s| !self.is_emulated(s)) else { continue };
             let rw: u64 = match s.kind {
                 Kind::Exec => 0b00,
                 Kind::Write => 0b01,
@@ -546,6 +552,7 @@ impl DebugRegs {
     /// The `KVM_SET_GUEST_DEBUG` argument: debugging off when nothing is set and no step asked.
     pub fn guest_debug(&self, step: bool) -> KvmGuestDebug {
         let mut dbg = KvmGuestDebug::default();
+        let step = step || self.emulated().next().is_some();
         let dr7 = self.dr7();
         if dr7 == 0 && !step {
             return dbg;
@@ -555,10 +562,19 @@ impl DebugRegs {
             dbg.control |= kvm::KVM_GUESTDBG_SINGLESTEP;
         }
         for (i, slot) in self.slots.iter().enumerate() {
-            dbg.debugreg[i] = slot.map_or(0, |s| s.addr);
+            dbg.debugreg[i] = slot.filter(|s| !self.is_emulated(s)).map_or(0, |s| s.addr);
         }
         dbg.debugreg[7] = dr7;
         dbg
+    }
+
+    fn is_emulated(&self, s: &Slot) -> bool {
+        s.kind != Kind::Exec && !self.native_watch
+    }
+
+    /// The watchpoints the stub emulates by single-stepping.
+    pub fn emulated(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.slots.iter().flatten().copied().filter(|s| self.is_emulated(s))
     }
 
     /// Whether an instruction breakpoint sits at `rip` (resuming there must not hit it again).
@@ -600,6 +616,9 @@ pub struct Session {
     pub regs: DebugRegs,
     /// Whether `Z2`–`Z4` can be served (the host fires data breakpoints).
     pub data_watch: bool,
+    /// While the guest runs under emulated watchpoints: whether gdb asked for one step, and
+    /// the watched bytes as they were.
+    running: Option<(bool, Vec<(Slot, Vec<u8>)>)>,
     /// The reply to `?`: the last stop.
     pub last_stop: Vec<u8>,
     xml: String,
@@ -614,7 +633,13 @@ const E_FULL: &str = "E0e"; // no free debug register
 
 impl Session {
     pub fn new(data_watch: bool) -> Session {
-        Session { regs: DebugRegs::default(), data_watch, last_stop: b"S05".to_vec(), xml: target_xml() }
+        Session {
+            regs: DebugRegs { native_watch: data_watch, ..DebugRegs::default() },
+            data_watch,
+            running: None,
+            last_stop: b"S05".to_vec(),
+            xml: target_xml(),
+        }
     }
 
     /// The stop reply for `why` (it becomes the answer to `?`).
@@ -635,6 +660,43 @@ impl Session {
         };
         self.last_stop = text.into_bytes();
         self.last_stop.clone()
+    }
+
+    /// Takes every breakpoint and watchpoint out of the books (detach).
+    pub fn forget_breakpoints(&mut self) {
+        self.regs.slots = [None; 4];
+        self.running = None;
+    }
+
+    /// Programs the debug registers to resume the guest (`step`: for one instruction). RF is
+    /// set when a breakpoint sits at RIP, so that the guest does not stop on it again at once.
+    pub fn resume<T: Target + ?Sized>(&mut self, t: &T, step: bool) -> io::Result<()> {
+        t.set_debug(&self.regs.guest_debug(step))?;
+        let mut regs = t.regs()?;
+        if self.regs.exec_at(regs.rip) {
+            regs.rflags |= RFLAGS_RF;
+            t.set_regs(&regs)?;
+        }
+        let watched: Vec<(Slot, Vec<u8>)> = self.regs.emulated().map(|s| (s, watched_bytes(t, s))).collect();
+        self.running = (!watched.is_empty()).then_some((step, watched));
+        Ok(())
+    }
+
+    /// A debug exit: `Some(stop reply)` to tell gdb, or `None` to run on silently (a single
+    /// step of an emulated watchpoint that changed nothing and reached no breakpoint).
+    pub fn on_trap<T: Target + ?Sized>(&mut self, t: &T, dr6: u64) -> Option<Vec<u8>> {
+        let Some((step, watched)) = self.running.take() else { return Some(self.stop_reply(Stop::Trap { dr6 })) };
+        if let Some((slot, _)) = watched.iter().find(|(slot, old)| watched_bytes(t, *slot) != *old) {
+            self.last_stop = format!("T05watch:{:x};thread:01;", slot.addr).into_bytes();
+            return Some(self.last_stop.clone());
+        }
+        let exec_hit = (0..4).any(|i| dr6 & (1 << i) != 0 && self.regs.slots[i].is_some_and(|s| s.kind == Kind::Exec));
+        let at_breakpoint = t.regs().is_ok_and(|r| self.regs.exec_at(r.rip));
+        if step || exec_hit || at_breakpoint {
+            return Some(self.stop_reply(Stop::Trap { dr6: 0 }));
+        }
+        self.running = Some((step, watched));
+        None
     }
 
     /// Answers one packet. Never panics, whatever the packet.
@@ -763,7 +825,8 @@ impl Session {
         };
         let kind = match ty {
             b"0" | b"1" => Kind::Exec,
-            b"2" | b"3" | b"4" if !self.data_watch => return reply(""), // gdb watches by itself
+            // Reads cannot be seen by single-stepping: only where the host fires them.
+            b"3" | b"4" if !self.data_watch => return reply(""),
             b"2" => Kind::Write,
             b"3" => Kind::Read,
             b"4" => Kind::Access,
@@ -779,6 +842,15 @@ impl Session {
             return reply("OK");
         }
         reply(if self.regs.insert(slot) { "OK" } else { E_FULL })
+    }
+}
+
+/// The bytes an emulated watchpoint watches (empty if they cannot be read).
+fn watched_bytes<T: Target + ?Sized>(t: &T, s: Slot) -> Vec<u8> {
+    let mut buf = vec![0u8; s.len as usize];
+    match read_virt(t, s.addr, &mut buf) {
+        Ok(()) => buf,
+        Err(()) => Vec::new(),
     }
 }
 
@@ -890,7 +962,7 @@ fn probe(kvm: &kvm::Kvm) -> io::Result<bool> {
     vm.mem.write(0, &PROBE_CODE)?;
     vm.vcpu.set_sregs(&long_mode::long_mode_sregs(vm.vcpu.get_sregs()?, &layout))?;
     vm.vcpu.set_regs(&long_mode::initial_regs(&layout))?;
-    let mut regs = DebugRegs::default();
+    let mut regs = DebugRegs { native_watch: true, ..DebugRegs::default() };
     regs.insert(Slot { kind: Kind::Write, addr: 0x100, len: 1 });
     vm.vcpu.set_guest_debug(&regs.guest_debug(false))?;
     for _ in 0..8 {
@@ -934,7 +1006,13 @@ impl Debugger {
             return Resume::Detached;
         }
         let target = KvmTarget { vcpu, mem };
-        let stop = self.session.stop_reply(why);
+        let stop = match why {
+            Stop::Trap { dr6 } => match self.session.on_trap(&target, dr6) {
+                Some(stop) => stop,
+                None => return Resume::Go, // an emulated watchpoint's step: nothing to tell
+            },
+            why => self.session.stop_reply(why),
+        };
         if why == Stop::Crash {
             self.crashed = true;
         }
@@ -1003,12 +1081,7 @@ impl Debugger {
     /// Programs the debug registers for a resume; RF when a breakpoint sits at RIP, so that
     /// the guest does not stop on it again at once.
     fn arm(&mut self, t: &KvmTarget<'_>, step: bool) -> io::Result<()> {
-        t.set_debug(&self.session.regs.guest_debug(step))?;
-        let mut regs = t.regs()?;
-        if self.session.regs.exec_at(regs.rip) {
-            regs.rflags |= RFLAGS_RF;
-            t.set_regs(&regs)?;
-        }
+        self.session.resume(t, step)?;
         if std::mem::take(&mut self.stale_pause) {
             // A 0x03 that came while the guest was stopped must not stop it right away.
             let requests = t.vcpu.take_requests();
@@ -1021,7 +1094,7 @@ impl Debugger {
 
     /// Takes every breakpoint out and lets go of gdb.
     fn detach(&mut self, t: &KvmTarget<'_>) -> Resume {
-        self.session.regs = DebugRegs::default();
+        self.session.forget_breakpoints();
         let _ = t.set_debug(&KvmGuestDebug::default());
         self.close();
         if self.stale_pause {
@@ -1384,10 +1457,47 @@ mod tests {
             assert_eq!(ask(&mut s, &t, p), "OK");
         }
         assert_eq!(s.regs.guest_debug(false), KvmGuestDebug::default(), "debugging off when nothing is set");
-        // Where data breakpoints do not fire, watchpoints get the empty reply.
+        // Where data breakpoints do not fire, read and access watchpoints get the empty reply.
         let mut no_watch = Session::new(false);
-        assert_eq!(ask(&mut no_watch, &t, "Z2,1000,4"), "");
+        assert_eq!(ask(&mut no_watch, &t, "Z3,1000,4"), "");
+        assert_eq!(ask(&mut no_watch, &t, "Z4,1000,4"), "");
         assert_eq!(ask(&mut no_watch, &t, "Z1,1000,1"), "OK");
+    }
+
+    #[test]
+    fn emulated_write_watchpoints_single_step_until_the_value_changes() {
+        let mut s = Session::new(false);
+        let t = FakeTarget::new(true);
+        assert_eq!(ask(&mut s, &t, "Z2,1000,4"), "OK");
+        assert_eq!(ask(&mut s, &t, "Z0,2000,1"), "OK");
+        // Only the breakpoint is in DR7; the watchpoint makes every resume a single step.
+        assert_eq!(s.regs.dr7(), 1 << 2 | DR7_BASE, "L1 only");
+        let dbg = s.regs.guest_debug(false);
+        assert_eq!(dbg.debugreg[..2], [0, 0x2000], "the watch slot is not programmed");
+        assert_ne!(dbg.control & kvm::KVM_GUESTDBG_SINGLESTEP, 0);
+        s.resume(&t, false).unwrap();
+        assert_eq!(t.debug.borrow().unwrap(), dbg);
+        t.regs.borrow_mut().rip = 0x10;
+        assert_eq!(s.on_trap(&t, 0x4000), None, "nothing changed: run on");
+        t.ram.borrow_mut()[0x1002] = 7;
+        assert_eq!(s.on_trap(&t, 0x4000), Some(b"T05watch:1000;thread:01;".to_vec()));
+        assert_eq!(ask(&mut s, &t, "?"), "T05watch:1000;thread:01;");
+        // Continuing: a breakpoint reached while stepping stops there.
+        s.resume(&t, false).unwrap();
+        t.regs.borrow_mut().rip = 0x2000;
+        assert_eq!(s.on_trap(&t, 0x4000), Some(b"T05thread:01;".to_vec()));
+        // At the breakpoint, a resume sets RF so that it is not hit again at once.
+        s.resume(&t, false).unwrap();
+        assert_ne!(t.regs.borrow().rflags & RFLAGS_RF, 0);
+        // gdb's own single step stops after one instruction.
+        s.resume(&t, true).unwrap();
+        t.regs.borrow_mut().rip = 0x11;
+        assert_eq!(s.on_trap(&t, 0x4000), Some(b"T05thread:01;".to_vec()));
+        // Without watchpoints, a debug exit is always gdb's.
+        s.forget_breakpoints();
+        s.resume(&t, false).unwrap();
+        assert_eq!(*t.debug.borrow(), Some(KvmGuestDebug::default()));
+        assert_eq!(s.on_trap(&t, 0), Some(b"T05thread:01;".to_vec()));
     }
 
     #[test]
