@@ -83,6 +83,9 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
         return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
     }
+    // --gdb: the port is taken before any VM starts; VM 0 waits there for the debugger.
+    let mut gdb_listener = config.gdb.map(gdb::listen).transpose()?;
+    let data_watch = gdb_listener.is_some() && gdb::data_breakpoints_fire(&kvm);
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdout: {e}"))?);
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
     let line_buffered = stdout.is_terminal();
@@ -90,10 +93,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let label = format!("vm0 ({})", image.path.display());
     let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
     let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
-    let debugger = match config.gdb {
-        Some(port) => Some(gdb::Debugger::new(gdb::listen(port)?, kick.clone(), &image.path, gdb::data_breakpoints_fire(&kvm))),
-        None => None,
-    };
+    let debugger = gdb_listener.take().map(|l| gdb::Debugger::new(l, kick.clone(), &image.path, data_watch));
     if !config.quiet {
         diag!(
             "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",

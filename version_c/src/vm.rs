@@ -14,6 +14,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::devices::{Devices, IoError};
+use crate::gdb::{Debugger, Resume, Stop};
 use crate::image::Image;
 use crate::kvm::{Kvm, KvmRegs, KvmSregs, Mmap, Requests, StopReason, Vcpu, VcpuExit, Vm, VmFd};
 use crate::long_mode::{self, Layout};
@@ -116,14 +117,16 @@ pub fn on_exit(result: &io::Result<VcpuExit>, requests: Requests) -> Next {
 
 /// C: the `KVM_RUN` loop of `run_vm`. Runs until the guest halts or fails, then flushes its
 /// output; a failure is reported on stderr at once, with a register dump. `vm_fd` is for
-/// switching the serial ring on; `mem` is guest RAM.
+/// switching the serial ring on; `mem` is guest RAM; `gdb`, with `--gdb` for VM 0, stops the
+/// guest before its first instruction and serves the debugger whenever it is stopped.
 pub fn run_vm(
     vcpu: &mut Vcpu,
     vm_fd: &VmFd,
-    _mem: &Mmap,
+    mem: &Mmap,
     devices: &mut Devices,
     label: &str,
     opts: &RunOptions,
+    gdb: Option<Debugger>,
 ) -> Report {
     let start = Instant::now();
     let mut stats = Stats::default();
@@ -137,7 +140,7 @@ pub fn run_vm(
     // Kicks (timeout, Ctrl-C, ring drains) reach this thread while it runs the loop and while
     // it writes out the last output.
     let outcome = kick.deliver_here(|| {
-        let mut outcome = run_loop(vcpu, vm_fd, devices, label, opts, &mut stats);
+        let mut outcome = run_loop(vcpu, vm_fd, mem, devices, label, opts, &mut stats, gdb);
         // However the VM ended, its output reaches stdout (unless it is being stopped while
         // stdout does not take it: then what is left is lost).
         let stop = || vcpu.stop_requested().is_some();
@@ -154,15 +157,21 @@ pub fn run_vm(
     Report { outcome, stats, wall: start.elapsed() }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_loop(
     vcpu: &mut Vcpu,
     vm_fd: &VmFd,
+    mem: &Mmap,
     devices: &mut Devices,
     label: &str,
     opts: &RunOptions,
     stats: &mut Stats,
+    mut gdb: Option<Debugger>,
 ) -> Outcome {
     let mut ring = Ring::new(vcpu, opts, label);
+    if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Start) {
+        return outcome;
+    }
     let mut left_guest = opts.stats.then(Instant::now);
     loop {
         let entered = left_guest.map(|t| {
@@ -201,23 +210,52 @@ fn run_loop(
                     ring.count(u64::from(count), vm_fd, label, opts);
                 }
             }
-            Next::Resume | Next::Pause => stats.other(),
+            Next::Resume => stats.other(),
+            Next::Pause => {
+                stats.other();
+                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Interrupt) {
+                    return outcome;
+                }
+            }
             Next::Halt => {
                 stats.hlt();
+                if let Some(gdb) = &mut gdb {
+                    gdb.exited();
+                }
                 return Outcome::Halted;
             }
             Next::Stop(reason) => {
                 stats.other();
                 return stopped(reason, opts);
             }
-            Next::Trap { pc, .. } => {
+            Next::Trap { pc, dr6, .. } => {
                 stats.other();
-                return Outcome::Failed(format!("unexpected debug exit at {pc:#x} (no debugger attached)"));
+                if gdb.is_none() {
+                    return Outcome::Failed(format!("unexpected debug exit at {pc:#x} (no debugger attached)"));
+                }
+                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Trap { dr6 }) {
+                    return outcome;
+                }
             }
             Next::Fail(reason) => {
                 stats.other();
+                // The debugger sees the crash first (registers as they were); then the VM ends.
+                let _ = debug_stop(&mut gdb, vcpu, mem, Stop::Crash);
                 return Outcome::Failed(reason);
             }
+        }
+    }
+}
+
+/// Hands a stop to the debugger, if one is attached; `Some` ends the VM. A detached debugger is
+/// dropped: the guest runs on as if there had been none.
+fn debug_stop(gdb: &mut Option<Debugger>, vcpu: &Vcpu, mem: &Mmap, why: Stop) -> Option<Outcome> {
+    match gdb.as_mut()?.stopped(vcpu, mem, why) {
+        Resume::Go => None,
+        Resume::Kill => Some(Outcome::Failed("killed by the debugger".to_owned())),
+        Resume::Detached => {
+            *gdb = None;
+            None
         }
     }
 }
