@@ -22,10 +22,12 @@
 //! the empty reply, and gdb falls back to software watchpoints (it single-steps).
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -228,9 +230,7 @@ fn split(text: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
 /// gdb's x86-64 register numbers 0–15 in `kvm_regs` terms. Beware the order: gdb has
 /// `rsi rdi rbp rsp`, `struct kvm_regs` has `rsi rdi rsp rbp`.
 fn gpr(r: &KvmRegs, n: usize) -> u64 {
-    [
-        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
-    ][n]
+    [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15][n]
 }
 
 fn gpr_mut(r: &mut KvmRegs, n: usize) -> &mut u64 {
@@ -485,8 +485,6 @@ pub struct Slot {
 const DR7_BASE: u64 = 0x600;
 /// DR6: B0–B3, which debug register hit; BS, a single step.
 const DR6_HITS: u64 = 0xf;
-/// RFLAGS.RF: the next instruction's breakpoint is not taken.
-const RFLAGS_RF: u64 = 1 << 16;
 
 /// The four debug registers DR0–DR3, shared by breakpoints and watchpoints.
 ///
@@ -603,7 +601,9 @@ pub enum Stop {
 pub enum Action {
     Reply(Vec<u8>),
     /// Resume the guest (`step`: for one instruction). No reply now: the next stop replies.
-    Resume { step: bool },
+    Resume {
+        step: bool,
+    },
     /// `k`: end the VM as failed.
     Kill,
     /// `D`: reply OK, take every breakpoint out, let the guest run on.
@@ -616,12 +616,22 @@ pub struct Session {
     pub regs: DebugRegs,
     /// Whether `Z2`–`Z4` can be served (the host fires data breakpoints).
     pub data_watch: bool,
-    /// While the guest runs under emulated watchpoints: whether gdb asked for one step, and
-    /// the watched bytes as they were.
-    running: Option<(bool, Vec<(Slot, Vec<u8>)>)>,
+    /// While the guest runs: what it was resumed for.
+    running: Option<Running>,
     /// The reply to `?`: the last stop.
     pub last_stop: Vec<u8>,
     xml: String,
+}
+
+/// How the guest was resumed, to make sense of its next debug exit.
+#[derive(Debug, Clone)]
+struct Running {
+    /// gdb asked for one instruction.
+    step: bool,
+    /// The guest first steps one instruction with the breakpoints at RIP out of DR7.
+    over: bool,
+    /// The bytes of each emulated watchpoint as they were.
+    watched: Vec<(Slot, Vec<u8>)>,
 }
 
 fn reply(text: &str) -> Action {
@@ -668,34 +678,56 @@ impl Session {
         self.running = None;
     }
 
-    /// Programs the debug registers to resume the guest (`step`: for one instruction). RF is
-    /// set when a breakpoint sits at RIP, so that the guest does not stop on it again at once.
+    /// Programs the debug registers to resume the guest (`step`: for one instruction). With a
+    /// breakpoint at RIP, the guest first single-steps with that breakpoint out of DR7 (else it
+    /// would stop on it again at once: RFLAGS.RF is not honoured by every KVM).
     pub fn resume<T: Target + ?Sized>(&mut self, t: &T, step: bool) -> io::Result<()> {
-        t.set_debug(&self.regs.guest_debug(step))?;
-        let mut regs = t.regs()?;
-        if self.regs.exec_at(regs.rip) {
-            regs.rflags |= RFLAGS_RF;
-            t.set_regs(&regs)?;
-        }
-        let watched: Vec<(Slot, Vec<u8>)> = self.regs.emulated().map(|s| (s, watched_bytes(t, s))).collect();
-        self.running = (!watched.is_empty()).then_some((step, watched));
+        let rip = t.regs()?.rip;
+        let over = self.regs.exec_at(rip);
+        let dbg = if over {
+            let mut past = self.regs.clone();
+            past.slots.iter_mut().filter(|s| s.is_some_and(|s| s.kind == Kind::Exec && s.addr == rip)).for_each(|s| {
+                *s = None;
+            });
+            past.guest_debug(true)
+        } else {
+            self.regs.guest_debug(step)
+        };
+        t.set_debug(&dbg)?;
+        let watched = self.regs.emulated().map(|s| (s, watched_bytes(t, s))).collect();
+        self.running = Some(Running { step, over, watched });
         Ok(())
     }
 
     /// A debug exit: `Some(stop reply)` to tell gdb, or `None` to run on silently (a single
     /// step of an emulated watchpoint that changed nothing and reached no breakpoint).
     pub fn on_trap<T: Target + ?Sized>(&mut self, t: &T, dr6: u64) -> Option<Vec<u8>> {
-        let Some((step, watched)) = self.running.take() else { return Some(self.stop_reply(Stop::Trap { dr6 })) };
-        if let Some((slot, _)) = watched.iter().find(|(slot, old)| watched_bytes(t, *slot) != *old) {
+        let Some(mut run) = self.running.take() else { return Some(self.stop_reply(Stop::Trap { dr6 })) };
+        if let Some((slot, _)) = run.watched.iter().find(|(slot, old)| watched_bytes(t, *slot) != *old) {
             self.last_stop = format!("T05watch:{:x};thread:01;", slot.addr).into_bytes();
             return Some(self.last_stop.clone());
         }
-        let exec_hit = (0..4).any(|i| dr6 & (1 << i) != 0 && self.regs.slots[i].is_some_and(|s| s.kind == Kind::Exec));
         let at_breakpoint = t.regs().is_ok_and(|r| self.regs.exec_at(r.rip));
-        if step || exec_hit || at_breakpoint {
+        if run.step || at_breakpoint {
             return Some(self.stop_reply(Stop::Trap { dr6: 0 }));
         }
-        self.running = Some((step, watched));
+        if run.over {
+            // Past the breakpoint: now run on with every breakpoint in place.
+            if t.set_debug(&self.regs.guest_debug(false)).is_err() {
+                return Some(self.stop_reply(Stop::Trap { dr6: 0 }));
+            }
+            run.over = false;
+        } else if run.watched.is_empty() {
+            // Only DR7 makes the guest stop: a breakpoint or a watchpoint of the host's.
+            return Some(self.stop_reply(Stop::Trap { dr6 }));
+        } else {
+            let exec_hit =
+                (0..4).any(|i| dr6 & (1 << i) != 0 && self.regs.slots[i].is_some_and(|s| s.kind == Kind::Exec));
+            if exec_hit {
+                return Some(self.stop_reply(Stop::Trap { dr6: 0 }));
+            }
+        }
+        self.running = Some(run);
         None
     }
 
@@ -902,6 +934,8 @@ struct Conn {
     inputs: Receiver<Input>,
     /// The last packet sent, for a `-`.
     last: Vec<u8>,
+    /// Inputs taken out of the channel early (see `Debugger::arm`).
+    pending: VecDeque<Input>,
 }
 
 /// What waiting for gdb brought.
@@ -922,8 +956,9 @@ pub struct Debugger {
     session: Session,
     /// The ELF file to give gdb, for the message.
     elf: String,
-    /// gdb sent 0x03 while the guest was stopped: the pause it requested is to be dropped.
-    stale_pause: bool,
+    /// Whether the guest runs (shared with the reader thread): gdb's 0x03 pauses the vCPU
+    /// only then, and the lock orders a pause against the stub's taking over.
+    running: Arc<Mutex<bool>>,
     /// The guest crashed: resuming ends the VM.
     crashed: bool,
 }
@@ -988,7 +1023,7 @@ impl Debugger {
             kick,
             session: Session::new(data_watch),
             elf: image.with_extension("elf").display().to_string(),
-            stale_pause: false,
+            running: Arc::new(Mutex::new(false)),
             crashed: false,
         }
     }
@@ -1016,6 +1051,7 @@ impl Debugger {
         if why == Stop::Crash {
             self.crashed = true;
         }
+        self.hold(vcpu);
         if why != Stop::Start {
             self.send(&stop);
         }
@@ -1037,10 +1073,7 @@ impl Debugger {
                     continue;
                 }
                 Input::Ack => continue,
-                Input::Interrupt => {
-                    self.stale_pause = true;
-                    continue;
-                }
+                Input::Interrupt => continue, // the guest is stopped already
             };
             self.write_raw(b"+");
             match self.session.handle(&packet, &target) {
@@ -1082,14 +1115,32 @@ impl Debugger {
     /// the guest does not stop on it again at once.
     fn arm(&mut self, t: &KvmTarget<'_>, step: bool) -> io::Result<()> {
         self.session.resume(t, step)?;
-        if std::mem::take(&mut self.stale_pause) {
-            // A 0x03 that came while the guest was stopped must not stop it right away.
-            let requests = t.vcpu.take_requests();
-            if let Some(reason) = requests.stop {
-                self.kick.stop(reason); // not ours to drop
+        let mut running = lock(&self.running);
+        *running = true;
+        // A 0x03 that gdb sent after this resume but the reader saw before it (while the guest
+        // was stopped) is in the channel already: it stops the guest now.
+        if let Some(conn) = &mut self.conn {
+            while let Ok(input) = conn.inputs.try_recv() {
+                if input == Input::Interrupt {
+                    self.kick.pause();
+                } else {
+                    conn.pending.push_back(input);
+                }
             }
         }
         Ok(())
+    }
+
+    /// The stub takes over a stopped guest: from now on 0x03 pauses nothing, and a pause that
+    /// came in just before (the guest stopped for another reason) is dropped, so that the next
+    /// resume does not stop at once.
+    fn hold(&mut self, vcpu: &Vcpu) {
+        let mut running = lock(&self.running);
+        *running = false;
+        let requests = vcpu.take_requests();
+        if let Some(reason) = requests.stop {
+            self.kick.stop(reason); // not ours to drop: the VM is being stopped
+        }
     }
 
     /// Takes every breakpoint out and lets go of gdb.
@@ -1097,9 +1148,6 @@ impl Debugger {
         self.session.forget_breakpoints();
         let _ = t.set_debug(&KvmGuestDebug::default());
         self.close();
-        if self.stale_pause {
-            let _ = t.vcpu.take_requests();
-        }
         diag!("mini_hypervisor: gdb detached: the guest runs on");
         Resume::Detached
     }
@@ -1109,7 +1157,7 @@ impl Debugger {
     fn accept(&mut self, vcpu: &Vcpu) -> Option<Conn> {
         let listener = self.listener.take()?;
         diag!(
-            "mini_hypervisor: vm0 waits for GDB on 127.0.0.1:{port}; connect with: gdb {elf} -ex 'target remote :{port}'",
+            "mini_hypervisor: vm0 is waiting for GDB on 127.0.0.1:{port}; connect with: gdb {elf} -ex 'target remote :{port}'",
             port = self.port,
             elf = self.elf
         );
@@ -1141,18 +1189,22 @@ impl Debugger {
             }
         };
         let (tx, inputs) = mpsc::channel();
-        let kick = self.kick.clone();
-        let spawned = thread::Builder::new().name("gdb-reader".to_owned()).spawn(move || read_loop(reader, tx, kick));
+        let (kick, running) = (self.kick.clone(), Arc::clone(&self.running));
+        let spawned =
+            thread::Builder::new().name("gdb-reader".to_owned()).spawn(move || read_loop(reader, tx, kick, running));
         if let Err(e) = spawned {
             diag!("mini_hypervisor: --gdb: cannot start a thread: {e}; the guest runs without a debugger");
             return None;
         }
         diag!("mini_hypervisor: gdb connected");
-        Some(Conn { stream, inputs, last: Vec::new() })
+        Some(Conn { stream, inputs, last: Vec::new(), pending: VecDeque::new() })
     }
 
     fn wait(&mut self, vcpu: &Vcpu) -> Wait {
-        let Some(conn) = &self.conn else { return Wait::Closed };
+        let Some(conn) = &mut self.conn else { return Wait::Closed };
+        if let Some(input) = conn.pending.pop_front() {
+            return Wait::Input(input);
+        }
         loop {
             match conn.inputs.recv_timeout(POLL) {
                 Ok(input) => return Wait::Input(input),
@@ -1184,9 +1236,14 @@ impl Debugger {
     }
 }
 
+/// A poisoned lock only means a thread panicked while holding it; the flag is still valid.
+fn lock(m: &Mutex<bool>) -> std::sync::MutexGuard<'_, bool> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The reader thread: decodes everything gdb sends and passes it on; 0x03 also pauses the
 /// vCPU. Ends at end of file, on an error, or when the session is gone.
-fn read_loop(mut stream: TcpStream, tx: mpsc::Sender<Input>, kick: Kick) {
+fn read_loop(mut stream: TcpStream, tx: mpsc::Sender<Input>, kick: Kick, running: Arc<Mutex<bool>>) {
     let mut decoder = Decoder::default();
     let mut buf = [0u8; 4096];
     loop {
@@ -1198,12 +1255,16 @@ fn read_loop(mut stream: TcpStream, tx: mpsc::Sender<Input>, kick: Kick) {
         };
         for &b in &buf[..n] {
             if let Some(input) = decoder.push(b) {
-                if input == Input::Interrupt {
+                // Under the lock, so that the stub, resuming, finds this 0x03 either paused
+                // already or in the channel (`Debugger::arm`).
+                let running = lock(&running);
+                if input == Input::Interrupt && *running {
                     kick.pause();
                 }
                 if tx.send(input).is_err() {
                     return;
                 }
+                drop(running);
             }
         }
     }
@@ -1486,9 +1547,14 @@ mod tests {
         s.resume(&t, false).unwrap();
         t.regs.borrow_mut().rip = 0x2000;
         assert_eq!(s.on_trap(&t, 0x4000), Some(b"T05thread:01;".to_vec()));
-        // At the breakpoint, a resume sets RF so that it is not hit again at once.
+        // At the breakpoint, a resume first steps with that breakpoint out of DR7.
         s.resume(&t, false).unwrap();
-        assert_ne!(t.regs.borrow().rflags & RFLAGS_RF, 0);
+        let past = t.debug.borrow().unwrap();
+        assert_eq!((past.debugreg[1], past.debugreg[7]), (0, 0), "{past:?}");
+        assert_ne!(past.control & kvm::KVM_GUESTDBG_SINGLESTEP, 0);
+        t.regs.borrow_mut().rip = 0x2005;
+        assert_eq!(s.on_trap(&t, 0x4000), None, "past it: on, silently");
+        assert_eq!(t.debug.borrow().unwrap(), dbg, "every breakpoint back");
         // gdb's own single step stops after one instruction.
         s.resume(&t, true).unwrap();
         t.regs.borrow_mut().rip = 0x11;
@@ -1501,10 +1567,38 @@ mod tests {
     }
 
     #[test]
+    fn continuing_from_a_breakpoint_steps_past_it_first() {
+        let mut s = Session::new(false);
+        let t = FakeTarget::new(false);
+        assert_eq!(ask(&mut s, &t, "Z0,1234,1"), "OK"); // rip is 0x1234
+        assert_eq!(ask(&mut s, &t, "Z1,2000,1"), "OK");
+        s.resume(&t, false).unwrap();
+        let past = t.debug.borrow().unwrap();
+        assert_eq!(past.debugreg[..2], [0, 0x2000]);
+        assert_eq!(past.debugreg[7], 1 << 2 | DR7_BASE);
+        assert_ne!(past.control & kvm::KVM_GUESTDBG_SINGLESTEP, 0);
+        t.regs.borrow_mut().rip = 0x1236;
+        assert_eq!(s.on_trap(&t, 0x4000), None);
+        let all = t.debug.borrow().unwrap();
+        assert_eq!(all.debugreg[..2], [0x1234, 0x2000]);
+        assert_eq!(all.debugreg[7], 5 | DR7_BASE);
+        assert_eq!(all.control & kvm::KVM_GUESTDBG_SINGLESTEP, 0, "no more stepping");
+        t.regs.borrow_mut().rip = 0x2000;
+        assert_eq!(s.on_trap(&t, 0x2), Some(b"T05thread:01;".to_vec()), "the next breakpoint");
+        // gdb's step from a breakpoint: one step, then stop.
+        s.resume(&t, true).unwrap();
+        t.regs.borrow_mut().rip = 0x2001;
+        assert_eq!(s.on_trap(&t, 0x4000), Some(b"T05thread:01;".to_vec()));
+    }
+
+    #[test]
     fn queries_description_and_unknown_packets() {
         let mut s = Session::new(false);
         let t = FakeTarget::new(false);
-        assert_eq!(ask(&mut s, &t, "qSupported:multiprocess+;xmlRegisters=i386"), "PacketSize=4000;qXfer:features:read+");
+        assert_eq!(
+            ask(&mut s, &t, "qSupported:multiprocess+;xmlRegisters=i386"),
+            "PacketSize=4000;qXfer:features:read+"
+        );
         let mut xml = Vec::new();
         loop {
             let r = ask(&mut s, &t, &format!("qXfer:features:read:target.xml:{:x},200", xml.len()));

@@ -118,7 +118,9 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),
             kick,
-            body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)),
+            body: Box::new(move || {
+                vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)
+            }),
         });
         labels.push(label);
     }

@@ -17,8 +17,8 @@ macro_rules! diag {
 
 mod args;
 mod devices;
-mod gdb;
 mod fileio;
+mod gdb;
 mod hostfs;
 mod image;
 mod kvm;
