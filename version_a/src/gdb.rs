@@ -1092,6 +1092,9 @@ impl Debugger {
                     return Resume::Go;
                 }
                 Action::Kill => {
+                    if packet.starts_with(b"vKill") {
+                        self.send(b"OK"); // `k` has no reply, `vKill` has
+                    }
                     self.close();
                     return Resume::Kill;
                 }
