@@ -638,6 +638,8 @@ fn reply(text: &str) -> Action {
     Action::Reply(text.as_bytes().to_vec())
 }
 
+/// The longest range an emulated watchpoint compares (a struct, a small array).
+const MAX_EMULATED_WATCH: u64 = 256;
 const E_BAD: &str = "E01"; // unreadable memory, bad arguments
 const E_FULL: &str = "E0e"; // no free debug register
 
@@ -865,7 +867,14 @@ impl Session {
             _ => return reply(""),
         };
         let len = if kind == Kind::Exec { 1 } else { len };
-        if kind != Kind::Exec && (!matches!(len, 1 | 2 | 4 | 8) || addr % len != 0) {
+        // A debug register watches 1, 2, 4 or 8 aligned bytes; an emulated watchpoint compares
+        // any range up to MAX_EMULATED_WATCH bytes.
+        let fits = match kind {
+            Kind::Exec => true,
+            _ if self.data_watch => matches!(len, 1 | 2 | 4 | 8) && addr % len == 0,
+            _ => (1..=MAX_EMULATED_WATCH).contains(&len),
+        };
+        if !fits {
             return reply(E_BAD);
         }
         let slot = Slot { kind, addr, len };
@@ -1521,8 +1530,13 @@ mod tests {
             assert_eq!(ask(&mut s, &t, p), "OK");
         }
         assert_eq!(s.regs.guest_debug(false), KvmGuestDebug::default(), "debugging off when nothing is set");
-        // Where data breakpoints do not fire, read and access watchpoints get the empty reply.
+        // Where data breakpoints do not fire, read and access watchpoints get the empty reply;
+        // write watchpoints are emulated, for any range up to 256 bytes.
         let mut no_watch = Session::new(false);
+        assert_eq!(ask(&mut no_watch, &t, "Z2,1001,3"), "OK");
+        assert_eq!(ask(&mut no_watch, &t, "Z2,1000,100"), "OK");
+        assert_eq!(ask(&mut no_watch, &t, "Z2,1000,101"), "E01");
+        assert_eq!(ask(&mut no_watch, &t, "Z2,1000,0"), "E01");
         assert_eq!(ask(&mut no_watch, &t, "Z3,1000,4"), "");
         assert_eq!(ask(&mut no_watch, &t, "Z4,1000,4"), "");
         assert_eq!(ask(&mut no_watch, &t, "Z1,1000,1"), "OK");
