@@ -1173,6 +1173,13 @@ impl Debugger {
             port = self.port,
             elf = self.elf
         );
+        if self.session.data_watch {
+            diag!("mini_hypervisor: gdb: watchpoints use the debug registers (this KVM fires data breakpoints)");
+        } else {
+            diag!(
+                "mini_hypervisor: gdb: this KVM fires no data breakpoints: `watch` single-steps the guest, rwatch/awatch are refused"
+            );
+        }
         let (tx, rx) = mpsc::channel();
         let spawned = thread::Builder::new().name("gdb-accept".to_owned()).spawn(move || {
             let _ = tx.send(listener.accept().map(|(stream, _)| stream));
@@ -1260,10 +1267,18 @@ fn read_loop(mut stream: TcpStream, tx: mpsc::Sender<Input>, kick: Kick, running
     let mut buf = [0u8; 4096];
     loop {
         let n = match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
+            Ok(n) if n > 0 => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            _ => {
+                // gdb is gone: a running guest is stopped, so that the stub notices and detaches
+                // (its breakpoints and any single-stepping go with it).
+                let running = lock(&running);
+                if *running {
+                    kick.pause();
+                }
+                drop(tx);
+                return;
+            }
         };
         for &b in &buf[..n] {
             if let Some(input) = decoder.push(b) {
