@@ -88,14 +88,15 @@ fn break_next_print_set_var_and_run_to_the_end() {
             "next",
             "print result",
             "print counter",
-            "print/x $rip",
+            "set var $r12 = 0x1234",
+            "print/x $r12",
             "set var counter = 40",
             "info registers rbp rsp",
             "delete",
             "continue",
         ],
     );
-    expect(&out, &["Breakpoint 1, square (n=1) at debugme.c", "$1 = 1", "$2 = 1", "exited normally"]);
+    expect(&out, &["Breakpoint 1, square (n=1) at debugme.c", "$1 = 1", "$2 = 1", "$3 = 0x1234", "exited normally"]);
     let run = finish(hv);
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert_eq!(run.stdout(), "debugme: 1 4 9\ndebugme: total 14, counter 42\n");
@@ -199,6 +200,20 @@ fn a_timeout_while_waiting_for_gdb_ends_the_vm() {
         return;
     }
     let (hv, _port) = start(&guest("debugme.img"), &["--timeout", "0.5"], b"");
+    let run = finish(hv);
+    assert_eq!(run.status, 1);
+    expect(&run.stderr, &["timed out"]);
+}
+
+#[test]
+fn a_timeout_while_the_guest_runs_under_gdb_ends_the_vm_and_tells_gdb() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &["--timeout", "1"], b"");
+    let mut c = Client::connect(port);
+    c.send("c");
+    assert_eq!(c.reply(), "X09", "gdb hears the guest was killed");
     let run = finish(hv);
     assert_eq!(run.status, 1);
     expect(&run.stderr, &["timed out"]);

@@ -972,6 +972,17 @@ pub struct Debugger {
     crashed: bool,
 }
 
+/// The VM ended while gdb waits for the running guest to stop (timeout, Ctrl-C of the
+/// hypervisor, a device error): gdb hears that it was killed, instead of a lost connection.
+impl Drop for Debugger {
+    fn drop(&mut self) {
+        if self.conn.is_some() && *lock(&self.running) {
+            self.send(b"X09");
+        }
+        self.close();
+    }
+}
+
 impl std::fmt::Debug for Debugger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Debugger").field("port", &self.port).finish_non_exhaustive()
