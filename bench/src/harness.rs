@@ -30,7 +30,10 @@ pub fn run(cmd: &mut Command, stdout: File, traced: bool) -> io::Result<Run> {
     cmd.stdin(Stdio::null()).stdout(stdout);
     let start = Instant::now();
     if traced {
-        let child = sys::spawn_traced(cmd)?;
+        let child = sys::spawn_traced(cmd).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => io::Error::other(format!("ptrace, to read its peak RSS: {e}")),
+            _ => e,
+        })?;
         let (status, hwm) = sys::wait_traced(child.id(), |pid| peak_rss_kib(&format!("/proc/{pid}/status")))?;
         let peak_rss_kib = hwm.flatten().ok_or_else(|| io::Error::other("cannot read VmHWM at the child's exit"))?;
         Ok(Run { wall: start.elapsed(), status, peak_rss_kib: Some(peak_rss_kib) })
