@@ -306,6 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn a_traced_run_reads_the_childs_own_peak_rss_and_keeps_its_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let sh = |script: &str, traced| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", script]);
+            run(&mut cmd, File::create("/dev/null").unwrap(), traced).unwrap()
+        };
+        let r = sh("exit 3", true);
+        assert_eq!(r.status.code(), Some(3));
+        assert!(r.peak_rss_kib.is_some_and(|k| k > 0), "{r:?}");
+        assert!(sh("exit 3", false).peak_rss_kib.is_none());
+        // A signal the child gets on the way is passed on: here it kills the child.
+        let r = sh("kill -USR1 $$; exit 0", true);
+        assert_eq!(r.status.signal(), Some(libc::SIGUSR1), "{r:?}");
+        // The peak is the child's own, not the bench's: a child that touches 64 MiB shows it.
+        let r = sh("x=$(head -c 67108864 /dev/zero | tr '\\0' a); exit 0", true);
+        assert!(r.peak_rss_kib.is_some_and(|k| k > 64 * 1024), "{r:?}");
+    }
+
+    #[test]
     fn formats_times() {
         assert_eq!(fmt_ms(3.456), "3.46 ms");
         assert_eq!(fmt_ms(123.4), "123 ms");
