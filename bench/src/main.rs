@@ -51,7 +51,8 @@ fn usage() -> String {
     format!("usage: bench [--other PATH]... [NAME...]   (NAME: {}; default: all)", names.join(", "))
 }
 
-/// `uname -r`, the CPU model and the number of CPUs this process may use (what `nproc` prints).
+/// `uname -r`, the CPU model, the number of CPUs this process may use (what `nproc` prints) and
+/// the load average.
 fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -60,7 +61,10 @@ fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("Linux {}, {model}, nproc = {nproc}", kernel.trim())
+    // Other work on the machine shows in the wall times (above all in the parallelism rows).
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    format!("Linux {}, {model}, nproc = {nproc}; load average (1 min) at the end: {load}", kernel.trim())
 }
 
 fn print_table(rows: &[Row]) {
