@@ -16,21 +16,31 @@ use crate::sys;
 pub struct Run {
     pub wall: Duration,
     pub status: ExitStatus,
-    pub max_rss_kib: u64,
+    /// Peak resident set size in KiB (`VmHWM` read at the child's exit) if it was `traced`.
+    pub peak_rss_kib: Option<u64>,
 }
 
 /// Spawns `cmd` (stdin from /dev/null, stdout to `stdout`) and waits for it.
 /// `wall` runs from just before the spawn to the moment the child has been reaped.
 ///
-/// `max_rss_kib` is never below the bench's own peak RSS: Linux carries the RSS of the memory the
-/// child had before `exec` (here the bench's, as std spawns with `vfork`) into `ru_maxrss`. So the
-/// bench keeps its own footprint small (no whole 1 MiB files in memory), and `own_peak_rss_kib`
-/// tells how low a measurement can go.
-pub fn run(cmd: &mut Command, stdout: File) -> io::Result<Run> {
+/// `traced`: the child runs under ptrace so that its own peak RSS can be read at its exit
+/// (`sys::wait_traced`); that costs a few stops and a `fork` instead of a `vfork`, so runs whose
+/// wall time matters are not traced.
+pub fn run(cmd: &mut Command, stdout: File, traced: bool) -> io::Result<Run> {
+    cmd.stdin(Stdio::null()).stdout(stdout);
     let start = Instant::now();
-    let child = cmd.stdin(Stdio::null()).stdout(stdout).spawn()?;
-    let (status, max_rss_kib) = sys::wait4(child.id())?;
-    Ok(Run { wall: start.elapsed(), status, max_rss_kib })
+    if traced {
+        let child = sys::spawn_traced(cmd).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => io::Error::other(format!("ptrace, to read its peak RSS: {e}")),
+            _ => e,
+        })?;
+        let (status, hwm) = sys::wait_traced(child.id(), |pid| peak_rss_kib(&format!("/proc/{pid}/status")))?;
+        let peak_rss_kib = hwm.flatten().ok_or_else(|| io::Error::other("cannot read VmHWM at the child's exit"))?;
+        Ok(Run { wall: start.elapsed(), status, peak_rss_kib: Some(peak_rss_kib) })
+    } else {
+        let status = cmd.spawn()?.wait()?;
+        Ok(Run { wall: start.elapsed(), status, peak_rss_kib: None })
+    }
 }
 
 /// The median (the mean of the two middle values for an even count). Panics on an empty slice.
@@ -53,11 +63,43 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Output {
     pub wall: Duration,
-    pub max_rss_kib: u64,
+    pub peak_rss_kib: Option<u64>,
     /// The first `CHUNK` bytes of stdout, and its whole length.
     pub stdout: Vec<u8>,
     pub stdout_len: u64,
     pub stderr: String,
+}
+
+/// A hypervisor binary to measure: one of ours (`version_X/mini_hypervisor`) or another one named
+/// on the command line (run with the same options, minus ours-only ones such as `-q`).
+#[derive(Debug, Clone)]
+pub struct Hv {
+    /// How the table names it: "version A", or the path as given.
+    pub name: String,
+    pub exe: PathBuf,
+    pub ours: bool,
+}
+
+impl Hv {
+    pub fn ours(root: &Path, v: char) -> Hv {
+        let name = format!("version {}", v.to_ascii_uppercase());
+        Hv { name, exe: root.join(format!("version_{v}/mini_hypervisor")), ours: true }
+    }
+
+    pub fn other(path: &str) -> Hv {
+        // Absolute, as the runs start in the repository root.
+        let exe = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+        Hv { name: format!("`{path}`"), exe, ours: false }
+    }
+}
+
+/// Where stdout of a run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    /// /dev/null.
+    Discard,
+    /// A file, whose length and first `CHUNK` bytes end up in [`Output`].
+    Keep,
 }
 
 /// Where the binaries are, and a private temporary directory (removed when dropped).
@@ -65,14 +107,16 @@ pub struct Output {
 pub struct Env {
     pub root: PathBuf,
     pub tmp: PathBuf,
+    /// Other hypervisor binaries to set beside ours (`--other`).
+    pub others: Vec<Hv>,
     counter: Cell<u32>,
 }
 
 impl Env {
-    pub fn new(root: PathBuf) -> io::Result<Env> {
+    pub fn new(root: PathBuf, others: Vec<Hv>) -> io::Result<Env> {
         let tmp = std::env::temp_dir().join(format!("mini_hypervisor_bench.{}", std::process::id()));
         fs::create_dir_all(&tmp)?;
-        Ok(Env { root, tmp, counter: Cell::new(0) })
+        Ok(Env { root, tmp, others, counter: Cell::new(0) })
     }
 
     /// A path in the temporary directory that nothing has used yet.
@@ -82,32 +126,43 @@ impl Env {
         self.tmp.join(format!("{what}.{n}"))
     }
 
-    /// Runs `version_<v>/mini_hypervisor <args>` from the repository root with stdout and stderr
-    /// going to files in the temporary directory (stdout to /dev/null if `discard_stdout`).
+    /// Runs `version_<v>/mini_hypervisor <args>` (see [`Env::run`]).
+    pub fn hypervisor(&self, v: char, args: &[OsString], stdout: Stdout) -> Result<Output, String> {
+        self.run(&Hv::ours(&self.root, v), args, stdout, false)
+    }
+
+    /// Runs `hv <args>` from the repository root with stdout and stderr going to files in the
+    /// temporary directory (stdout to /dev/null with [`Stdout::Discard`]); `traced` as in [`run`].
     /// Anything but exit status 0 is an error, which quotes the child's stderr.
-    pub fn hypervisor(&self, v: char, args: &[OsString], discard_stdout: bool) -> Result<Output, String> {
-        let exe = self.root.join(format!("version_{v}/mini_hypervisor"));
+    pub fn run(&self, hv: &Hv, args: &[OsString], stdout: Stdout, traced: bool) -> Result<Output, String> {
         let (out_path, err_path) = (self.fresh("stdout"), self.fresh("stderr"));
-        let stdout_path: &Path = if discard_stdout { Path::new("/dev/null") } else { &out_path };
-        let stdout = File::create(stdout_path).map_err(|e| format!("{}: {e}", stdout_path.display()))?;
-        let stderr = File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(args).current_dir(&self.root).stderr(stderr);
-        let shown = format!("{} {}", exe.display(), args.join(OsStr::new(" ")).to_string_lossy());
-        let r = run(&mut cmd, stdout).map_err(|e| format!("cannot run {shown}: {e}"))?;
+        let stdout_path: &Path = if stdout == Stdout::Discard { Path::new("/dev/null") } else { &out_path };
+        let out_file = File::create(stdout_path).map_err(|e| format!("{}: {e}", stdout_path.display()))?;
+        let err_file = File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+        let mut cmd = Command::new(&hv.exe);
+        cmd.args(args).current_dir(&self.root).stderr(err_file);
+        let shown = format!("{} {}", hv.exe.display(), args.join(OsStr::new(" ")).to_string_lossy());
+        let r = run(&mut cmd, out_file, traced).map_err(|e| format!("cannot run {shown}: {e}"))?;
         let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = fs::remove_file(&err_path);
         if !r.status.success() {
+            let _ = fs::remove_file(&out_path);
             return Err(format!("{shown} failed ({}); its stderr:\n{stderr}", r.status));
         }
-        let (mut stdout, mut stdout_len) = (Vec::new(), 0);
-        if !discard_stdout {
+        let (mut bytes, mut stdout_len) = (Vec::new(), 0);
+        if stdout == Stdout::Keep {
             let file = File::open(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
             stdout_len = file.metadata().map_err(|e| e.to_string())?.len();
-            file.take(CHUNK as u64).read_to_end(&mut stdout).map_err(|e| e.to_string())?;
+            file.take(CHUNK as u64).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            let _ = fs::remove_file(&out_path);
         }
-        let _ = fs::remove_file(&out_path);
-        let _ = fs::remove_file(&err_path);
-        Ok(Output { wall: r.wall, max_rss_kib: r.max_rss_kib, stdout, stdout_len, stderr })
+        Ok(Output { wall: r.wall, peak_rss_kib: r.peak_rss_kib, stdout: bytes, stdout_len, stderr })
+    }
+
+    /// Whether `version_<v>/mini_hypervisor --help` offers `--no-coalesce`.
+    pub fn has_no_coalesce(&self, v: char) -> bool {
+        self.hypervisor(v, &words("--help"), Stdout::Keep)
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--no-coalesce"))
     }
 }
 
@@ -184,9 +239,9 @@ pub fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
     }
 }
 
-/// This process's peak RSS in KiB (`VmHWM` in /proc/self/status), the floor of every `max_rss_kib`.
-pub fn own_peak_rss_kib() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+/// The peak RSS in KiB (`VmHWM`) in a `/proc/PID/status` file.
+pub fn peak_rss_kib(status_file: &str) -> Option<u64> {
+    let status = fs::read_to_string(status_file).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
@@ -231,22 +286,43 @@ mod tests {
         fs::write(&b, [&bytes[..70_000], &[bytes[70_000] ^ 1], &bytes[70_001..]].concat()).unwrap();
         assert!(!same_contents(&a, &b).unwrap());
         fs::remove_dir_all(&dir).unwrap();
-        assert!(own_peak_rss_kib().unwrap() > 0);
+        assert!(peak_rss_kib("/proc/self/status").unwrap() > 0);
     }
 
     #[test]
     fn a_failing_run_is_an_error_that_quotes_stderr() {
         use std::os::unix::fs::PermissionsExt;
-        let env = Env::new(std::env::temp_dir().join(format!("bench_test_root.{}", std::process::id()))).unwrap();
+        let env =
+            Env::new(std::env::temp_dir().join(format!("bench_test_root.{}", std::process::id())), vec![]).unwrap();
         let exe = env.root.join("version_z/mini_hypervisor");
         fs::create_dir_all(exe.parent().unwrap()).unwrap();
         fs::write(&exe, "#!/bin/sh\necho \"$@\"\necho boom >&2\nexit $1\n").unwrap();
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
-        let ok = env.hypervisor('z', &words("0 a b"), false).unwrap();
+        let ok = env.hypervisor('z', &words("0 a b"), Stdout::Keep).unwrap();
         assert_eq!((ok.stdout.as_slice(), ok.stderr.as_str()), (&b"0 a b\n"[..], "boom\n"));
-        let err = env.hypervisor('z', &words("3"), true).unwrap_err();
+        let err = env.hypervisor('z', &words("3"), Stdout::Discard).unwrap_err();
         assert!(err.contains("exit status: 3") && err.contains("boom"), "{err}");
         fs::remove_dir_all(&env.root).unwrap();
+    }
+
+    #[test]
+    fn a_traced_run_reads_the_childs_own_peak_rss_and_keeps_its_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let sh = |script: &str, traced| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", script]);
+            run(&mut cmd, File::create("/dev/null").unwrap(), traced).unwrap()
+        };
+        let r = sh("exit 3", true);
+        assert_eq!(r.status.code(), Some(3));
+        assert!(r.peak_rss_kib.is_some_and(|k| k > 0), "{r:?}");
+        assert!(sh("exit 3", false).peak_rss_kib.is_none());
+        // A signal the child gets on the way is passed on: here it kills the child.
+        let r = sh("kill -USR1 $$; exit 0", true);
+        assert_eq!(r.status.signal(), Some(libc::SIGUSR1), "{r:?}");
+        // The peak is the child's own, not the bench's: a child that touches 64 MiB shows it.
+        let r = sh("x=$(head -c 67108864 /dev/zero | tr '\\0' a); exit 0", true);
+        assert!(r.peak_rss_kib.is_some_and(|k| k > 64 * 1024), "{r:?}");
     }
 
     #[test]
