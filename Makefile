@@ -92,8 +92,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# make bench OTHER="path/to/another/hypervisor ..." sets other binaries beside ours.
 bench: all
-	$(CARGO) run --release -p bench
+	$(CARGO) run -q --release -p bench -- $(foreach o,$(OTHER),--other $(o))
 
 # What each version adds to the one before, as a patch (build outputs left out). diff exits 1
 # when it finds differences, which is the point here; 2 (trouble) still fails.

@@ -109,6 +109,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let job = watchdog::Job {
         name: "vm0".to_owned(),
         kick,
+        has_threads: debugger.is_some(),
         body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)),
     };
     // On a terminal, a line waiting in the coalesced ring must show up soon (docs/REFERENCE.md §3).

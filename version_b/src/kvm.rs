@@ -37,8 +37,9 @@ use std::marker::PhantomData;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // 1. ioctl numbers
@@ -1149,6 +1150,134 @@ pub fn wait_stop_signal() -> io::Result<libc::c_int> {
     // SAFETY: `set` is an initialised sigset_t and `signal` a writable c_int; sigwait keeps neither.
     let r = unsafe { libc::sigwait(&set, &mut signal) };
     if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(signal) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. One VM on the main thread: signal handlers instead of the watchdog's threads
+// ---------------------------------------------------------------------------------------------
+
+/// The vCPU whose loop runs inside [`Kick::run_here`], for [`here_handler`]; null outside.
+static HERE: AtomicPtr<KickShared> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether SIGALRM is to drain the ring (`run_here`'s `drain_every` was given).
+static HERE_DRAINS: AtomicBool = AtomicBool::new(false);
+/// How often a stop is repeated (`run_here`'s `retry`), in microseconds.
+static HERE_RETRY_US: AtomicU64 = AtomicU64::new(0);
+
+/// What the watchdog does for threaded VMs, done from a signal handler on the VM's own thread:
+/// SIGINT / SIGTERM stop the VM (a second one exits at once) and start SIGALRM every retry
+/// period, which repeats the stop until the VM ends (one whose signal landed just before a
+/// blocking read must still end); before a stop, SIGALRM (every `drain_every`) drains the
+/// ring if it holds output. Only atomics, `write`, `setitimer` and `_exit`: system calls and
+/// lock-free memory, async-signal-safe.
+extern "C" fn here_handler(signal: libc::c_int) {
+    let p = HERE.load(Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `run_here` stored `p` from the `Arc<KickShared>` of the `Kick` it borrows, and
+    // resets it to null (after blocking these signals and stopping the timer) before it returns,
+    // so the `KickShared` is alive while `p` is non-null.
+    let shared = unsafe { &*p };
+    let bits = shared.requests.load(Ordering::Acquire);
+    let request = if signal == libc::SIGALRM {
+        let pending = match (shared.ring_index(RING_FIRST), shared.ring_index(RING_LAST)) {
+            (Some(first), Some(last)) => first.load(Ordering::Relaxed) != last.load(Ordering::Relaxed),
+            _ => false,
+        };
+        match stop_reason(bits) {
+            Some(_) => 0,
+            None if pending && HERE_DRAINS.load(Ordering::Relaxed) => REQ_DRAIN,
+            None => return,
+        }
+    } else if stop_reason(bits) == Some(StopReason::Interrupted) {
+        say(b"mini_hypervisor: interrupted again: exiting without waiting for the VMs\n");
+        // SAFETY: _exit is async-signal-safe and ends the process at once.
+        unsafe { libc::_exit(1) };
+    } else {
+        say(if signal == libc::SIGINT {
+            b"mini_hypervisor: signal 2: stopping every VM (again to exit at once)\n"
+        } else {
+            b"mini_hypervisor: signal 15: stopping every VM (again to exit at once)\n"
+        });
+        let _ = set_tick(Duration::from_micros(HERE_RETRY_US.load(Ordering::Relaxed)));
+        StopReason::Interrupted as u8
+    };
+    shared.requests.fetch_or(request, Ordering::Release);
+    shared.immediate_exit().store(1, Ordering::Release);
+}
+
+/// `write(2, text)` from a signal handler (a failed or short write is ignored: it is a notice).
+fn say(text: &[u8]) {
+    // SAFETY: `text` is a live byte slice for the duration of the call; write is async-signal-safe.
+    let _ = unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
+}
+
+/// Installs `here_handler` for `signal`, without `SA_RESTART` (see [`install_kick_handler`]).
+fn install_here_handler(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags).
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = here_handler as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t;
+    // SAFETY: `sa` is a valid, initialised sigaction whose handler is async-signal-safe (see
+    // `here_handler`); a null old-action pointer is allowed.
+    if unsafe { libc::sigaction(signal, &sa, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setitimer(ITIMER_REAL)`: SIGALRM every `tick` (zero: never). A bare system call.
+fn set_tick(tick: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(tick.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(tick.subsec_micros()),
+    };
+    let it = libc::itimerval { it_interval: tv, it_value: tv };
+    // SAFETY: `it` is an initialised itimerval; a null old-value pointer is allowed.
+    if unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Blocks (`how` = SIG_BLOCK) or unblocks SIGINT and SIGTERM in the calling thread.
+fn mask_stop_signals(how: libc::c_int) -> io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if r != 0 { Err(io::Error::from_raw_os_error(r)) } else { Ok(()) }
+}
+
+impl Kick {
+    /// Runs `body` (the vCPU's loop) on the calling thread, the process's only one, with
+    /// signal handlers doing what the watchdog's threads do ([`here_handler`]): SIGINT /
+    /// SIGTERM stop the VM, repeated every `retry`; SIGALRM every `drain_every` drains the
+    /// ring. The stop signals must be blocked on entry ([`block_stop_signals`]); on return
+    /// (or unwind) they are blocked again and the timer is stopped.
+    pub fn run_here<R>(
+        &self,
+        drain_every: Option<Duration>,
+        retry: Duration,
+        body: impl FnOnce() -> R,
+    ) -> io::Result<R> {
+        /// Undoes what `run_here` set up, also if `body` unwinds: from then on the handler
+        /// finds no vCPU, and the timer and the stop signals are quiet.
+        struct Disarm;
+        impl Drop for Disarm {
+            fn drop(&mut self) {
+                let _ = mask_stop_signals(libc::SIG_BLOCK);
+                let _ = set_tick(Duration::ZERO);
+                HERE.store(std::ptr::null_mut(), Ordering::Release);
+            }
+        }
+        HERE_DRAINS.store(drain_every.is_some(), Ordering::Relaxed);
+        HERE_RETRY_US.store(u64::try_from(retry.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        HERE.store(Arc::as_ptr(&self.shared).cast_mut(), Ordering::Release);
+        let _disarm = Disarm;
+        [libc::SIGINT, libc::SIGTERM, libc::SIGALRM].into_iter().try_for_each(install_here_handler)?;
+        set_tick(drain_every.unwrap_or(Duration::ZERO))?;
+        mask_stop_signals(libc::SIG_UNBLOCK)?;
+        Ok(body())
+    }
 }
 
 #[cfg(test)]

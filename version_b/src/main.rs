@@ -118,6 +118,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),
             kick,
+            has_threads: debugger.is_some(),
             body: Box::new(move || {
                 vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)
             }),

@@ -33,6 +33,9 @@ pub struct Job {
     pub name: String,
     pub kick: Kick,
     pub body: Box<dyn FnOnce() -> Report + Send>,
+    /// The body starts threads of its own (the debugger's): it must not run on the calling
+    /// thread, whose signal handlers could then run on those threads instead.
+    pub has_threads: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -64,6 +67,22 @@ impl Drop for Done {
 /// block-buffered anyway). The caller must have called [`kvm::block_stop_signals`] before
 /// starting any thread.
 pub fn run_all(jobs: Vec<Job>, timeout: Option<Duration>, drain_every: Option<Duration>) -> Vec<Report> {
+    // One VM, no deadline and no thread of its own: it runs on this thread, and signal
+    // handlers do what the threads below would (`Kick::run_here`). A process that starts no
+    // thread starts faster (about 0.3 ms here, a sixth of a hello guest's run).
+    if let ([job], None) = (&jobs[..], timeout)
+        && !job.has_threads
+    {
+        let Some(job) = jobs.into_iter().next() else { return vec![] };
+        let (kick, body) = (job.kick, job.body);
+        // As for a VM thread below, a panic is reported, not spread.
+        let body = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        return vec![match kick.run_here(drain_every, RETRY, body) {
+            Ok(Ok(report)) => report,
+            Ok(Err(_)) => failed("internal error: its thread panicked".to_owned()),
+            Err(e) => failed(format!("cannot set up its signal handlers: {e}")),
+        }];
+    }
     let (tx, rx) = mpsc::channel();
     let signals = tx.clone();
     // Not joined: it waits for a signal as long as the process lives.

@@ -5,13 +5,14 @@ mod common;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{BIN, guest, kvm_available};
 
-/// Runs the binary with stdout a pipe that nobody reads (kept open), stderr collected; kills
-/// it and fails past `guard`. Returns the exit status and stderr.
-fn run_with_stuck_stdout(args: &[&str], guard: Duration) -> (i32, String) {
+/// Runs the binary with stdout a pipe that nobody reads (kept open), stderr collected; once
+/// stderr shows `signal_after`, sends SIGTERM. Kills it and fails past `guard`. Returns the
+/// exit status and stderr.
+fn run_with_stuck_stdout(args: &[&str], signal_after: Option<&str>, guard: Duration) -> (i32, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
@@ -23,16 +24,30 @@ fn run_with_stuck_stdout(args: &[&str], guard: Duration) -> (i32, String) {
     let mut stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = tx.send(text);
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+        }
     });
-    let Ok(text) = rx.recv_timeout(guard) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("still running after {} s: {args:?}", guard.as_secs());
-    };
-    (child.wait().unwrap().code().expect("exited, not killed by a signal"), text)
+    let deadline = Instant::now() + guard;
+    let (mut text, mut signal_after) = (Vec::new(), signal_after);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(chunk) => text.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("still running after {} s: {args:?}", guard.as_secs());
+            }
+        }
+        if signal_after.is_some_and(|line| String::from_utf8_lossy(&text).contains(line)) {
+            signal_after = None;
+            assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        }
+    }
+    let status = child.wait().unwrap().code().expect("exited, not killed by a signal");
+    (status, String::from_utf8_lossy(&text).into_owned())
 }
 
 #[test]
@@ -40,11 +55,23 @@ fn a_timeout_stops_a_vm_blocked_writing_to_a_stdout_nobody_reads() {
     if !kvm_available() {
         return;
     }
-    // bench_out.img writes 1 MB: far more than a pipe holds.
+    // bench_out.img writes 250,000 bytes: far more than a pipe holds.
     let args = ["-m", "2", "-p", "2", "--timeout", "1", "-g", &guest("bench_out.img")];
-    let (status, stderr) = run_with_stuck_stdout(&args, Duration::from_secs(30));
+    let (status, stderr) = run_with_stuck_stdout(&args, None, Duration::from_secs(30));
     assert_eq!(status, 1, "{stderr}");
     assert!(stderr.contains("timed out after 1 s"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_a_vm_blocked_writing_to_a_stdout_nobody_reads() {
+    if !kvm_available() {
+        return;
+    }
+    // Without --timeout: version A then runs its one VM on the main thread.
+    let args = ["-m", "2", "-p", "2", "-g", &guest("bench_out.img")];
+    let (status, stderr) = run_with_stuck_stdout(&args, Some("byte image"), Duration::from_secs(30));
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("interrupted (SIGINT/SIGTERM)"), "{stderr}");
 }
 
 /// Runs the binary through sh with stderr redirected as `redirect` says (`2>/dev/full`, `2>&-`).

@@ -155,6 +155,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
         jobs.push(watchdog::Job {
             name: format!("vm{index}"),
             kick,
+            has_threads: debugger.is_some(),
             body: Box::new(move || {
                 // The file port's bulk commands reach into guest RAM, which this thread owns.
                 let mut devices = Devices::new(body_label.clone(), serial, files, &vm.mem);
