@@ -16,6 +16,8 @@
 //! 7. [`Kick`]: asking a vCPU, from another thread, to leave `KVM_RUN` (`immediate_exit` + a
 //!    signal), to stop for good or only to pause; and the blocking and waiting of
 //!    SIGINT/SIGTERM, which stop every VM.
+//! 8. [`Kick::run_here`]: one VM on the main thread, with signal handlers doing what the
+//!    watchdog's threads do for several VMs (a process that starts no thread starts faster).
 //!
 //! What two threads share, and how: a [`Vcpu`] and an [`Mmap`] are `Send` (a VM moves to its
 //! thread) but not `Sync`, so nothing but their owner's thread can copy in or out of guest RAM
