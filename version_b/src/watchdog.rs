@@ -11,6 +11,10 @@
 //! serial output goes to a terminal, every 50 ms to kick (without stopping it) a VM whose
 //! coalesced serial ring holds bytes, so that a line shows up even if the guest then
 //! computes without exits ([`Kick::drain`]).
+//!
+//! One VM with no deadline and no threads of its own (version A without `--timeout` or
+//! `--gdb`, or B and C with one image) runs on the calling thread instead, and signal handlers
+//! do the same work ([`Kick::run_here`]): a process that starts no thread starts faster.
 #![forbid(unsafe_code)]
 
 use std::sync::mpsc;
