@@ -140,7 +140,8 @@ pub fn run_vm(
     // Kicks (timeout, Ctrl-C, ring drains) reach this thread while it runs the loop and while
     // it writes out the last output.
     let outcome = kick.deliver_here(|| {
-        let mut outcome = run_loop(vcpu, vm_fd, mem, devices, label, opts, &mut stats, gdb);
+        let cx = Context { vm_fd, mem, label, opts };
+        let mut outcome = run_loop(vcpu, devices, &mut stats, gdb, &cx);
         // However the VM ended, its output reaches stdout (unless it is being stopped while
         // stdout does not take it: then what is left is lost).
         let stop = || vcpu.stop_requested().is_some();
@@ -157,17 +158,23 @@ pub fn run_vm(
     Report { outcome, stats, wall: start.elapsed() }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the loop only reads: the VM fd (to switch the serial ring on), guest RAM (for the
+/// debugger), the VM's label and the options.
+struct Context<'a> {
+    vm_fd: &'a VmFd,
+    mem: &'a Mmap,
+    label: &'a str,
+    opts: &'a RunOptions,
+}
+
 fn run_loop(
     vcpu: &mut Vcpu,
-    vm_fd: &VmFd,
-    mem: &Mmap,
     devices: &mut Devices,
-    label: &str,
-    opts: &RunOptions,
     stats: &mut Stats,
     mut gdb: Option<Debugger>,
+    cx: &Context,
 ) -> Outcome {
+    let Context { vm_fd, mem, label, opts } = *cx;
     let mut ring = Ring::new(vcpu, opts, label);
     if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Start) {
         return outcome;
