@@ -53,6 +53,10 @@ impl<'m> Devices<'m> {
             FILE_PORT => {
                 for access in data.chunks(usize::from(size)) {
                     self.files.out(access, self.mem);
+                    // With --trace: the request this access completed, decoded (else always None).
+                    if let Some(completed) = self.files.take_completed() {
+                        diag!("trace: {} {completed}", self.label);
+                    }
                 }
                 Ok(())
             }

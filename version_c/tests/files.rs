@@ -567,24 +567,78 @@ fn trace_says_why_the_file_device_said_no() {
     let r = run_in(&s.dir, &traced, input.as_bytes());
     assert_eq!(r.status, 0, "{}", r.stderr.lines().last().unwrap_or(""));
     assert_eq!(r.stdout(), "-1\n0\n-1\n-1 \n-1\n-1\n-1\n-1\n3 48656c\n");
-    let file_lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains(": file: ")).collect();
-    let expected: Vec<String> = [
-        "open \"a/b\" for read: refused, '/' in a name",
-        "write vfd 0: opened for read",
-        "read vfd 5: not open",
-        "write vfd 0: count 150 > 127",
-        "read bulk vfd 0, 4 bytes at 0x1ffffe: the range ends at 0x200002, past the end of guest RAM (0x200000 bytes)",
-        "close vfd 7: not open",
-        "open \"..\" for write: refused, \".\" and \"..\" are not file names",
-    ]
-    .iter()
-    .map(|why| format!("trace: vm0 ({image}): file: {why}"))
-    .collect();
-    assert_eq!(file_lines, expected);
+    let expected = [
+        "open \"a/b\" for read -> -1 (refused, '/' in a name)",
+        "open \"shared.txt\" for read -> fd 0",
+        "write fd 0, 1 byte -> -1 (opened for read)",
+        "read fd 5, 10 bytes -> -1 (not open)",
+        "write fd 0, 150 bytes -> -1 (count above 127)",
+        "read bulk fd 0, 4 bytes at 0x1ffffe -> -1 (the range ends at 0x200002, past the end of guest RAM (0x200000 bytes))",
+        "close fd 7 -> -1 (not open)",
+        "open \"..\" for write -> -1 (refused, \".\" and \"..\" are not file names)",
+        "read fd 0, 3 bytes -> 3",
+    ];
+    assert_eq!(file_trace(&r, &image), expected);
     // Without --trace: the same answers, and not a word.
     let r = run_in(&s.dir, &args, input.as_bytes());
     assert_eq!(r.stdout(), "-1\n0\n-1\n-1 \n-1\n-1\n-1\n-1\n3 48656c\n");
-    assert!(!r.stderr.contains("file:"), "{}", r.stderr);
+    assert!(!r.stderr.contains("trace:"), "{}", r.stderr);
+}
+
+/// The `--trace` lines of vm0's file requests, without their common start
+/// `trace: vm0 (<image>) file `.
+fn file_trace(r: &Run, image: &str) -> Vec<String> {
+    let start = format!("trace: vm0 ({image}) file ");
+    r.stderr.lines().filter_map(|l| l.strip_prefix(&start)).map(str::to_owned).collect()
+}
+
+#[test]
+fn trace_decodes_every_request_of_the_copy_guests() {
+    if !kvm_available() {
+        return;
+    }
+    // The byte protocol: 127-byte requests, one exit per byte.
+    let s = Setup::new("tracecopy", SHARED);
+    let image = guest("filecopy.img");
+    let args = ["-q", "--trace", "-m", "2", "-p", "2", "-f", "host/shared.txt", "--files-dir", "files", "-g", &image];
+    let r = run_in(&s.dir, &args, b"");
+    assert_eq!(r.status, 0, "{}", r.stderr.lines().last().unwrap_or(""));
+    let expected = [
+        "open \"shared.txt\" for read -> fd 0",
+        "open \"copy.txt\" for write -> fd 1",
+        "read fd 0, 127 bytes -> 68",
+        "write fd 1, 68 bytes -> 68",
+        "read fd 0, 127 bytes -> 0 (end of file)",
+        "close fd 0 -> 0",
+        "close fd 1 -> 0",
+        // cat_file prints the copy.
+        "open \"copy.txt\" for read -> fd 0",
+        "read fd 0, 127 bytes -> 68",
+        "read fd 0, 127 bytes -> 0 (end of file)",
+        "close fd 0 -> 0",
+    ];
+    assert_eq!(file_trace(&r, &image), expected);
+
+    // The bulk commands: 64 KiB per request at the scratch area, one exit each.
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(s.dir.join("host/big.bin"), &data).unwrap();
+    let image = guest("bulkcopy.img");
+    let args = ["-q", "--trace", "-m", "4", "-p", "4", "-f", "host/big.bin", "--files-dir", "files", "-g", &image];
+    let r = run_in(&s.dir, &args, b"");
+    assert_eq!((r.status, r.stdout()), (0, "bulk copied 70000 bytes\n".to_owned()), "{}", r.stderr);
+    let expected = [
+        "open \"big.bin\" for read -> fd 0",
+        "open \"big_copy.bin\" for write -> fd 1",
+        "read bulk fd 0, 65536 bytes at 0x100000 -> 65536",
+        "write bulk fd 1, 65536 bytes at 0x100000 -> 65536",
+        "read bulk fd 0, 65536 bytes at 0x100000 -> 4464",
+        "write bulk fd 1, 4464 bytes at 0x100000 -> 4464",
+        "read bulk fd 0, 65536 bytes at 0x100000 -> 0 (end of file)",
+        "close fd 0 -> 0",
+        "close fd 1 -> 0",
+    ];
+    assert_eq!(file_trace(&r, &image), expected);
+    assert_eq!(s.private("bulkcopy_vm0_files", "big_copy.bin"), data);
 }
 
 #[test]
