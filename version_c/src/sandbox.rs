@@ -25,8 +25,9 @@
 //! Every open also adds `O_NONBLOCK` and then checks that it got a regular file: if a FIFO or a
 //! device has been put where a file was expected, the open fails instead of blocking the vCPU
 //! thread forever. (`O_NONBLOCK` has no effect on reads and writes of regular files.) A private
-//! file with more than one hard link is never opened for writing: `O_NOFOLLOW` does not see a
-//! hard link planted in the private directory, the link count does.
+//! file with more than one hard link is never opened, for reading or for writing: `O_NOFOLLOW`
+//! does not see a hard link planted in the private directory, the link count does. (A shared
+//! file may have any number of links: the user chose it with `-f`.)
 //!
 //! A private directory that cannot be created or opened (it is a symbolic link, it sits under
 //! a regular file, its name is too long, ...) does not take the shared files with it: they stay
@@ -239,7 +240,7 @@ pub enum OpenError {
     Copy(io::Error),
     /// Not a regular file (a directory, a FIFO, a device).
     NotRegular,
-    /// A private file with this many hard links (more than one) is not opened for writing.
+    /// A private file with this many hard links (more than one) is never opened.
     HardLinks(u64),
     /// `fstat(2)` of the opened file failed.
     Stat(io::Error),
@@ -262,7 +263,10 @@ impl fmt::Display for OpenError {
             OpenError::Copy(e) => write!(f, "copy-on-write of the shared file failed: {e}"),
             OpenError::NotRegular => f.write_str("not a regular file"),
             OpenError::HardLinks(n) => {
-                write!(f, "the private file has {n} hard links, and a file with more is never opened for writing")
+                write!(
+                    f,
+                    "the private file has {n} hard links: another may be outside the private directory, so it is never opened"
+                )
             }
             OpenError::Stat(e) => write!(f, "fstat: {e}"),
         }
@@ -318,7 +322,7 @@ impl Sandbox {
         let mut dir_error = None;
         match private_dir(&mut self.dir, &self.private_dir, &self.label, false) {
             Ok(Some(dir)) => match hostfs::openat(dir, c_name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
-                Ok(file) => return regular(file, false),
+                Ok(file) => return private_file(file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A private entry exists but cannot be used (a symbolic link, no permission):
                 // it hides the shared file of that name all the same.
@@ -328,7 +332,7 @@ impl Sandbox {
             Err(e) => dir_error = Some(e),
         }
         match (self.shared.find(name), dir_error) {
-            (Some(path), _) => open_shared(path).map_err(OpenError::Shared).and_then(|f| regular(f, false)),
+            (Some(path), _) => open_shared(path).map_err(OpenError::Shared).and_then(regular),
             (None, Some(e)) => Err(e),
             (None, None) => Err(OpenError::NotFound),
         }
@@ -344,15 +348,15 @@ impl Sandbox {
             return Err(OpenError::NotFound);
         };
         match hostfs::openat(dir, c_name, APPEND, 0) {
-            Ok(file) => return regular(file, true),
+            Ok(file) => return private_file(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(OpenError::Private(e)),
         }
         if let Some(path) = self.shared.find(name) {
             copy_on_write(path, dir, c_name)?;
-            return regular(hostfs::openat(dir, c_name, APPEND, 0).map_err(OpenError::Private)?, true);
+            return private_file(hostfs::openat(dir, c_name, APPEND, 0).map_err(OpenError::Private)?);
         }
-        regular(hostfs::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE).map_err(OpenError::Private)?, true)
+        private_file(hostfs::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE).map_err(OpenError::Private)?)
     }
 }
 
@@ -410,7 +414,7 @@ fn unusable_warning(label: &str, path: &Path, problem: &DirProblem) -> String {
 /// The copy is created with `O_CREAT | O_EXCL`; if copying fails half-way, the partial copy is
 /// removed, so that a truncated copy never poses as the VM's private file.
 fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> Result<(), OpenError> {
-    let mut original = regular(open_shared(path).map_err(OpenError::Shared)?, false)?;
+    let mut original = regular(open_shared(path).map_err(OpenError::Shared)?)?;
     let mut copy = hostfs::openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, NEW_FILE_MODE)
         .map_err(OpenError::Private)?;
     if let Err(e) = io::copy(&mut original, &mut copy) {
@@ -428,13 +432,22 @@ fn open_shared(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
 }
 
-/// `file` if it is a regular file (one `fstat(2)`); for writing, also only if it has a single
-/// hard link (a hard link planted in the private directory could be any file of the host).
-fn regular(file: File, writing: bool) -> Result<File, OpenError> {
+/// `file` if it is a regular file (one `fstat(2)`).
+fn regular(file: File) -> Result<File, OpenError> {
+    let meta = file.metadata().map_err(OpenError::Stat)?;
+    if meta.is_file() { Ok(file) } else { Err(OpenError::NotRegular) }
+}
+
+/// A file opened in the private directory: `file` if it is a regular file with a single hard
+/// link (one `fstat(2)`). A second link means the same file is also somewhere else, perhaps
+/// anywhere on the host: a hard link planted in the private directory, which `O_NOFOLLOW`
+/// cannot see. Refused for reading as well as writing, so that the guest neither reads nor
+/// changes a file outside its directory.
+fn private_file(file: File) -> Result<File, OpenError> {
     let meta = file.metadata().map_err(OpenError::Stat)?;
     if !meta.is_file() {
         Err(OpenError::NotRegular)
-    } else if writing && meta.nlink() > 1 {
+    } else if meta.nlink() > 1 {
         Err(OpenError::HardLinks(meta.nlink()))
     } else {
         Ok(file)
@@ -834,9 +847,9 @@ mod tests {
     // ---- hard links -------------------------------------------------------------------
 
     #[test]
-    fn a_hard_link_in_the_private_dir_is_never_opened_for_writing() {
+    fn a_hard_link_in_the_private_dir_is_never_opened() {
         let tmp = TempDir::new("hardlink");
-        let shared = shared_setup(&tmp, &[("s", b"shared")]);
+        let shared = shared_setup(&tmp, &[("s", b"shared"), ("t", b"linked on the host")]);
         let private = tmp.join("p");
         fs::create_dir_all(&private).unwrap();
         fs::write(tmp.join("outside"), b"outside").unwrap();
@@ -844,17 +857,27 @@ mod tests {
         // A link to the shared original itself, under its shared name.
         fs::hard_link(tmp.join("host/s"), private.join("s")).unwrap();
         let mut sb = test_sandbox(shared, private.clone());
-        let err = sb.open_write(b"h").unwrap_err();
-        assert!(matches!(err, OpenError::HardLinks(2)), "{err:?}");
-        assert_eq!(
-            err.to_string(),
-            "the private file has 2 hard links, and a file with more is never opened for writing"
-        );
+        for err in [sb.open_read(b"h").unwrap_err(), sb.open_write(b"h").unwrap_err()] {
+            assert!(matches!(err, OpenError::HardLinks(2)), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "the private file has 2 hard links: another may be outside the private directory, so it is never opened"
+            );
+        }
+        // The planted link hides the shared file of that name rather than leading to it.
+        assert!(matches!(sb.open_read(b"s"), Err(OpenError::HardLinks(2))));
         assert!(matches!(sb.open_write(b"s"), Err(OpenError::HardLinks(2))));
         assert_eq!(fs::read(tmp.join("outside")).unwrap(), b"outside");
         assert_eq!(fs::read(tmp.join("host/s")).unwrap(), b"shared");
+        // A shared original may have links of its own on the host: the user chose it.
+        fs::hard_link(tmp.join("host/t"), tmp.join("t_elsewhere")).unwrap();
+        assert_eq!(read_all(sb.open_read(b"t").unwrap()), b"linked on the host");
+        sb.open_write(b"t").unwrap().write_all(b"+mine").unwrap();
+        assert_eq!(read_all(sb.open_read(b"t").unwrap()), b"linked on the host+mine");
+        assert_eq!(fs::read(tmp.join("host/t")).unwrap(), b"linked on the host");
         // Once the host removes the other link, the file is the VM's alone again.
         fs::remove_file(tmp.join("outside")).unwrap();
+        assert_eq!(read_all(sb.open_read(b"h").unwrap()), b"outside");
         sb.open_write(b"h").unwrap().write_all(b"+mine").unwrap();
         assert_eq!(fs::read(private.join("h")).unwrap(), b"outside+mine");
     }

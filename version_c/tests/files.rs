@@ -467,6 +467,34 @@ fn a_hard_link_planted_in_the_private_dir_is_not_written_through() {
     assert_eq!(s.private("fileshell_vm0_files", "own"), b"ok");
 }
 
+#[test]
+fn a_hard_link_planted_in_the_private_dir_is_not_read_either() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("hardlinkread", SHARED);
+    let private = s.files().join("fileshell_vm0_files");
+    fs::create_dir_all(&private).unwrap();
+    fs::write(s.files().join("host_secret.txt"), b"host's secret").unwrap();
+    fs::hard_link(s.files().join("host_secret.txt"), private.join("h")).unwrap();
+    fs::hard_link(&s.shared, private.join("shared.txt")).unwrap();
+    fs::write(private.join("own"), b"mine").unwrap();
+    let image = guest("fileshell.img");
+    let args = ["-q", "--trace", "-m", "2", "-p", "2", "-f", "host/shared.txt", "--files-dir", "files", "-g", &image];
+    let r = run_in(&s.dir, &args, b"o 0 h\no 0 shared.txt\no 0 own\nr 0 10\n");
+    assert_eq!((r.status, r.stdout()), (0, "-1\n-1\n0\n4 6d696e65\n".to_owned()), "{}", r.stderr);
+    let refused = "-> -1 (the private file has 2 hard links: another may be outside the private directory, so it is never opened)";
+    assert_eq!(
+        file_trace(&r, &image),
+        [
+            format!("open \"h\" for read {refused}"),
+            format!("open \"shared.txt\" for read {refused}"),
+            "open \"own\" for read -> fd 0".to_owned(),
+            "read fd 0, 10 bytes -> 4".to_owned(),
+        ]
+    );
+}
+
 /// A small tmpfs for one test (unmounted when dropped), or `None` (the test is skipped) when
 /// it cannot be mounted outside CI.
 struct Tmpfs(PathBuf);
