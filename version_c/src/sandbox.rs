@@ -121,42 +121,13 @@ struct SharedFile {
 
 impl SharedFiles {
     /// Each path must exist, be a regular readable file; two paths with the same file name (last
-    /// component) are an error.
-    ///
-    /// The error is ONE line naming the path, the reason and what to do, e.g.
-    /// `shared file ../x.txt: No such file or directory (os error 2): check the -f path`.
-    pub fn check(paths: &[PathBuf]) -> Result<SharedFiles, String> {
+    /// component) are an error, said in one line by [`SharedFileError`]'s `Display`.
+    pub fn check(paths: &[PathBuf]) -> Result<SharedFiles, SharedFileError> {
         let mut files: Vec<SharedFile> = Vec::with_capacity(paths.len());
         for path in paths {
-            let shown = path.display();
-            // Metadata first: opening a FIFO to test readability could block.
-            let meta = fs::metadata(path).map_err(|e| format!("shared file {shown}: {e}: check the -f path"))?;
-            if meta.is_dir() {
-                return Err(format!("shared file {shown}: is a directory, not a regular file: give -f a file"));
-            }
-            if !meta.is_file() {
-                return Err(format!(
-                    "shared file {shown}: not a regular file (a device, FIFO or socket): give -f a regular file"
-                ));
-            }
-            open_shared(path).map_err(|e| {
-                format!("shared file {shown}: {e}: make it readable (chmod +r) or give another -f path")
-            })?;
-            let Some(name) = path.file_name() else {
-                return Err(format!("shared file {shown}: the path has no file name: give -f the path of a file"));
-            };
-            let name = name.as_bytes();
-            if !valid_name(name) {
-                return Err(format!(
-                    "shared file {shown}: its file name is {} bytes, a guest can name at most {MAX_NAME_LEN}: give -f a copy with a shorter name",
-                    name.len()
-                ));
-            }
+            let name = check_shared(path)?;
             if let Some(earlier) = files.iter().find(|f| f.name == name) {
-                return Err(format!(
-                    "shared file {shown}: same file name as shared file {}, and guests name shared files by file name alone: rename one of them",
-                    earlier.path.display()
-                ));
+                return Err(SharedFileError::SameName { path: path.clone(), earlier: earlier.path.clone() });
             }
             files.push(SharedFile { name: name.to_vec(), path: path.clone() });
         }
@@ -176,6 +147,151 @@ impl SharedFiles {
     /// The command-line path of the shared file a guest calls `name`.
     fn find(&self, name: &[u8]) -> Option<&Path> {
         self.files.iter().find(|f| f.name == name).map(|f| f.path.as_path())
+    }
+}
+
+/// One `-f` path checked: a readable regular file whose file name a guest can use. Returns
+/// that name.
+fn check_shared(path: &Path) -> Result<&[u8], SharedFileError> {
+    let fail = |make: fn(PathBuf) -> SharedFileError| make(path.to_path_buf());
+    // Metadata first: opening a FIFO to test readability could block.
+    let meta = fs::metadata(path).map_err(|error| SharedFileError::Missing { path: path.to_path_buf(), error })?;
+    if meta.is_dir() {
+        return Err(fail(SharedFileError::Directory));
+    }
+    if !meta.is_file() {
+        return Err(fail(SharedFileError::NotRegular));
+    }
+    open_shared(path).map_err(|error| SharedFileError::Unreadable { path: path.to_path_buf(), error })?;
+    let name = path.file_name().ok_or_else(|| fail(SharedFileError::NoFileName))?.as_bytes();
+    if !valid_name(name) {
+        return Err(SharedFileError::NameTooLong { path: path.to_path_buf(), len: name.len() });
+    }
+    Ok(name)
+}
+
+/// Why a `-f` file cannot be shared. `Display` says it in one line naming the path, the reason
+/// and what to do, e.g. `shared file ../x.txt: No such file or directory (os error 2): check the
+/// -f path`.
+#[derive(Debug)]
+pub enum SharedFileError {
+    /// `stat(2)` failed: it does not exist, or cannot be reached.
+    Missing {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Directory(PathBuf),
+    /// A device, FIFO or socket.
+    NotRegular(PathBuf),
+    /// It cannot be opened for reading.
+    Unreadable {
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// The path ends in `..` (or is `/`).
+    NoFileName(PathBuf),
+    /// Its file name is longer than a guest can name (`len` bytes).
+    NameTooLong {
+        path: PathBuf,
+        len: usize,
+    },
+    /// Two `-f` paths with the same file name.
+    SameName {
+        path: PathBuf,
+        earlier: PathBuf,
+    },
+}
+
+impl fmt::Display for SharedFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedFileError::Missing { path, error } => {
+                write!(f, "shared file {}: {error}: check the -f path", path.display())
+            }
+            SharedFileError::Directory(path) => {
+                write!(f, "shared file {}: is a directory, not a regular file: give -f a file", path.display())
+            }
+            SharedFileError::NotRegular(path) => write!(
+                f,
+                "shared file {}: not a regular file (a device, FIFO or socket): give -f a regular file",
+                path.display()
+            ),
+            SharedFileError::Unreadable { path, error } => write!(
+                f,
+                "shared file {}: {error}: make it readable (chmod +r) or give another -f path",
+                path.display()
+            ),
+            SharedFileError::NoFileName(path) => {
+                write!(f, "shared file {}: the path has no file name: give -f the path of a file", path.display())
+            }
+            SharedFileError::NameTooLong { path, len } => write!(
+                f,
+                "shared file {}: its file name is {len} bytes, a guest can name at most {MAX_NAME_LEN}: give -f a copy with a shorter name",
+                path.display()
+            ),
+            SharedFileError::SameName { path, earlier } => write!(
+                f,
+                "shared file {}: same file name as shared file {}, and guests name shared files by file name alone: rename one of them",
+                path.display(),
+                earlier.display()
+            ),
+        }
+    }
+}
+
+/// The one line of text, for a caller whose errors are lines of text.
+impl From<SharedFileError> for String {
+    fn from(e: SharedFileError) -> String {
+        e.to_string()
+    }
+}
+
+/// Where the private directories go: under `--files-dir DIR` when it is given, else in the
+/// current directory (the empty path, which `Path::join` leaves relative).
+///
+/// Checked at startup, before any VM starts. A DIR that does not exist yet is fine: it is
+/// created at the first write-open. A DIR that exists and is not a directory, or cannot even be
+/// looked at (it lies under a regular file, no permission, ...), could never be used.
+#[cfg_attr(not(test), expect(dead_code, reason = "not called by main.rs yet"))]
+pub fn check_files_dir(dir: Option<&Path>) -> Result<PathBuf, FilesDirError> {
+    let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(PathBuf::new());
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(dir.to_path_buf()),
+        Ok(_) => Err(FilesDirError::NotADirectory(dir.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(dir.to_path_buf()),
+        Err(error) => Err(FilesDirError::Unusable { path: dir.to_path_buf(), error }),
+    }
+}
+
+/// Why `--files-dir` cannot be used. `Display` says it in one line naming the path and what to do.
+#[derive(Debug)]
+pub enum FilesDirError {
+    /// It exists and is not a directory.
+    NotADirectory(PathBuf),
+    /// It cannot be looked at, so it could never be created or used.
+    Unusable { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for FilesDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const WHAT_TO_DO: &str = "give a directory (it is created if missing)";
+        match self {
+            FilesDirError::NotADirectory(path) => {
+                write!(f, "--files-dir {}: not a directory: {WHAT_TO_DO}", path.display())
+            }
+            FilesDirError::Unusable { path, error } => {
+                write!(f, "--files-dir {}: cannot be used ({error}): {WHAT_TO_DO}", path.display())
+            }
+        }
+    }
+}
+
+/// The one line of text, for a caller whose errors are lines of text.
+impl From<FilesDirError> for String {
+    fn from(e: FilesDirError) -> String {
+        e.to_string()
     }
 }
 
@@ -531,6 +647,8 @@ mod tests {
         let tmp = TempDir::new("check-missing");
         let missing = tmp.join("nope.txt");
         let err = SharedFiles::check(std::slice::from_ref(&missing)).unwrap_err();
+        assert!(matches!(err, SharedFileError::Missing { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.starts_with(&format!("shared file {}: ", missing.display())), "{err}");
         assert!(err.contains("No such file or directory"), "{err}");
         assert!(err.ends_with("check the -f path"), "{err}");
@@ -541,9 +659,13 @@ mod tests {
     fn check_refuses_a_directory_and_a_device() {
         let tmp = TempDir::new("check-dir");
         let err = SharedFiles::check(std::slice::from_ref(&tmp.0)).unwrap_err();
+        assert!(matches!(err, SharedFileError::Directory(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains(&tmp.0.display().to_string()), "{err}");
         assert!(err.contains("is a directory"), "{err}");
         let err = SharedFiles::check(&[PathBuf::from("/dev/null")]).unwrap_err();
+        assert!(matches!(err, SharedFileError::NotRegular(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.starts_with("shared file /dev/null: not a regular file"), "{err}");
         assert!(!err.contains('\n'));
     }
@@ -557,6 +679,8 @@ mod tests {
         fs::write(tmp.join("two/x.txt"), b"2").unwrap();
         let paths = [tmp.join("one/x.txt"), tmp.join("two/x.txt")];
         let err = SharedFiles::check(&paths).unwrap_err();
+        assert!(matches!(err, SharedFileError::SameName { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains(&paths[0].display().to_string()), "{err}");
         assert!(err.contains(&paths[1].display().to_string()), "{err}");
         assert!(err.contains("same file name"), "{err}");
@@ -567,6 +691,8 @@ mod tests {
     fn assert_unreadable_is_refused(p: &Path) {
         assert!(File::open(p).is_err(), "{} must be unreadable here", p.display());
         let err = SharedFiles::check(&[p.to_path_buf()]).unwrap_err();
+        assert!(matches!(err, SharedFileError::Unreadable { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains(&p.display().to_string()), "{err}");
         assert!(err.contains("Permission denied"), "{err}");
         assert!(err.ends_with("make it readable (chmod +r) or give another -f path"), "{err}");
@@ -616,7 +742,50 @@ mod tests {
         let long = "n".repeat(255);
         fs::write(tmp.join(&long), b"x").unwrap();
         let err = SharedFiles::check(&[tmp.join(&long)]).unwrap_err();
+        assert!(matches!(err, SharedFileError::NameTooLong { len: 255, .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("255 bytes"), "{err}");
+    }
+
+    #[test]
+    fn files_dir_default_existing_and_missing_are_fine() {
+        let tmp = TempDir::new("filesdir-ok");
+        assert_eq!(check_files_dir(None).unwrap(), PathBuf::new(), "the current directory");
+        assert_eq!(check_files_dir(Some(Path::new(""))).unwrap(), PathBuf::new());
+        assert_eq!(check_files_dir(Some(&tmp.0)).unwrap(), tmp.0);
+        // Missing, even several levels deep: created at the first write-open.
+        let missing = tmp.join("a/b/c");
+        assert_eq!(check_files_dir(Some(&missing)).unwrap(), missing);
+        assert!(!tmp.join("a").exists(), "the check creates nothing");
+        // A symbolic link to a directory is that directory.
+        std::os::unix::fs::symlink(&tmp.0, tmp.join("link")).unwrap();
+        assert_eq!(check_files_dir(Some(&tmp.join("link"))).unwrap(), tmp.join("link"));
+    }
+
+    #[test]
+    fn files_dir_that_can_never_be_a_directory_is_refused_in_one_line() {
+        let tmp = TempDir::new("filesdir-bad");
+        let file = tmp.join("file");
+        fs::write(&file, b"regular").unwrap();
+        let err = check_files_dir(Some(&file)).unwrap_err();
+        assert!(matches!(&err, FilesDirError::NotADirectory(p) if *p == file), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("--files-dir {}: not a directory: give a directory (it is created if missing)", file.display())
+        );
+        let under = file.join("sub");
+        let err = check_files_dir(Some(&under)).unwrap_err();
+        assert!(matches!(&err, FilesDirError::Unusable { path, .. } if *path == under), "{err:?}");
+        assert_eq!(
+            String::from(err),
+            format!(
+                "--files-dir {}: cannot be used (Not a directory (os error 20)): give a directory (it is created if missing)",
+                under.display()
+            )
+        );
+        let long = tmp.join("d".repeat(300));
+        let err = check_files_dir(Some(&long)).unwrap_err().to_string();
+        assert!(err.contains("File name too long") && !err.contains('\n'), "{err}");
     }
 
     #[test]
