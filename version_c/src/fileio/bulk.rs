@@ -47,7 +47,7 @@ impl FileDevice {
     pub(super) fn answer_bulk(&mut self, op: Bulk, vfd: u8, address: u32, length: u32, ram: &dyn GuestRam) -> u32 {
         let answer = self.try_bulk(op, vfd, address, length, ram);
         let value = *answer.as_ref().unwrap_or(&ERROR_DWORD);
-        self.completed(|_| Completed::Bulk { op, vfd, address, length, answer });
+        self.record(|_| Completed::Bulk { op, vfd, address, length, answer });
         value
     }
 

@@ -247,7 +247,7 @@ impl FileDevice {
     }
 
     /// Keep `event` for [`FileDevice::take_completed`] when tracing.
-    fn completed(&mut self, event: impl FnOnce(&Self) -> Completed) {
+    fn record(&mut self, event: impl FnOnce(&Self) -> Completed) {
         if self.trace {
             self.completed = Some(event(self));
         }
@@ -300,7 +300,7 @@ impl FileDevice {
             CMD_READ_BULK => State::BulkWantVfd { op: Bulk::Read },
             CMD_WRITE_BULK => State::BulkWantVfd { op: Bulk::Write },
             command => {
-                self.completed(|_| Completed::Unknown { command });
+                self.record(|_| Completed::Unknown { command });
                 State::SendByte { value: ERROR }
             }
         }

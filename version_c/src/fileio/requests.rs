@@ -18,7 +18,7 @@ impl FileDevice {
     pub(super) fn answer_open(&mut self, flags: u8, len: usize) -> u8 {
         let answer = self.try_open(flags, len);
         let value = *answer.as_ref().unwrap_or(&ERROR);
-        self.completed(|dev| Completed::Open {
+        self.record(|dev| Completed::Open {
             name: GuestName::new(dev.name.get(..len).unwrap_or(&dev.name)),
             flags,
             answer,
@@ -54,7 +54,7 @@ impl FileDevice {
             _ => Err(Why::NotOpen),
         };
         let value = if answer.is_ok() { 0 } else { ERROR };
-        self.completed(|_| Completed::Close { vfd, answer });
+        self.record(|_| Completed::Close { vfd, answer });
         value
     }
 
@@ -67,7 +67,7 @@ impl FileDevice {
             Ok(n) => State::ReadSendCount { n },
             Err(_) => State::SendByte { value: ERROR },
         };
-        self.completed(|_| Completed::Read { vfd, count, answer });
+        self.record(|_| Completed::Read { vfd, count, answer });
         state
     }
 
@@ -87,7 +87,7 @@ impl FileDevice {
     pub(super) fn answer_write(&mut self, vfd: u8, count: usize) -> u8 {
         let answer = self.try_write(vfd, count);
         let value = *answer.as_ref().unwrap_or(&ERROR);
-        self.completed(|_| Completed::Write { vfd, count, answer });
+        self.record(|_| Completed::Write { vfd, count, answer });
         value
     }
 
