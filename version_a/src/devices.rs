@@ -1,36 +1,60 @@
-//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4). The run loop hands every I/O exit here as plain
-//! bytes; nothing in this file knows about KVM.
+//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4). The run loop hands every I/O exit
+//! here as plain bytes; nothing in this file knows about KVM.
 //!
 //! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
 #![forbid(unsafe_code)]
 
-use std::fs::File;
+use std::fmt;
 
 use crate::serial::{SERIAL_PORT, Serial};
+use crate::signals::Interruptible;
 
 /// Why a port access ends the VM.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoError {
-    /// The guest broke the port's rules (e.g. a 2-byte access to 0xE9).
-    Guest(String),
-    /// The host side failed (e.g. stdout is closed).
+    /// The guest broke the port's rules.
+    Guest(GuestError),
+    /// The host side failed (e.g. stdout is closed): the message.
     Host(String),
     /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
     Stopped,
 }
+
+/// A rule of a port that the guest broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestError {
+    /// A 2- or 4-byte access to the serial port, which moves single bytes.
+    WideSerial { size: u32, out: bool },
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GuestError::WideSerial { size, out } => write!(
+                f,
+                "{size}-byte {} serial port {SERIAL_PORT:#x} (it takes single bytes)",
+                if out { "out on" } else { "in on" }
+            ),
+        }
+    }
+}
+
+/// How many unknown ports of one VM get a warning each; past them, one line says the rest go
+/// unreported (docs/REFERENCE.md §4).
+pub const WARNED_PORTS: usize = 16;
 
 /// All ports of one VM.
 #[derive(Debug)]
 pub struct Devices {
     /// `vmN (image)`, for warnings.
     label: String,
-    pub serial: Serial<File, File>,
-    /// Unknown ports already warned about (one warning per VM and port).
+    pub serial: Serial<Interruptible, Interruptible>,
+    /// Unknown ports already warned about (one warning per VM and port, at most 16).
     warned: Vec<u16>,
 }
 
 impl Devices {
-    pub fn new(label: String, serial: Serial<File, File>) -> Devices {
+    pub fn new(label: String, serial: Serial<Interruptible, Interruptible>) -> Devices {
         Devices { label, serial, warned: Vec::new() }
     }
 
@@ -38,10 +62,7 @@ impl Devices {
     /// says whether the VM is being stopped (a blocked stdout write then gives up).
     pub fn out(&mut self, port: u16, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         match port {
-            SERIAL_PORT => {
-                serial_size(size, "out")?;
-                self.serial.write(data, stop).map_err(output_error)
-            }
+            SERIAL_PORT => self.serial_out(size, data, stop),
             _ => {
                 self.warn_once(port, "out to", "ignored");
                 Ok(())
@@ -49,11 +70,17 @@ impl Devices {
         }
     }
 
+    /// Bytes for the serial port (also those KVM queued in the coalesced ring).
+    pub fn serial_out(&mut self, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        serial_size(size, true)?;
+        self.serial.write(data, stop).map_err(output_error)
+    }
+
     /// `in`: fill `data`, `data.len() / size` accesses of `size` bytes.
     pub fn inp(&mut self, port: u16, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {
-                serial_size(size, "in")?;
+                serial_size(size, false)?;
                 self.serial.read(data, stop).map_err(output_error)
             }
             _ => {
@@ -70,13 +97,21 @@ impl Devices {
     }
 
     fn warn_once(&mut self, port: u16, what: &str, effect: &str) {
-        if !self.warned.contains(&port) {
-            self.warned.push(port);
+        if self.warned.len() > WARNED_PORTS || self.warned.contains(&port) {
+            return;
+        }
+        self.warned.push(port);
+        if self.warned.len() > WARNED_PORTS {
             diag!(
-                "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+                "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
                 self.label
             );
+            return;
         }
+        diag!(
+            "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+            self.label
+        );
     }
 }
 
@@ -89,10 +124,6 @@ fn output_error(e: std::io::Error) -> IoError {
 }
 
 /// Port 0xE9 moves single bytes: a 2- or 4-byte access is a guest error (docs/REFERENCE.md §3).
-fn serial_size(size: u8, what: &str) -> Result<(), IoError> {
-    if size == 1 {
-        Ok(())
-    } else {
-        Err(IoError::Guest(format!("{size}-byte {what} on serial port {SERIAL_PORT:#x} (it takes single bytes)")))
-    }
+fn serial_size(size: u8, out: bool) -> Result<(), IoError> {
+    if size == 1 { Ok(()) } else { Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out })) }
 }

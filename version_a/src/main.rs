@@ -1,8 +1,9 @@
 //! mini_hypervisor, version A: one VM, 64-bit long mode, serial port 0xE9.
 //!
-//! C counterpart: `main` in `Version_A/mini_hypervisor.c`. Same steps, same order:
-//! parse the options → check the image → open /dev/kvm → build the VM → run it → exit status.
-//! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
+//! C counterpart: `main` in `Version_A/mini_hypervisor.c`, in the same order: parse the
+//! options → check the image → open /dev/kvm → create the VM → run it → exit status. The VM
+//! runs on this thread; the only threads ever started are the debugger's (`--gdb`).
+//! Every `unsafe` of the crate is in `kvm/` and `signals.rs`; every other module forbids it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
@@ -21,20 +22,26 @@ mod image;
 mod kvm;
 mod long_mode;
 mod serial;
+mod serial_ring;
+mod signals;
 mod stats;
+mod trace;
 mod vm;
-mod watchdog;
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
+use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use args::{Command, Config};
 use devices::Devices;
 use long_mode::{Layout, PageSize};
 use serial::Serial;
-use vm::{Outcome, Report, RunOptions};
+use signals::{Interruptible, Interrupts, Kick, Listener};
+use vm::{Outcome, Report, Setup, Vm};
 
 /// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
@@ -53,11 +60,84 @@ fn main() -> ExitCode {
         }
     };
     match run(&config) {
-        Ok(reports) if reports.iter().all(|r| r.outcome == Outcome::Halted) => ExitCode::SUCCESS,
+        Ok(report) if report.outcome == Outcome::Halted => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_FAILED),
-        Err(message) => {
-            diag!("mini_hypervisor: {message}");
+        Err(e) => {
+            diag!("mini_hypervisor: {e}");
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Everything after parsing. `Err`: a startup failure, no VM ran.
+fn run(config: &Config) -> Result<Report, StartError> {
+    let layout = Layout::new(config.mem_size, config.page);
+    // Every check before the VM starts (docs/REFERENCE.md §1).
+    let image = image::check(&config.images[0], &layout).map_err(StartError::Image)?;
+    // Before any thread starts: Ctrl-C and SIGTERM now stop the VM instead of killing us.
+    signals::block_ours().map_err(|e| StartError::Host("cannot block SIGINT/SIGTERM", e))?;
+    let kvm = kvm::Kvm::open().map_err(StartError::DevKvm)?;
+    // --gdb: the port is taken before the VM is created; the VM waits there for the debugger.
+    let gdb = config.gdb.map(gdb::listen).transpose().map_err(StartError::Gdb)?;
+    let label = format!("vm0 ({})", image.path.display());
+    let setup = setup(config, &kvm, &label, gdb)?;
+    announce(config, &label, image.bytes.len());
+    let vm = Vm::create(&kvm, &layout, &image, setup).map_err(|e| StartError::Create(label.clone(), e))?;
+    let report = vm.run();
+    summarize(&label, &report, config);
+    Ok(report)
+}
+
+/// The VM's ports, its signals and its extras (`--gdb`, `--trace`, `--stats`).
+fn setup(config: &Config, kvm: &kvm::Kvm, label: &str, gdb: Option<TcpListener>) -> Result<Setup, StartError> {
+    // This thread runs the VM: it takes Ctrl-C, SIGTERM, the timer and the debugger's kicks.
+    let listener = Arc::new(Listener::new(signals::ours()).map_err(|e| StartError::Host("signalfd", e))?);
+    let kick = Kick::new();
+    let debugger = gdb.map(|l| gdb::Debugger::new(l, kick.clone(), &config.images[0], gdb::data_breakpoints_fire(kvm)));
+    let interrupts = Interrupts::owning_timer(Arc::clone(&listener), kick, config.timeout)
+        .map_err(|e| StartError::Host("setitimer", e))?;
+    let stdout = stdio(io::stdout().as_fd(), "stdout")?;
+    let line_buffered = stdout.is_terminal();
+    let stdin = stdio(io::stdin().as_fd(), "stdin")?;
+    let serial =
+        Serial::new(Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener), line_buffered);
+    Ok(Setup {
+        label: label.to_owned(),
+        devices: Devices::new(label.to_owned(), serial),
+        interrupts,
+        trace: config.trace,
+        stats: config.stats,
+        coalesce: config.coalesce,
+        line_buffered,
+        timeout: config.timeout,
+        debugger,
+    })
+}
+
+/// Our own handle on stdout or stdin.
+fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, StartError> {
+    Ok(File::from(fd.try_clone_to_owned().map_err(|e| StartError::Host(name, e))?))
+}
+
+/// Why no VM ran: one line, saying what to do where it can.
+#[derive(Debug)]
+enum StartError {
+    Image(String),
+    DevKvm(io::Error),
+    Gdb(String),
+    /// A system call of the setup failed: which, and why.
+    Host(&'static str, io::Error),
+    /// The VM could not be created: its label, and why.
+    Create(String, io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Image(message) | StartError::Gdb(message) => f.write_str(message),
+            StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
+            StartError::Host(what, e) => write!(f, "{what}: {e}"),
+            StartError::Create(label, e) => write!(f, "{label}: cannot create the VM: {e}"),
         }
     }
 }
@@ -71,63 +151,21 @@ fn print_stdout(text: &str) -> ExitCode {
     }
 }
 
-/// Everything after parsing. `Err` is a startup failure: no VM ran.
-fn run(config: &Config) -> Result<Vec<Report>, String> {
-    let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (docs/REFERENCE.md §1).
-    let image = image::check(&config.images[0], &layout)?;
-    // From here on nothing blocks until the VM runs, and no thread has started yet: Ctrl-C and
-    // SIGTERM now stop the VM instead of killing us.
-    kvm::block_stop_signals().map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
-    let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
-    if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
-        return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
-    }
-    // --gdb: the port is taken before any VM starts; VM 0 waits there for the debugger.
-    let mut gdb_listener = config.gdb.map(gdb::listen).transpose()?;
-    let data_watch = gdb_listener.is_some() && gdb::data_breakpoints_fire(&kvm);
-    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdout: {e}"))?);
-    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
-    let line_buffered = stdout.is_terminal();
-
-    let label = format!("vm0 ({})", image.path.display());
-    let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
-    let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
-    let debugger = gdb_listener.take().map(|l| gdb::Debugger::new(l, kick.clone(), &image.path, data_watch));
+/// The VM's opening line on stderr (C: the "Starting VM with:" lines, which it prints on stdout).
+fn announce(config: &Config, label: &str, image_bytes: usize) {
     if !config.quiet {
-        diag!(
-            "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
-            config.mem_size >> 20,
-            page_name(config.page),
-            image.bytes.len()
-        );
+        let page = match config.page {
+            PageSize::Small4K => "4 KiB",
+            PageSize::Large2M => "2 MiB",
+        };
+        diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {image_bytes} byte image", config.mem_size >> 20);
     }
-    let mut devices = Devices::new(label.clone(), Serial::new(stdout, stdin, line_buffered));
-    let opts =
-        RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout, coalesce: config.coalesce };
-    let body_label = label.clone();
-    let job = watchdog::Job {
-        name: "vm0".to_owned(),
-        kick,
-        has_threads: debugger.is_some(),
-        body: Box::new(move || vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)),
-    };
-    // On a terminal, a line waiting in the coalesced ring must show up soon (docs/REFERENCE.md §3).
-    let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
-    let reports = watchdog::run_all(vec![job], config.timeout, drain_every);
-    for report in &reports {
-        summarize(&label, report, config);
-    }
-    Ok(reports)
 }
 
 /// The closing line per VM on stderr (and the `--stats` block).
 fn summarize(label: &str, report: &Report, config: &Config) {
     if !config.quiet {
-        let how = match &report.outcome {
-            Outcome::Halted => "halted".to_owned(),
-            Outcome::Failed(_) => "failed".to_owned(),
-        };
+        let how = if report.outcome == Outcome::Halted { "halted" } else { "failed" };
         diag!("mini_hypervisor: {label}: {how} after {} exits in {:.3} ms", report.stats.exits, stats::ms(report.wall));
     }
     if config.stats {
@@ -135,15 +173,8 @@ fn summarize(label: &str, report: &Report, config: &Config) {
     }
 }
 
-fn page_name(page: PageSize) -> &'static str {
-    match page {
-        PageSize::Small4K => "4 KiB",
-        PageSize::Large2M => "2 MiB",
-    }
-}
-
 /// Why /dev/kvm did not open, and what to do about it.
-fn kvm_open_error(e: io::Error) -> String {
+fn kvm_open_error(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => {
             "/dev/kvm: not found: KVM is not available; load the kvm module (kvm_intel or kvm_amd) and enable virtualization in the BIOS".to_owned()
@@ -161,9 +192,9 @@ mod tests {
 
     #[test]
     fn dev_kvm_errors_say_what_to_do() {
-        let missing = kvm_open_error(io::ErrorKind::NotFound.into());
+        let missing = kvm_open_error(&io::ErrorKind::NotFound.into());
         assert!(missing.starts_with("/dev/kvm: not found") && missing.contains("kvm_intel or kvm_amd"), "{missing}");
-        let denied = kvm_open_error(io::ErrorKind::PermissionDenied.into());
+        let denied = kvm_open_error(&io::ErrorKind::PermissionDenied.into());
         assert!(denied.contains("kvm group") && denied.contains("sudo"), "{denied}");
     }
 }

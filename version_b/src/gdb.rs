@@ -31,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::kvm::{self, Kick, KvmGuestDebug, KvmRegs, KvmSregs, Mmap, Vcpu, VcpuExit};
+use crate::kvm::{self, KvmGuestDebug, KvmRegs, KvmSregs, Mmap, Vcpu, VcpuExit};
 use crate::long_mode::{self, Layout, PageSize};
+use crate::signals::Kick;
 
 // ---------------------------------------------------------------------------------------------
 // 1. The pure part
@@ -1022,9 +1023,8 @@ fn probe(kvm: &kvm::Kvm) -> io::Result<bool> {
     vm.vcpu.set_guest_debug(&regs.guest_debug(false))?;
     for _ in 0..8 {
         match vm.vcpu.run() {
-            Ok(VcpuExit::Debug { .. }) => return Ok(true),
+            Ok(VcpuExit::Debug(_)) => return Ok(true),
             Ok(VcpuExit::Intr) => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             _ => return Ok(false),
         }
     }
@@ -1050,9 +1050,9 @@ impl Debugger {
 
     /// The vCPU is stopped: serve gdb until it resumes, kills or detaches. At [`Stop::Start`]
     /// this first waits for gdb to connect.
-    pub fn stopped(&mut self, vcpu: &Vcpu, mem: &Mmap, why: Stop) -> Resume {
+    pub fn stopped(&mut self, vcpu: &Vcpu, mem: &Mmap, why: Stop, stopping: &dyn Fn() -> bool) -> Resume {
         if why == Stop::Start {
-            match self.accept(vcpu) {
+            match self.accept(stopping) {
                 Some(conn) => self.conn = Some(conn),
                 None => return Resume::Go, // being stopped: the run loop sees it at once
             }
@@ -1071,12 +1071,12 @@ impl Debugger {
         if why == Stop::Crash {
             self.crashed = true;
         }
-        self.hold(vcpu);
+        self.hold();
         if why != Stop::Start {
             self.send(&stop);
         }
         loop {
-            let input = match self.wait(vcpu) {
+            let input = match self.wait(stopping) {
                 Wait::Input(input) => input,
                 Wait::Stop => return Resume::Go,
                 Wait::Closed => return self.detach(&target),
@@ -1157,13 +1157,10 @@ impl Debugger {
     /// The stub takes over a stopped guest: from now on 0x03 pauses nothing, and a pause that
     /// came in just before (the guest stopped for another reason) is dropped, so that the next
     /// resume does not stop at once.
-    fn hold(&mut self, vcpu: &Vcpu) {
+    fn hold(&mut self) {
         let mut running = lock(&self.running);
         *running = false;
-        let requests = vcpu.take_requests();
-        if let Some(reason) = requests.stop {
-            self.kick.stop(reason); // not ours to drop: the VM is being stopped
-        }
+        let _ = self.kick.take(); // a stop request stays; only the pause is dropped
     }
 
     /// Takes every breakpoint out and lets go of gdb.
@@ -1177,7 +1174,7 @@ impl Debugger {
 
     /// Waits for gdb on the listening socket (on a thread: std's accept retries on EINTR), and
     /// gives up if the VM is being stopped.
-    fn accept(&mut self, vcpu: &Vcpu) -> Option<Conn> {
+    fn accept(&mut self, stop: &dyn Fn() -> bool) -> Option<Conn> {
         let listener = self.listener.take()?;
         diag!(
             "mini_hypervisor: vm0 is waiting for GDB on 127.0.0.1:{port}; connect with: gdb {elf} -ex 'target remote :{port}'",
@@ -1206,7 +1203,7 @@ impl Debugger {
                     diag!("mini_hypervisor: --gdb: accept: {e}; the guest runs without a debugger");
                     return None;
                 }
-                Err(RecvTimeoutError::Timeout) if vcpu.stop_requested().is_none() => {}
+                Err(RecvTimeoutError::Timeout) if !stop() => {}
                 Err(_) => return None,
             }
         };
@@ -1230,7 +1227,7 @@ impl Debugger {
         Some(Conn { stream, inputs, last: Vec::new(), pending: VecDeque::new() })
     }
 
-    fn wait(&mut self, vcpu: &Vcpu) -> Wait {
+    fn wait(&mut self, stop: &dyn Fn() -> bool) -> Wait {
         let Some(conn) = &mut self.conn else { return Wait::Closed };
         if let Some(input) = conn.pending.pop_front() {
             return Wait::Input(input);
@@ -1238,7 +1235,7 @@ impl Debugger {
         loop {
             match conn.inputs.recv_timeout(POLL) {
                 Ok(input) => return Wait::Input(input),
-                Err(RecvTimeoutError::Timeout) if vcpu.stop_requested().is_none() => {}
+                Err(RecvTimeoutError::Timeout) if !stop() => {}
                 Err(RecvTimeoutError::Timeout) => return Wait::Stop,
                 Err(RecvTimeoutError::Disconnected) => return Wait::Closed,
             }

@@ -1,9 +1,10 @@
 //! mini_hypervisor, version B: several VMs at once, one thread each.
 //!
-//! C counterpart: `main` in `Version_B/mini_hypervisor.c`. Same steps, same order:
-//! parse the options → check every image → open /dev/kvm → build the VMs → one thread per VM
-//! (C: `pthread_create` running `run_vm`) → join them → exit status.
-//! Every `unsafe` of the crate is in `kvm.rs`; every other module forbids it.
+//! C counterpart: `main` in `Version_B/mini_hypervisor.c`, in the same order: parse the
+//! options → check every image → open /dev/kvm → one thread per VM (C: `pthread_create`
+//! running `run_vm`, which creates and runs its VM) → join them → exit status. While the VMs
+//! run, this thread is their watchdog (`watchdog.rs`): Ctrl-C, SIGTERM and `--timeout`.
+//! Every `unsafe` of the crate is in `kvm/` and `signals.rs`; every other module forbids it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
@@ -22,25 +23,39 @@ mod image;
 mod kvm;
 mod long_mode;
 mod serial;
+mod serial_ring;
+mod signals;
 mod stats;
+mod trace;
 mod vm;
 mod watchdog;
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
+use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::Duration;
 
 use args::{Command, Config};
 use devices::Devices;
+use image::Image;
 use long_mode::{Layout, PageSize};
 use serial::{Console, Serial};
-use vm::{Outcome, Report, RunOptions};
+use signals::{Interruptible, Interrupts, Kick, Listener, SigSet};
+use stats::Stats;
+use vm::{Failure, Outcome, Report, Setup, Vm};
+use watchdog::{Watch, Watched};
 
 /// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+
+/// Stack of a VM thread: the run loop needs little, and untouched stack costs no memory anyway.
+const VM_STACK: usize = 256 * 1024;
 
 fn main() -> ExitCode {
     let config = match args::parse(std::env::args_os().skip(1)) {
@@ -57,9 +72,199 @@ fn main() -> ExitCode {
     match run(&config) {
         Ok(reports) if reports.iter().all(|r| r.outcome == Outcome::Halted) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_FAILED),
-        Err(message) => {
-            diag!("mini_hypervisor: {message}");
+        Err(e) => {
+            diag!("mini_hypervisor: {e}");
             ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Everything after parsing. `Err`: a startup failure, no VM ran.
+fn run(config: &Config) -> Result<Vec<Report>, StartError> {
+    let layout = Layout::new(config.mem_size, config.page);
+    // Every check before any VM starts (docs/REFERENCE.md §1).
+    let images = config.images.iter().map(|path| image::check(path, &layout));
+    let images = images.collect::<Result<Vec<_>, _>>().map_err(StartError::Image)?;
+    // Before any thread starts: Ctrl-C and SIGTERM now stop the VMs instead of killing us.
+    signals::block_ours().map_err(|e| StartError::Host("cannot block SIGINT/SIGTERM", e))?;
+    let kvm = kvm::Kvm::open().map_err(StartError::DevKvm)?;
+    // --gdb: the port is taken before any VM is created; VM 0 waits there for the debugger.
+    let gdb = config.gdb.map(gdb::listen).transpose().map_err(StartError::Gdb)?;
+    let shared = Shared::new(config, &kvm, gdb.is_some())?;
+    let labels: Vec<String> =
+        images.iter().enumerate().map(|(index, image)| format!("vm{index} ({})", image.path.display())).collect();
+    let reports = run_all(&shared, &layout, &images, &labels, gdb)?;
+    for (label, report) in labels.iter().zip(&reports) {
+        summarize(label, report, config);
+    }
+    Ok(reports)
+}
+
+/// One thread per VM (C: `pthread_create` for each guest, then `pthread_join`); this thread
+/// watches them meanwhile.
+fn run_all(
+    shared: &Shared<'_>,
+    layout: &Layout,
+    images: &[Image],
+    labels: &[String],
+    mut gdb: Option<TcpListener>,
+) -> Result<Vec<Report>, StartError> {
+    let (ended_tx, ended) = mpsc::channel();
+    // This thread's signals: Ctrl-C, SIGTERM, and the kicks of VM threads that end.
+    let listener = Listener::new(SigSet::of(&[libc::SIGINT, libc::SIGTERM, signals::kick_signal()]))
+        .map_err(|e| StartError::Host("signalfd", e))?;
+    let watchdog = Kick::new();
+    Ok(watchdog.deliver_here(|| {
+        thread::scope(|s| {
+            let mut threads = Vec::with_capacity(images.len());
+            let mut kicks = Vec::with_capacity(images.len());
+            for (index, image) in images.iter().enumerate() {
+                let kick = Kick::new();
+                let setup = shared.setup(index, &labels[index], kick.clone(), gdb.take());
+                announce(shared.config, &labels[index], image.bytes.len());
+                let done = Done { index, tx: ended_tx.clone(), watchdog: watchdog.clone() };
+                threads.push(spawn_vm(s, shared.kvm, layout, image, setup, done));
+                kicks.push(kick);
+            }
+            let drains = shared.line_buffered && shared.config.coalesce;
+            let watch =
+                Watch { kicks: &kicks, ended: &ended, listener: &listener, timeout: shared.config.timeout, drains };
+            if watchdog::watch(&watch) == Watched::ExitNow {
+                shared.console.flush_without_waiting();
+                std::process::exit(EXIT_FAILED.into());
+            }
+            threads.into_iter().zip(labels).map(|(thread, label)| join(thread, label)).collect()
+        })
+    }))
+}
+
+/// C: `pthread_create(..., run_vm, ...)`: the VM's thread creates its VM, then runs it.
+fn spawn_vm<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    kvm: &'scope kvm::Kvm,
+    layout: &'scope Layout,
+    image: &'scope Image,
+    setup: Setup,
+    done: Done,
+) -> Result<ScopedJoinHandle<'scope, Report>, Failure> {
+    let (label, shown) = (setup.label.clone(), setup.label.clone());
+    let name = format!("vm{}", done.index);
+    let body = move || {
+        let _done = done; // tells the watchdog when this thread ends, even by a panic
+        match Vm::create(kvm, layout, image, setup) {
+            Ok(vm) => vm.run(),
+            Err(e) => failed(not_run(&label, format!("cannot create the VM: {e}"))),
+        }
+    };
+    let spawned = thread::Builder::new().name(name).stack_size(VM_STACK).spawn_scoped(s, body);
+    spawned.map_err(|e| not_run(&shown, format!("cannot start its thread: {e}")))
+}
+
+/// C: `pthread_join`: the VM's report (a thread that never started has one already).
+fn join(thread: Result<ScopedJoinHandle<'_, Report>, Failure>, label: &str) -> Report {
+    match thread {
+        Ok(handle) => {
+            handle.join().unwrap_or_else(|_| failed(not_run(label, "internal error: its thread panicked".into())))
+        }
+        Err(failure) => failed(failure),
+    }
+}
+
+/// A VM that never ran its guest: says why on stderr (even with -q: nothing else will).
+fn not_run(label: &str, why: String) -> Failure {
+    diag!("mini_hypervisor: {label}: failed: {why}");
+    Failure::NotRun(why)
+}
+
+fn failed(failure: Failure) -> Report {
+    Report { outcome: Outcome::Failed(failure), stats: Stats::default(), wall: Duration::ZERO }
+}
+
+/// Tells the watchdog that VM `index` ended: its number on the channel, then a kick.
+#[derive(Debug)]
+struct Done {
+    index: usize,
+    tx: mpsc::Sender<usize>,
+    watchdog: Kick,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.index);
+        self.watchdog.wake();
+    }
+}
+
+/// What every VM thread shares: stdout and stdin, the signals a VM thread listens to, and the
+/// options.
+#[derive(Debug)]
+struct Shared<'a> {
+    config: &'a Config,
+    kvm: &'a kvm::Kvm,
+    console: Arc<Console<Interruptible, Interruptible>>,
+    /// A VM thread listens to kicks only; SIGINT and SIGTERM are the watchdog's.
+    listener: Arc<Listener>,
+    line_buffered: bool,
+    /// Whether this host fires data breakpoints (probed only with --gdb).
+    data_watch: bool,
+}
+
+impl<'a> Shared<'a> {
+    fn new(config: &'a Config, kvm: &'a kvm::Kvm, gdb: bool) -> Result<Shared<'a>, StartError> {
+        let listener = Arc::new(
+            Listener::new(SigSet::of(&[signals::kick_signal()])).map_err(|e| StartError::Host("signalfd", e))?,
+        );
+        let stdout = stdio(io::stdout().as_fd(), "stdout")?;
+        let line_buffered = stdout.is_terminal();
+        let stdin = stdio(io::stdin().as_fd(), "stdin")?;
+        let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
+        let console = Arc::new(Console::new(stdout, stdin, line_buffered));
+        let data_watch = gdb && gdb::data_breakpoints_fire(kvm);
+        Ok(Shared { config, kvm, console, listener, line_buffered, data_watch })
+    }
+
+    /// VM `index`'s ports, its signals and its extras (`--gdb` for VM 0, `--trace`, `--stats`).
+    fn setup(&self, index: usize, label: &str, kick: Kick, gdb: Option<TcpListener>) -> Setup {
+        let config = self.config;
+        let debugger = gdb.map(|l| gdb::Debugger::new(l, kick.clone(), &config.images[index], self.data_watch));
+        // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
+        let prefix = (config.images.len() > 1).then(|| format!("[vm{index}] "));
+        let serial = Serial::new(Arc::clone(&self.console), prefix);
+        Setup {
+            label: label.to_owned(),
+            devices: Devices::new(label.to_owned(), serial),
+            interrupts: Interrupts::kicked(Arc::clone(&self.listener), kick),
+            trace: config.trace,
+            stats: config.stats,
+            coalesce: config.coalesce,
+            line_buffered: self.line_buffered,
+            timeout: config.timeout,
+            debugger,
+        }
+    }
+}
+
+/// Our own handle on stdout or stdin.
+fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, StartError> {
+    Ok(File::from(fd.try_clone_to_owned().map_err(|e| StartError::Host(name, e))?))
+}
+
+/// Why no VM ran: one line, saying what to do where it can.
+#[derive(Debug)]
+enum StartError {
+    Image(String),
+    DevKvm(io::Error),
+    Gdb(String),
+    /// A system call of the setup failed: which, and why.
+    Host(&'static str, io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Image(message) | StartError::Gdb(message) => f.write_str(message),
+            StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
+            StartError::Host(what, e) => write!(f, "{what}: {e}"),
         }
     }
 }
@@ -73,76 +278,21 @@ fn print_stdout(text: &str) -> ExitCode {
     }
 }
 
-/// Everything after parsing. `Err` is a startup failure: no VM ran.
-fn run(config: &Config) -> Result<Vec<Report>, String> {
-    let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (docs/REFERENCE.md §1).
-    let images = config.images.iter().map(|path| image::check(path, &layout)).collect::<Result<Vec<_>, _>>()?;
-    // From here on nothing blocks until the VMs run, and no thread has started yet: Ctrl-C
-    // and SIGTERM now stop the VMs instead of killing us.
-    kvm::block_stop_signals().map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
-    let kvm = kvm::Kvm::open().map_err(kvm_open_error)?;
-    if config.timeout.is_some() && kvm.check_extension(kvm::KVM_CAP_IMMEDIATE_EXIT).unwrap_or(0) == 0 {
-        return Err("--timeout needs KVM_CAP_IMMEDIATE_EXIT (Linux 4.11 or later); run without --timeout".to_owned());
+/// A VM's opening line on stderr (C: the "Starting VM with:" lines, which it prints on stdout).
+fn announce(config: &Config, label: &str, image_bytes: usize) {
+    if !config.quiet {
+        let page = match config.page {
+            PageSize::Small4K => "4 KiB",
+            PageSize::Large2M => "2 MiB",
+        };
+        diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {image_bytes} byte image", config.mem_size >> 20);
     }
-    // --gdb: the port is taken before any VM starts; VM 0 waits there for the debugger.
-    let mut gdb_listener = config.gdb.map(gdb::listen).transpose()?;
-    let data_watch = gdb_listener.is_some() && gdb::data_breakpoints_fire(&kvm);
-    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdout: {e}"))?);
-    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("cannot use stdin: {e}"))?);
-    let line_buffered = stdout.is_terminal();
-    let console = Arc::new(Console::new(stdout, stdin, line_buffered));
-    // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
-    let several = images.len() > 1;
-    let opts =
-        RunOptions { trace: config.trace, stats: config.stats, timeout: config.timeout, coalesce: config.coalesce };
-
-    let mut jobs = Vec::with_capacity(images.len());
-    let mut labels = Vec::with_capacity(images.len());
-    for (index, image) in images.iter().enumerate() {
-        let label = format!("vm{index} ({})", image.path.display());
-        let mut vm = vm::create(&kvm, &layout, image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
-        let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
-        let debugger = gdb_listener.take().map(|l| gdb::Debugger::new(l, kick.clone(), &image.path, data_watch));
-        if !config.quiet {
-            diag!(
-                "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",
-                config.mem_size >> 20,
-                page_name(config.page),
-                image.bytes.len()
-            );
-        }
-        let serial = Serial::new(Arc::clone(&console), several.then(|| format!("[vm{index}] ")));
-        let mut devices = Devices::new(label.clone(), serial);
-        let body_label = label.clone();
-        jobs.push(watchdog::Job {
-            name: format!("vm{index}"),
-            kick,
-            has_threads: debugger.is_some(),
-            body: Box::new(move || {
-                vm::run_vm(&mut vm.vcpu, &vm.fd, &vm.mem, &mut devices, &body_label, &opts, debugger)
-            }),
-        });
-        labels.push(label);
-    }
-    drop(images); // the bytes are in guest RAM now
-
-    // On a terminal, a line waiting in a coalesced ring must show up soon (docs/REFERENCE.md §3).
-    let drain_every = (line_buffered && config.coalesce).then_some(watchdog::DRAIN_EVERY);
-    let reports = watchdog::run_all(jobs, config.timeout, drain_every);
-    for (label, report) in labels.iter().zip(&reports) {
-        summarize(label, report, config);
-    }
-    Ok(reports)
 }
 
 /// The closing line per VM on stderr (and the `--stats` block).
 fn summarize(label: &str, report: &Report, config: &Config) {
     if !config.quiet {
-        let how = match &report.outcome {
-            Outcome::Halted => "halted".to_owned(),
-            Outcome::Failed(_) => "failed".to_owned(),
-        };
+        let how = if report.outcome == Outcome::Halted { "halted" } else { "failed" };
         diag!("mini_hypervisor: {label}: {how} after {} exits in {:.3} ms", report.stats.exits, stats::ms(report.wall));
     }
     if config.stats {
@@ -150,15 +300,8 @@ fn summarize(label: &str, report: &Report, config: &Config) {
     }
 }
 
-fn page_name(page: PageSize) -> &'static str {
-    match page {
-        PageSize::Small4K => "4 KiB",
-        PageSize::Large2M => "2 MiB",
-    }
-}
-
 /// Why /dev/kvm did not open, and what to do about it.
-fn kvm_open_error(e: io::Error) -> String {
+fn kvm_open_error(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => {
             "/dev/kvm: not found: KVM is not available; load the kvm module (kvm_intel or kvm_amd) and enable virtualization in the BIOS".to_owned()
@@ -176,9 +319,9 @@ mod tests {
 
     #[test]
     fn dev_kvm_errors_say_what_to_do() {
-        let missing = kvm_open_error(io::ErrorKind::NotFound.into());
+        let missing = kvm_open_error(&io::ErrorKind::NotFound.into());
         assert!(missing.starts_with("/dev/kvm: not found") && missing.contains("kvm_intel or kvm_amd"), "{missing}");
-        let denied = kvm_open_error(io::ErrorKind::PermissionDenied.into());
+        let denied = kvm_open_error(&io::ErrorKind::PermissionDenied.into());
         assert!(denied.contains("kvm group") && denied.contains("sudo"), "{denied}");
     }
 }

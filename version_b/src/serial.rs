@@ -16,7 +16,10 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use crate::signals;
 
 pub const SERIAL_PORT: u16 = 0xE9;
 /// Output is written in blocks of this size (C's `BUFSIZ`) when stdout is not a terminal.
@@ -81,6 +84,26 @@ impl<W: Write, R: Read> Console<W, R> {
     /// Writes out everything every VM has handed over so far. `stop`: see [`write_all`].
     pub fn flush(&self, stop: &dyn Fn() -> bool) -> io::Result<()> {
         lock(&self.out).flush(stop)
+    }
+}
+
+impl<W: Write + AsFd, R: Read> Console<W, R> {
+    /// Exiting at once: writes what the console holds, as far as stdout takes it without
+    /// waiting (nothing if a VM holds the lock: that VM is blocked on stdout).
+    pub fn flush_without_waiting(&self) {
+        let mut out = match self.out.try_lock() {
+            Ok(out) => out,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let Output { w, buf } = &mut *out;
+        let mut rest = &buf[..];
+        while !rest.is_empty() && signals::writable_now(w.as_fd()) {
+            match w.write(rest) {
+                Ok(n) if n > 0 => rest = &rest[n..],
+                _ => break,
+            }
+        }
     }
 }
 

@@ -1,62 +1,90 @@
-//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4, §5). The run loop hands every I/O exit here as plain
-//! bytes; nothing in this file knows about KVM.
+//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4, §5). The run loop hands every I/O
+//! exit here as plain bytes, with guest RAM for the file port's bulk commands; nothing in
+//! this file knows about KVM.
 //!
 //! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::fs::File;
 use std::io;
 
-use crate::fileio::{FILE_PORT, FileDevice, GuestRam};
+use crate::fileio::{Completed, FILE_PORT, FileDevice, GuestRam};
 use crate::hostfs::{self, ShortWrite};
 use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
+use crate::signals::Interruptible;
 
 /// Why a port access ends the VM.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoError {
-    /// The guest broke the port's rules (e.g. a 2-byte access to 0xE9).
-    Guest(String),
-    /// The host side failed (e.g. stdout is closed).
+    /// The guest broke the port's rules.
+    Guest(GuestError),
+    /// The host side failed (e.g. stdout is closed): the message.
     Host(String),
     /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
     Stopped,
 }
 
-/// All ports of one VM. It borrows the VM's guest RAM (`'m`), for the file port's bulk commands.
-#[derive(Debug)]
-pub struct Devices<'m> {
-    /// `vmN (image)`, for warnings.
-    label: String,
-    pub serial: Serial<File, File>,
-    /// Port 0x0278: the guest's files.
-    pub files: FileDevice,
-    /// Unknown ports already warned about (one warning per VM and port).
-    warned: Vec<u16>,
-    /// Guest RAM.
-    mem: &'m Mmap,
+/// A rule of a port that the guest broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestError {
+    /// A 2- or 4-byte access to the serial port, which moves single bytes.
+    WideSerial { size: u32, out: bool },
 }
 
-impl<'m> Devices<'m> {
-    pub fn new(label: String, serial: Serial<File, File>, files: FileDevice, mem: &'m Mmap) -> Devices<'m> {
-        Devices { label, serial, files, warned: Vec::new(), mem }
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GuestError::WideSerial { size, out } => write!(
+                f,
+                "{size}-byte {} serial port {SERIAL_PORT:#x} (it takes single bytes)",
+                if out { "out on" } else { "in on" }
+            ),
+        }
+    }
+}
+
+/// How many unknown ports of one VM get a warning each; past them, one line says the rest go
+/// unreported (docs/REFERENCE.md §4).
+pub const WARNED_PORTS: usize = 16;
+
+/// All ports of one VM.
+#[derive(Debug)]
+pub struct Devices {
+    /// `vmN (image)`, for warnings.
+    label: String,
+    pub serial: Serial<Interruptible, Interruptible>,
+    /// Port 0x0278: the guest's files.
+    files: FileDevice,
+    /// With `--trace`: the file requests completed during the last exit, for the trace.
+    completed: Vec<Completed>,
+    /// Unknown ports already warned about (one warning per VM and port, at most 16).
+    warned: Vec<u16>,
+}
+
+impl Devices {
+    pub fn new(label: String, serial: Serial<Interruptible, Interruptible>, files: FileDevice) -> Devices {
+        Devices { label, serial, files, completed: Vec::new(), warned: Vec::new() }
     }
 
-    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `stop()`
-    /// says whether the VM is being stopped (a blocked stdout write then gives up).
-    pub fn out(&mut self, port: u16, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `ram`: guest
+    /// RAM, for the file port's bulk commands. `stop()` says whether the VM is being stopped
+    /// (a blocked stdout write then gives up).
+    pub fn out(
+        &mut self,
+        port: u16,
+        size: u8,
+        data: &[u8],
+        ram: &Mmap,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), IoError> {
         match port {
-            SERIAL_PORT => {
-                serial_size(size, "out")?;
-                self.serial.write(data, stop).map_err(output_error)
-            }
+            SERIAL_PORT => self.serial_out(size, data, stop),
             FILE_PORT => {
                 for access in data.chunks(usize::from(size)) {
-                    self.files.out(access, self.mem);
-                    // With --trace: the request this access completed, decoded (else always None).
-                    if let Some(completed) = self.files.take_completed() {
-                        diag!("trace: {} {completed}", self.label);
-                    }
+                    self.files.out(access, ram);
+                    self.completed.extend(self.files.take_completed());
                 }
                 Ok(())
             }
@@ -67,11 +95,22 @@ impl<'m> Devices<'m> {
         }
     }
 
+    /// With `--trace`: the file requests the last exit completed (none without `--trace`).
+    pub fn completed(&mut self) -> std::vec::Drain<'_, Completed> {
+        self.completed.drain(..)
+    }
+
+    /// Bytes for the serial port (also those KVM queued in the coalesced ring).
+    pub fn serial_out(&mut self, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        serial_size(size, true)?;
+        self.serial.write(data, stop).map_err(output_error)
+    }
+
     /// `in`: fill `data`, `data.len() / size` accesses of `size` bytes.
     pub fn inp(&mut self, port: u16, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => {
-                serial_size(size, "in")?;
+                serial_size(size, false)?;
                 self.serial.read(data, stop).map_err(output_error)
             }
             FILE_PORT => {
@@ -95,13 +134,21 @@ impl<'m> Devices<'m> {
     }
 
     fn warn_once(&mut self, port: u16, what: &str, effect: &str) {
-        if !self.warned.contains(&port) {
-            self.warned.push(port);
+        if self.warned.len() > WARNED_PORTS || self.warned.contains(&port) {
+            return;
+        }
+        self.warned.push(port);
+        if self.warned.len() > WARNED_PORTS {
             diag!(
-                "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+                "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
                 self.label
             );
+            return;
         }
+        diag!(
+            "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+            self.label
+        );
     }
 }
 
@@ -128,10 +175,6 @@ fn output_error(e: std::io::Error) -> IoError {
 }
 
 /// Port 0xE9 moves single bytes: a 2- or 4-byte access is a guest error (docs/REFERENCE.md §3).
-fn serial_size(size: u8, what: &str) -> Result<(), IoError> {
-    if size == 1 {
-        Ok(())
-    } else {
-        Err(IoError::Guest(format!("{size}-byte {what} on serial port {SERIAL_PORT:#x} (it takes single bytes)")))
-    }
+fn serial_size(size: u8, out: bool) -> Result<(), IoError> {
+    if size == 1 { Ok(()) } else { Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out })) }
 }

@@ -252,7 +252,6 @@ impl From<SharedFileError> for String {
 /// Checked at startup, before any VM starts. A DIR that does not exist yet is fine: it is
 /// created at the first write-open. A DIR that exists and is not a directory, or cannot even be
 /// looked at (it lies under a regular file, no permission, ...), could never be used.
-#[cfg_attr(not(test), expect(dead_code, reason = "not called by main.rs yet"))]
 pub fn check_files_dir(dir: Option<&Path>) -> Result<PathBuf, FilesDirError> {
     let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(PathBuf::new());

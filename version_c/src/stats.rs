@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::kvm::VcpuExit;
 
 /// Exits and bytes of one I/O port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,9 +33,44 @@ pub struct Stats {
     pub in_guest: Duration,
     /// Time between `KVM_RUN`s, handling exits (measured with `--stats` only).
     pub handling: Duration,
+    /// `--stats`: read the clock around every `KVM_RUN`.
+    clock: bool,
+    /// When the last `KVM_RUN` was entered, and when it returned (with `clock` only).
+    entered: Option<Instant>,
+    left: Option<Instant>,
 }
 
 impl Stats {
+    /// `clock`: time `KVM_RUN` and the handling of exits (`--stats`).
+    pub fn new(clock: bool) -> Stats {
+        Stats { clock, ..Stats::default() }
+    }
+
+    /// Just before `KVM_RUN`.
+    pub fn entering(&mut self) {
+        if self.clock {
+            let now = Instant::now();
+            if let Some(left) = self.left {
+                self.handling += now - left;
+            }
+            self.entered = Some(now);
+        }
+    }
+
+    /// Just after `KVM_RUN`: counts the exit.
+    pub fn left(&mut self, exit: &io::Result<VcpuExit>) {
+        if let Some(entered) = self.entered.take() {
+            let now = Instant::now();
+            self.in_guest += now - entered;
+            self.left = Some(now);
+        }
+        match exit {
+            Ok(VcpuExit::Io(io)) => self.io(io.port, io.out, io.bytes() as u64),
+            Ok(VcpuExit::Hlt) => self.hlt(),
+            _ => self.other(),
+        }
+    }
+
     pub fn io(&mut self, port: u16, out: bool, bytes: u64) {
         self.exits += 1;
         let p = match self.ports.iter().position(|p| p.port == port) {

@@ -1,39 +1,66 @@
-//! One VM's life: build it, then the `KVM_RUN` loop (docs/REFERENCE.md §2).
+//! One VM's life: create it, then run it until it halts or fails (docs/REFERENCE.md §2).
 //!
-//! C counterpart: `run_vm` (after `vm_init`): set up long mode and segments, load the image,
-//! set RIP/RSP/RFLAGS, then loop on `KVM_RUN` and `switch (run->exit_reason)`.
+//! C counterpart: `run_vm`, in its order:
+//! 1. [`Vm::create`]: `vm_init` (the VM, its RAM, its vCPU), `setup_long_mode` and
+//!    `setup_segments_64` (page tables, control registers, segments), `load_guest_image`, and
+//!    the registers (RIP 0, RSP, RFLAGS 2);
+//! 2. [`Vm::run`]: `while (stop == 0) { ioctl(KVM_RUN); switch (run->exit_reason) ... }`, a
+//!    `match` with one arm per exit reason, each arm one call;
+//! 3. the VM's output flushed and a failure reported; `Drop` does `vm_destroy`.
 //!
-//! The loop is: run → drain the coalesced serial ring (if on) → decide what the exit means
-//! ([`on_exit`], a pure function) → act on it. Port output to 0xE9 may go through the ring
-//! (KVM queues the bytes and exits only when the ring is full), switched on lazily once a VM
-//! has written [`COALESCE_AFTER`] serial bytes: registering it makes the process's exit slower
-//! by a fixed ~16 ms (the kernel's teardown of the zone), which short runs should not pay.
+//! What the C does not have enters the loop at one named hook each, a no-op when off:
+//! `self.interrupts` (a stop, pause or drain from outside: `signals.rs`), `self.ring` (serial
+//! output batched by KVM: `serial_ring.rs`), `self.stats` (`--stats`: `stats.rs`), `self.trace`
+//! (`--trace`: `trace.rs`) and `self.debugger` (`--gdb`: `gdb.rs`).
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
 use crate::devices::{Devices, IoError};
 use crate::gdb::{Debugger, Resume, Stop};
 use crate::image::Image;
-use crate::kvm::{Kvm, KvmRegs, KvmSregs, Mmap, Requests, StopReason, Vcpu, VcpuExit, Vm, VmFd};
+use crate::kvm::{self, DebugExit, IoExit, Kvm, KvmRegs, KvmSregs, VcpuExit};
 use crate::long_mode::{self, Layout};
 use crate::serial::SERIAL_PORT;
+use crate::serial_ring::{DRAIN_EVERY, SerialRing};
+use crate::signals::{Interrupts, StopReason, Wake};
 use crate::stats::Stats;
+use crate::trace::Trace;
 
-/// Serial bytes a VM writes through plain exits before its port goes through the ring.
-pub const COALESCE_AFTER: u64 = 256;
+/// How long a stopped VM's last output may wait for a stdout that takes nothing.
+const GRACE: Duration = Duration::from_millis(100);
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The guest executed `hlt`.
     Halted,
-    /// Crash, KVM error, guest error or timeout: the one-line reason.
-    Failed(String),
+    Failed(Failure),
 }
 
-/// What `run_vm` hands back to `main`.
+/// Why a VM failed: the reason in its one-line diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// An exit that ends the VM (a crash, a KVM error).
+    Exit(VcpuExit),
+    /// `KVM_RUN` or another ioctl failed: the message.
+    Kvm(String),
+    /// A port access that ended the VM.
+    Io(IoError),
+    /// Stopped from outside; `Some(t)`: by `--timeout t`.
+    Stopped(StopReason, Option<Duration>),
+    /// A debug exit with no debugger attached.
+    UnexpectedDebug(u64),
+    /// `k` in gdb.
+    Killed,
+    /// The VM could not be created, or its thread could not start or panicked (version B, C).
+    #[allow(dead_code)] // version A creates its one VM before it runs anything
+    NotRun(String),
+}
+
+/// What `run` hands back to `main`.
 #[derive(Debug)]
 pub struct Report {
     pub outcome: Outcome,
@@ -41,374 +68,262 @@ pub struct Report {
     pub wall: Duration,
 }
 
-/// Per-run switches from the command line.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
+/// What a VM needs besides its image: a name, its ports, how it hears signals, the options.
+#[derive(Debug)]
+pub struct Setup {
+    /// `vmN (image path)`, for messages.
+    pub label: String,
+    pub devices: Devices,
+    pub interrupts: Interrupts,
     pub trace: bool,
     pub stats: bool,
-    pub timeout: Option<Duration>,
-    /// Send port 0xE9 output through KVM's coalesced ring when it can (`--no-coalesce`: never).
+    /// Not `--no-coalesce`.
     pub coalesce: bool,
+    /// stdout is a terminal (the serial ring then needs draining now and then).
+    pub line_buffered: bool,
+    pub timeout: Option<Duration>,
+    pub debugger: Option<Debugger>,
 }
 
-/// C: `vm_init` + `setup_long_mode` + `setup_segments_64` + `load_guest_image` + the register
-/// setup at the top of `run_vm`. The page tables go to the top of RAM, the image to 0.
-pub fn create(kvm: &Kvm, layout: &Layout, image: &Image) -> io::Result<Vm> {
-    let vm = Vm::new(kvm, layout.mem_size as usize)?;
-    vm.mem.write(layout.tables_base() as usize, &layout.page_tables())?;
-    vm.mem.write(0, &image.bytes)?;
-    let sregs = long_mode::long_mode_sregs(vm.vcpu.get_sregs()?, layout);
-    vm.vcpu.set_sregs(&sregs)?;
-    vm.vcpu.set_regs(&long_mode::initial_regs(layout))?;
-    Ok(vm)
+/// A VM that runs: it owns everything its loop touches (C: `struct vm` and the locals of
+/// `run_vm`).
+#[derive(Debug)]
+pub struct Vm {
+    /// The fds, guest RAM and the run area.
+    kvm: kvm::Vm,
+    /// The ports the guest sees.
+    devices: Devices,
+    label: String,
+    line_buffered: bool,
+    timeout: Option<Duration>,
+    // One hook each:
+    interrupts: Interrupts,
+    ring: SerialRing,
+    stats: Stats,
+    trace: Trace,
+    debugger: Option<Debugger>,
 }
 
-/// What the loop does after `KVM_RUN` returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
-    /// Hand this I/O exit to the devices, then run again.
-    Io { out: bool, port: u16, size: u8, count: u32, data_offset: usize },
-    /// Run again (a stray signal, `EAGAIN`, a drain request).
-    Resume,
-    /// The guest executed `hlt`: the VM ends normally.
-    Halt,
-    /// Stopped from outside (`--timeout`, Ctrl-C): the VM ends as failed.
-    Stop(StopReason),
-    /// The debugger asked for the guest to stop (gdb's Ctrl-C); without one, run again.
-    Pause,
-    /// A debug exception (breakpoint, single step): only the debugger asks for these.
-    Trap { exception: u32, pc: u64, dr6: u64, dr7: u64 },
-    /// The VM cannot go on: the one-line reason.
-    Fail(String),
-}
-
-/// Whether `KVM_RUN` came back because of a signal, so that the requests of a kick are to be
-/// taken ([`Vcpu::take_requests`]) and handed to [`on_exit`].
-pub fn interrupted(result: &io::Result<VcpuExit>) -> bool {
-    match result {
-        Ok(exit) => *exit == VcpuExit::Intr,
-        Err(e) => e.kind() == io::ErrorKind::Interrupted,
+impl Vm {
+    /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the register setup at the top of
+    /// `run_vm`. The page tables go to the top of RAM, the image to 0.
+    pub fn create(kvm: &Kvm, layout: &Layout, image: &Image, setup: Setup) -> io::Result<Vm> {
+        let vm = kvm::Vm::new(kvm, layout.mem_size as usize)?;
+        vm.mem.write(layout.tables_base() as usize, &layout.page_tables())?;
+        vm.mem.write(0, &image.bytes)?;
+        let sregs = long_mode::long_mode_sregs(vm.vcpu.get_sregs()?, layout);
+        vm.vcpu.set_sregs(&sregs)?;
+        vm.vcpu.set_regs(&long_mode::initial_regs(layout))?;
+        // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
+        vm.vcpu.set_signal_mask(setup.interrupts.listener().run_mask()?.bits())?;
+        let ring = SerialRing::new(&vm.vcpu, setup.coalesce, setup.trace, setup.stats, &setup.label);
+        Ok(Vm {
+            kvm: vm,
+            devices: setup.devices,
+            trace: Trace::new(setup.trace, &setup.label),
+            label: setup.label,
+            line_buffered: setup.line_buffered,
+            timeout: setup.timeout,
+            interrupts: setup.interrupts,
+            ring,
+            stats: Stats::new(setup.stats),
+            debugger: setup.debugger,
+        })
     }
-}
 
-/// What an exit means (C: the `switch (run->exit_reason)`). `requests`: what a kick asked
-/// for, when the exit was a signal's ([`interrupted`]); empty otherwise.
-pub fn on_exit(result: &io::Result<VcpuExit>, requests: Requests) -> Next {
-    if interrupted(result) {
-        return match requests {
-            Requests { stop: Some(reason), .. } => Next::Stop(reason),
-            Requests { pause: true, .. } => Next::Pause,
-            _ => Next::Resume, // a drain request, or a signal that was not ours
-        };
+    /// Runs the guest until it halts or fails, then writes out its output and reports a
+    /// failure on stderr (one line naming the VM, the reason and RIP, then the registers).
+    pub fn run(mut self) -> Report {
+        let start = Instant::now();
+        let kick = self.interrupts.kick().clone();
+        let outcome = kick.deliver_here(|| {
+            let outcome = self.run_loop();
+            self.finish(outcome)
+        });
+        Report { outcome, stats: std::mem::take(&mut self.stats), wall: start.elapsed() }
     }
-    match result {
-        Ok(VcpuExit::Io { out, port, size, count, data_offset }) => {
-            Next::Io { out: *out, port: *port, size: *size, count: *count, data_offset: *data_offset }
-        }
-        Ok(VcpuExit::Hlt) => Next::Halt,
-        Ok(VcpuExit::Debug { exception, pc, dr6, dr7 }) => {
-            Next::Trap { exception: *exception, pc: *pc, dr6: *dr6, dr7: *dr7 }
-        }
-        Ok(exit) => Next::Fail(describe_exit(exit)),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Next::Resume,
-        Err(e) => Next::Fail(e.to_string()),
-    }
-}
 
-/// C: the `KVM_RUN` loop of `run_vm`. Runs until the guest halts or fails, then flushes its
-/// output; a failure is reported on stderr at once, with a register dump. `vm_fd` is for
-/// switching the serial ring on; `mem` is guest RAM; `gdb`, with `--gdb` for VM 0, stops the
-/// guest before its first instruction and serves the debugger whenever it is stopped.
-pub fn run_vm(
-    vcpu: &mut Vcpu,
-    vm_fd: &VmFd,
-    mem: &Mmap,
-    devices: &mut Devices,
-    label: &str,
-    opts: &RunOptions,
-    gdb: Option<Debugger>,
-) -> Report {
-    let start = Instant::now();
-    let mut stats = Stats::default();
-    let kick = match vcpu.kick_handle() {
-        Ok(kick) => kick,
-        Err(e) => {
-            let outcome = Outcome::Failed(format!("cannot install the kick signal handler: {e}"));
-            return Report { outcome, stats, wall: start.elapsed() };
+    /// C: the `KVM_RUN` loop of `run_vm` and its `switch (run->exit_reason)`.
+    fn run_loop(&mut self) -> Outcome {
+        if let Some(end) = self.debug(Stop::Start) {
+            return end;
         }
-    };
-    // Kicks (timeout, Ctrl-C, ring drains) reach this thread while it runs the loop and while
-    // it writes out the last output.
-    let outcome = kick.deliver_here(|| {
-        let cx = Context { vm_fd, mem, label, opts };
-        let mut outcome = run_loop(vcpu, devices, &mut stats, gdb, &cx);
-        // However the VM ended, its output reaches stdout (unless it is being stopped while
-        // stdout does not take it: then what is left is lost).
-        let stop = || vcpu.stop_requested().is_some();
-        if let Err(e) = devices.finish(&stop) {
-            if outcome == Outcome::Halted {
-                outcome = Outcome::Failed(describe_io_error(e));
+        loop {
+            // Signals taken while a port waited: act on them before entering the guest again.
+            if self.interrupts.has_taken()
+                && let Some(end) = self.on_signal()
+            {
+                return end;
             }
+            self.stats.entering();
+            let exit = self.kvm.vcpu.run(); // C: ioctl(v.vcpu_fd, KVM_RUN, 0)
+            self.stats.left(&exit);
+            if let Some(end) = self.drain_ring() {
+                return end;
+            }
+            let end = match exit {
+                Ok(VcpuExit::Io(io)) => self.on_io(io),
+                Ok(VcpuExit::Hlt) => self.on_hlt(),
+                Ok(VcpuExit::Debug(trap)) => self.on_debug(trap),
+                Ok(VcpuExit::Intr) => self.on_signal(),
+                Ok(crash) => self.on_crash(Failure::Exit(crash)),
+                Err(ref e) => self.on_crash(Failure::Kvm(e.to_string())),
+            };
+            self.trace.exit(&self.kvm.vcpu, self.stats.exits, &exit);
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the devices.
+    fn on_io(&mut self, io: IoExit) -> Option<Outcome> {
+        let stop = || self.interrupts.stop_requested().is_some();
+        if let Err(e) = move_io(&self.kvm.vcpu, &mut self.devices, &io, &self.kvm.mem, &stop) {
+            return Some(self.io_failure(e));
+        }
+        for request in self.devices.completed() {
+            self.trace.file(&self.kvm.vcpu, &request);
+        }
+        if io.out && io.port == SERIAL_PORT && self.ring.count(io.count.into(), &self.kvm.fd, &self.label) {
+            self.on_ring();
+        }
+        None
+    }
+
+    /// `KVM_EXIT_HLT` (C: `case KVM_EXIT_HLT: stop = 1`): the guest is done.
+    fn on_hlt(&mut self) -> Option<Outcome> {
+        if let Some(gdb) = &mut self.debugger {
+            gdb.exited();
+        }
+        Some(Outcome::Halted)
+    }
+
+    /// `KVM_EXIT_DEBUG`: a breakpoint or a single step, for the debugger.
+    fn on_debug(&mut self, trap: DebugExit) -> Option<Outcome> {
+        match self.debugger {
+            None => Some(Outcome::Failed(Failure::UnexpectedDebug(trap.pc))),
+            Some(_) => self.debug(Stop::Trap { dr6: trap.dr6 }),
+        }
+    }
+
+    /// `KVM_RUN` came back early (`EINTR`): a stop, a pause, or nothing to do but run on.
+    fn on_signal(&mut self) -> Option<Outcome> {
+        match self.interrupts.wake() {
+            Wake::Stop(reason) => Some(self.stopped(reason)),
+            Wake::Pause => self.debug(Stop::Interrupt),
+            Wake::Resume => None,
+        }
+    }
+
+    /// An exit that ends the VM (C: `case KVM_EXIT_SHUTDOWN`, and what the C leaves out).
+    fn on_crash(&mut self, failure: Failure) -> Option<Outcome> {
+        // The debugger sees the crash first (registers as they were); then the VM ends.
+        let _ = self.debug(Stop::Crash);
+        Some(Outcome::Failed(failure))
+    }
+
+    /// Hook: serial bytes waiting in KVM's coalesced ring go out before this exit is handled.
+    fn drain_ring(&mut self) -> Option<Outcome> {
+        let stop = || self.interrupts.stop_requested().is_some();
+        let drained = self.ring.drain(&self.kvm.vcpu, &mut self.devices, &mut self.stats, &self.label, &stop);
+        drained.err().map(|e| self.io_failure(e))
+    }
+
+    /// The ring has just gone on: on a terminal, it must be drained now and then.
+    fn on_ring(&mut self) {
+        if self.line_buffered {
+            self.interrupts.drain_every(DRAIN_EVERY);
+        }
+    }
+
+    /// Hook: hands a stop to the debugger, if one is attached; `Some` ends the VM. A debugger
+    /// that detached is dropped: the guest runs on as if there had been none.
+    fn debug(&mut self, why: Stop) -> Option<Outcome> {
+        let gdb = self.debugger.as_mut()?;
+        let stop = || self.interrupts.stop_requested().is_some();
+        match gdb.stopped(&self.kvm.vcpu, &self.kvm.mem, why, &stop) {
+            Resume::Go => None,
+            Resume::Kill => Some(Outcome::Failed(Failure::Killed)),
+            Resume::Detached => {
+                self.debugger = None;
+                None
+            }
+        }
+    }
+
+    /// The outcome of a port access that ended the VM.
+    fn io_failure(&self, e: IoError) -> Outcome {
+        match e {
+            IoError::Stopped => self.stopped(self.interrupts.stop_requested().unwrap_or(StopReason::Interrupted)),
+            e => Outcome::Failed(Failure::Io(e)),
+        }
+    }
+
+    fn stopped(&self, reason: StopReason) -> Outcome {
+        Outcome::Failed(Failure::Stopped(reason, self.timeout))
+    }
+
+    /// However the VM ended, its output reaches stdout (a stopped VM's only while stdout takes
+    /// it), and a failure is reported.
+    fn finish(&mut self, mut outcome: Outcome) -> Outcome {
+        self.interrupts.give_output(GRACE);
+        let stop = || self.interrupts.stop_requested().is_some();
+        if let Err(e) = self.devices.finish(&stop)
+            && outcome == Outcome::Halted
+        {
+            outcome = Outcome::Failed(Failure::Io(e));
+        }
+        if let Outcome::Failed(failure) = &outcome {
+            report_failure(&self.kvm.vcpu, &self.label, failure);
         }
         outcome
-    });
-    if let Outcome::Failed(reason) = &outcome {
-        report_failure(vcpu, label, reason);
-    }
-    Report { outcome, stats, wall: start.elapsed() }
-}
-
-/// What the loop only reads: the VM fd (to switch the serial ring on), guest RAM (for the
-/// debugger), the VM's label and the options.
-struct Context<'a> {
-    vm_fd: &'a VmFd,
-    mem: &'a Mmap,
-    label: &'a str,
-    opts: &'a RunOptions,
-}
-
-fn run_loop(
-    vcpu: &mut Vcpu,
-    devices: &mut Devices,
-    stats: &mut Stats,
-    mut gdb: Option<Debugger>,
-    cx: &Context,
-) -> Outcome {
-    let Context { vm_fd, mem, label, opts } = *cx;
-    let mut ring = Ring::new(vcpu, opts, label);
-    if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Start) {
-        return outcome;
-    }
-    let mut left_guest = opts.stats.then(Instant::now);
-    loop {
-        let entered = left_guest.map(|t| {
-            let now = Instant::now();
-            stats.handling += now - t;
-            now
-        });
-        let result = vcpu.run();
-        if let Some(t) = entered {
-            let now = Instant::now();
-            stats.in_guest += now - t;
-            left_guest = Some(now);
-        }
-        // What the guest wrote through the ring comes before whatever this exit is.
-        if ring.on {
-            if let Err(e) = ring.drain(vcpu, devices, stats, label, opts.trace) {
-                return io_failure(vcpu, e, opts);
-            }
-        }
-        let requests = if interrupted(&result) { vcpu.take_requests() } else { Requests::default() };
-        let next = on_exit(&result, requests);
-        if opts.trace && !matches!(next, Next::Io { .. }) {
-            trace(vcpu, label, stats.exits + 1, &result);
-        }
-        match next {
-            Next::Io { out, port, size, count, data_offset } => {
-                stats.io(port, out, u64::from(size) * u64::from(count));
-                let handled = handle_io(vcpu, devices, out, port, size, count as usize, data_offset);
-                if opts.trace {
-                    trace(vcpu, label, stats.exits, &result); // after handling: shows an `in`'s answer too
-                }
-                if let Err(e) = handled {
-                    return io_failure(vcpu, e, opts);
-                }
-                if out && port == SERIAL_PORT {
-                    ring.count(u64::from(count), vm_fd, label, opts);
-                }
-            }
-            Next::Resume => stats.other(),
-            Next::Pause => {
-                stats.other();
-                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Interrupt) {
-                    return outcome;
-                }
-            }
-            Next::Halt => {
-                stats.hlt();
-                if let Some(gdb) = &mut gdb {
-                    gdb.exited();
-                }
-                return Outcome::Halted;
-            }
-            Next::Stop(reason) => {
-                stats.other();
-                return stopped(reason, opts);
-            }
-            Next::Trap { pc, dr6, .. } => {
-                stats.other();
-                if gdb.is_none() {
-                    return Outcome::Failed(format!("unexpected debug exit at {pc:#x} (no debugger attached)"));
-                }
-                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Trap { dr6 }) {
-                    return outcome;
-                }
-            }
-            Next::Fail(reason) => {
-                stats.other();
-                // The debugger sees the crash first (registers as they were); then the VM ends.
-                let _ = debug_stop(&mut gdb, vcpu, mem, Stop::Crash);
-                return Outcome::Failed(reason);
-            }
-        }
-    }
-}
-
-/// Hands a stop to the debugger, if one is attached; `Some` ends the VM. A detached debugger is
-/// dropped: the guest runs on as if there had been none.
-fn debug_stop(gdb: &mut Option<Debugger>, vcpu: &Vcpu, mem: &Mmap, why: Stop) -> Option<Outcome> {
-    match gdb.as_mut()?.stopped(vcpu, mem, why) {
-        Resume::Go => None,
-        Resume::Kill => Some(Outcome::Failed("killed by the debugger".to_owned())),
-        Resume::Detached => {
-            *gdb = None;
-            None
-        }
-    }
-}
-
-/// Port 0xE9 output through KVM's coalesced ring (`KVM_CAP_COALESCED_PIO`).
-#[derive(Debug)]
-struct Ring {
-    /// Whether the zone is registered (bytes may be waiting in the ring).
-    on: bool,
-    /// Whether it may still be switched on.
-    can: bool,
-    /// Serial bytes written through plain exits so far.
-    plain_bytes: u64,
-}
-
-impl Ring {
-    fn new(vcpu: &Vcpu, opts: &RunOptions, label: &str) -> Ring {
-        let can = opts.coalesce && vcpu.has_coalesced_ring();
-        if opts.coalesce && !can && (opts.trace || opts.stats) {
-            diag!(
-                "mini_hypervisor: {label}: this KVM cannot coalesce port writes (no KVM_CAP_COALESCED_PIO): one exit per serial byte"
-            );
-        }
-        Ring { on: false, can, plain_bytes: 0 }
-    }
-
-    /// Counts serial bytes sent through plain exits; past [`COALESCE_AFTER`], registers the
-    /// port as a coalesced zone (once; a failure only means it stays off).
-    fn count(&mut self, bytes: u64, vm_fd: &VmFd, label: &str, opts: &RunOptions) {
-        self.plain_bytes += bytes;
-        if !self.can || self.plain_bytes < COALESCE_AFTER {
-            return;
-        }
-        self.can = false;
-        match vm_fd.register_coalesced_pio(SERIAL_PORT, 1) {
-            Ok(()) => {
-                self.on = true;
-                if opts.trace {
-                    diag!("trace: {label}: serial port {SERIAL_PORT:#x} now goes through the coalesced ring");
-                }
-            }
-            Err(e) if opts.trace || opts.stats => {
-                diag!("mini_hypervisor: {label}: cannot coalesce serial output ({e}): one exit per byte")
-            }
-            Err(_) => {}
-        }
-    }
-
-    /// Hands every byte waiting in the ring to the serial port, in order.
-    fn drain(
-        &mut self,
-        vcpu: &Vcpu,
-        devices: &mut Devices,
-        stats: &mut Stats,
-        label: &str,
-        trace: bool,
-    ) -> Result<(), IoError> {
-        let mut chunk = [0u8; 64];
-        let (mut n, mut total, mut first_slot) = (0, 0u64, None);
-        let stop = || vcpu.stop_requested().is_some();
-        while let Some((slot, entry)) = vcpu.pop_coalesced().map_err(host)? {
-            first_slot.get_or_insert(slot);
-            if entry.pio != 1 || entry.phys_addr != u64::from(SERIAL_PORT) || entry.len != 1 {
-                return Err(IoError::Guest(format!(
-                    "{}-byte out on serial port {SERIAL_PORT:#x} (it takes single bytes; found in the coalesced ring)",
-                    entry.len
-                )));
-            }
-            chunk[n] = entry.data[0];
-            n += 1;
-            total += 1;
-            if n == chunk.len() {
-                devices.out(SERIAL_PORT, 1, &chunk, &stop)?;
-                n = 0;
-            }
-        }
-        if n > 0 {
-            devices.out(SERIAL_PORT, 1, &chunk[..n], &stop)?;
-        }
-        if let Some(first) = first_slot {
-            stats.ring(total);
-            if trace {
-                let last = (u64::from(first) + total - 1) % u64::from(crate::kvm::RING_MAX);
-                diag!("trace: {label}: ring drain: {total} serial bytes from slots {first}..={last}");
-            }
-        }
-        Ok(())
     }
 }
 
 /// One I/O exit: `count` accesses of `size` bytes, handed to the devices in order, through a
-/// small stack buffer (no allocation on the exit path).
-fn handle_io(
-    vcpu: &Vcpu,
+/// small stack buffer (no allocation on the exit path). `ram`: for the file port's bulk commands.
+fn move_io(
+    vcpu: &kvm::Vcpu,
     devices: &mut Devices,
-    out: bool,
-    port: u16,
-    size: u8,
-    count: usize,
-    data_offset: usize,
+    io: &IoExit,
+    ram: &kvm::Mmap,
+    stop: &dyn Fn() -> bool,
 ) -> Result<(), IoError> {
-    let total = usize::from(size) * count;
+    let total = io.bytes();
     let mut chunk = [0u8; 512]; // a multiple of every access size
-    let stop = || vcpu.stop_requested().is_some();
+    let host = |e: io::Error| IoError::Host(e.to_string());
     let mut done = 0;
     while done < total {
         let buf = &mut chunk[..(total - done).min(512)];
-        if out {
-            vcpu.io_data(data_offset, done, buf).map_err(host)?;
-            devices.out(port, size, buf, &stop)?;
+        if io.out {
+            vcpu.io_data(io, done, buf).map_err(host)?;
+            devices.out(io.port, io.size, buf, ram, stop)?;
         } else {
-            devices.inp(port, size, buf, &stop)?;
-            vcpu.set_io_data(data_offset, done, buf).map_err(host)?;
+            devices.inp(io.port, io.size, buf, stop)?;
+            vcpu.set_io_data(io, done, buf).map_err(host)?;
         }
         done += buf.len();
     }
     Ok(())
 }
 
-fn host(e: io::Error) -> IoError {
-    IoError::Host(e.to_string())
-}
-
-/// The outcome of a port access that ended the VM.
-fn io_failure(vcpu: &Vcpu, e: IoError, opts: &RunOptions) -> Outcome {
-    match e {
-        IoError::Stopped => stopped(vcpu.stop_requested().unwrap_or(StopReason::Interrupted), opts),
-        e => Outcome::Failed(describe_io_error(e)),
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Exit(exit) => f.write_str(&describe_exit(exit)),
+            Failure::Kvm(message) => f.write_str(message),
+            Failure::Io(IoError::Guest(e)) => write!(f, "guest error: {e}"),
+            Failure::Io(IoError::Host(message)) => f.write_str(message),
+            Failure::Io(IoError::Stopped) => f.write_str("stopped"),
+            Failure::Stopped(StopReason::Timeout, Some(t)) => write!(f, "timed out after {} s", t.as_secs_f64()),
+            Failure::Stopped(StopReason::Timeout, None) => f.write_str("timed out"),
+            Failure::Stopped(StopReason::Interrupted, _) => f.write_str("interrupted (SIGINT/SIGTERM)"),
+            Failure::UnexpectedDebug(pc) => write!(f, "unexpected debug exit at {pc:#x} (no debugger attached)"),
+            Failure::Killed => f.write_str("killed by the debugger"),
+            Failure::NotRun(why) => f.write_str(why),
+        }
     }
-}
-
-fn describe_io_error(e: IoError) -> String {
-    match e {
-        IoError::Guest(m) => format!("guest error: {m}"),
-        IoError::Host(m) => m,
-        IoError::Stopped => "stopped".to_owned(),
-    }
-}
-
-/// A VM stopped from outside: by `--timeout`, or by SIGINT/SIGTERM.
-fn stopped(reason: StopReason, opts: &RunOptions) -> Outcome {
-    Outcome::Failed(match (reason, opts.timeout) {
-        (StopReason::Timeout, Some(t)) => format!("timed out after {} s", t.as_secs_f64()),
-        (StopReason::Timeout, None) => "timed out".to_owned(),
-        (StopReason::Interrupted, _) => "interrupted (SIGINT/SIGTERM)".to_owned(),
-    })
 }
 
 /// The one-line reason for an exit that ends the VM.
@@ -435,20 +350,24 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
             format!("malformed I/O exit from KVM: size {size}, count {count}, data offset {data_offset:#x}")
         }
         VcpuExit::Unknown(reason) => format!("unhandled KVM exit reason {reason}"),
-        VcpuExit::Io { .. } | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::Debug { .. } => {
+        VcpuExit::Io(_) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::Debug(_) => {
             format!("unexpected exit {exit:?}")
         }
     }
 }
 
 /// The diagnostic of a failed VM: one line naming the VM, the reason and RIP, then the registers.
-fn report_failure(vcpu: &Vcpu, label: &str, reason: &str) {
+fn report_failure(vcpu: &kvm::Vcpu, label: &str, failure: &Failure) {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
         (Ok(regs), Ok(sregs)) => {
-            diag!("mini_hypervisor: {label}: failed at RIP {:#x}: {reason}\n{}", regs.rip, register_dump(&regs, &sregs))
+            diag!(
+                "mini_hypervisor: {label}: failed at RIP {:#x}: {failure}\n{}",
+                regs.rip,
+                register_dump(&regs, &sregs)
+            )
         }
         (Err(e), _) | (_, Err(e)) => {
-            diag!("mini_hypervisor: {label}: failed: {reason} (registers unavailable: {e})")
+            diag!("mini_hypervisor: {label}: failed: {failure} (registers unavailable: {e})")
         }
     }
 }
@@ -473,105 +392,46 @@ pub fn register_dump(r: &KvmRegs, s: &KvmSregs) -> String {
     lines.join("\n")
 }
 
-/// `--trace`: one line per exit, with the first (up to 8) bytes an I/O exit moved.
-fn trace(vcpu: &Vcpu, label: &str, n: u64, result: &io::Result<VcpuExit>) {
-    let rip = vcpu.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".to_owned());
-    match result {
-        Ok(VcpuExit::Io { out, port, size, count, data_offset }) => {
-            let mut first = [0u8; 8];
-            let n_bytes = (usize::from(*size) * *count as usize).min(first.len());
-            let data = match vcpu.io_data(*data_offset, 0, &mut first[..n_bytes]) {
-                Ok(()) => first[..n_bytes].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
-                Err(_) => "?".to_owned(),
-            };
-            diag!(
-                "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{data}] rip={rip}",
-                if *out { "out" } else { "in" }
-            );
-        }
-        Ok(exit) => diag!("trace: {label} exit {n}: {exit:?} rip={rip}"),
-        Err(e) => diag!("trace: {label} exit {n}: KVM_RUN returned an error: {e} rip={rip}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ok(exit: VcpuExit) -> io::Result<VcpuExit> {
-        Ok(exit)
-    }
-
-    fn err(errno: i32) -> io::Result<VcpuExit> {
-        Err(io::Error::from_raw_os_error(errno))
-    }
-
-    const NONE: Requests = Requests { stop: None, pause: false, drain: false };
+    use crate::devices::GuestError;
 
     #[test]
-    fn hlt_ends_the_vm_normally_and_io_goes_to_the_devices() {
-        assert_eq!(on_exit(&ok(VcpuExit::Hlt), NONE), Next::Halt);
-        let io = VcpuExit::Io { out: true, port: 0xe9, size: 1, count: 3, data_offset: 4096 };
-        assert_eq!(on_exit(&ok(io), NONE), Next::Io { out: true, port: 0xe9, size: 1, count: 3, data_offset: 4096 });
-    }
-
-    #[test]
-    fn a_signal_resumes_unless_a_kick_asked_to_stop_or_pause() {
-        for interrupted in [err(libc::EINTR), ok(VcpuExit::Intr)] {
-            assert_eq!(on_exit(&interrupted, NONE), Next::Resume, "a stray signal");
-            let drain = Requests { drain: true, ..NONE };
-            assert_eq!(on_exit(&interrupted, drain), Next::Resume, "a drain does not stop the guest");
-            let pause = Requests { pause: true, drain: true, ..NONE };
-            assert_eq!(on_exit(&interrupted, pause), Next::Pause);
-            for reason in [StopReason::Timeout, StopReason::Interrupted] {
-                let stop = Requests { stop: Some(reason), pause: true, drain: true };
-                assert_eq!(on_exit(&interrupted, stop), Next::Stop(reason), "a stop wins over a pause");
-            }
-        }
-    }
-
-    #[test]
-    fn eagain_is_retried_and_other_run_errors_end_the_vm() {
-        assert_eq!(on_exit(&err(libc::EAGAIN), NONE), Next::Resume);
-        let Next::Fail(reason) = on_exit(&err(libc::EFAULT), NONE) else { panic!("EFAULT must fail") };
-        assert!(reason.contains("Bad address"), "{reason}");
-        // Requests are only read for a signal's exit: a stop pending at an ordinary exit waits.
-        let stop = Requests { stop: Some(StopReason::Timeout), ..NONE };
-        assert_eq!(on_exit(&ok(VcpuExit::Hlt), stop), Next::Halt);
-    }
-
-    #[test]
-    fn each_crash_exit_has_its_one_line_reason() {
-        let cases: [(VcpuExit, &str); 6] = [
-            (VcpuExit::Shutdown, "triple fault (KVM_EXIT_SHUTDOWN)"),
+    fn each_failure_has_its_one_line_reason() {
+        let cases: [(Failure, &str); 11] = [
+            (Failure::Exit(VcpuExit::Shutdown), "triple fault (KVM_EXIT_SHUTDOWN)"),
             (
-                VcpuExit::Mmio { phys_addr: 0x1000_0000, len: 4, is_write: true },
+                Failure::Exit(VcpuExit::Mmio { phys_addr: 0x1000_0000, len: 4, is_write: true }),
                 "MMIO write of 4 bytes at guest-physical 0x10000000",
             ),
             (
-                VcpuExit::FailEntry { reason: 0x21, cpu: 1 },
+                Failure::Exit(VcpuExit::FailEntry { reason: 0x21, cpu: 1 }),
                 "VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason 0x21 on cpu 1",
             ),
             (
-                VcpuExit::InternalError { suberror: 1 },
+                Failure::Exit(VcpuExit::InternalError { suberror: 1 }),
                 "an instruction this host's KVM cannot emulate (SSE arithmetic, int3",
             ),
-            (VcpuExit::BadIo { size: 3, count: 1, data_offset: 0x1000 }, "malformed I/O exit from KVM: size 3"),
-            (VcpuExit::Unknown(99), "unhandled KVM exit reason 99"),
+            (
+                Failure::Exit(VcpuExit::BadIo { size: 3, count: 1, data_offset: 0x1000 }),
+                "malformed I/O exit from KVM: size 3",
+            ),
+            (Failure::Exit(VcpuExit::Unknown(99)), "unhandled KVM exit reason 99"),
+            (Failure::Kvm("KVM_RUN: Bad address".to_owned()), "KVM_RUN: Bad address"),
+            (
+                Failure::Io(IoError::Guest(GuestError::WideSerial { size: 2, out: true })),
+                "guest error: 2-byte out on serial port 0xe9",
+            ),
+            (Failure::Stopped(StopReason::Timeout, Some(Duration::from_millis(1500))), "timed out after 1.5 s"),
+            (Failure::Stopped(StopReason::Interrupted, None), "interrupted (SIGINT/SIGTERM)"),
+            (Failure::UnexpectedDebug(0x42), "unexpected debug exit at 0x42"),
         ];
-        for (exit, want) in cases {
-            match on_exit(&ok(exit), NONE) {
-                Next::Fail(reason) => assert!(reason.contains(want), "{exit:?}: {reason}"),
-                other => panic!("{exit:?} must end the VM, got {other:?}"),
-            }
+        for (failure, want) in cases {
+            let text = failure.to_string();
+            assert!(text.contains(want), "{failure:?}: {text}");
         }
-        let Next::Fail(other) = on_exit(&ok(VcpuExit::InternalError { suberror: 3 }), NONE) else { panic!() };
+        let other = Failure::Exit(VcpuExit::InternalError { suberror: 3 }).to_string();
         assert!(!other.contains("emulate"), "only suberror 1 is an emulation failure: {other}");
-    }
-
-    #[test]
-    fn a_debug_exit_goes_to_the_debugger() {
-        let exit = VcpuExit::Debug { exception: 1, pc: 0x42, dr6: 0x4000, dr7: 0x400 };
-        assert_eq!(on_exit(&ok(exit), NONE), Next::Trap { exception: 1, pc: 0x42, dr6: 0x4000, dr7: 0x400 });
     }
 }

@@ -617,7 +617,15 @@ fn trace_says_why_the_file_device_said_no() {
 /// `trace: vm0 (<image>) file `.
 fn file_trace(r: &Run, image: &str) -> Vec<String> {
     let start = format!("trace: vm0 ({image}) file ");
-    r.stderr.lines().filter_map(|l| l.strip_prefix(&start)).map(str::to_owned).collect()
+    let lines = r.stderr.lines().filter_map(|l| l.strip_prefix(&start));
+    // Each line ends with the RIP of the `out` that completed the request.
+    lines
+        .map(|l| {
+            let (request, rip) = l.rsplit_once(" rip=0x").unwrap_or_else(|| panic!("no RIP in: {l}"));
+            assert!(u64::from_str_radix(rip, 16).is_ok(), "{l}");
+            request.to_owned()
+        })
+        .collect()
 }
 
 #[test]

@@ -187,12 +187,6 @@ impl FileDevice {
         self.completed = None;
     }
 
-    /// [`FileDevice::trace_requests`]`(true)`, for a caller that has the VM's label at hand.
-    /// The label is not kept: whoever prints the events names the VM.
-    pub fn set_trace(&mut self, _label: String) {
-        self.trace_requests(true);
-    }
-
     /// The request completed by the last `out`, if any (only while tracing): take it after each
     /// `out` access, or the next completed request replaces it. Costs one test of a `None`
     /// when not tracing.

@@ -1,0 +1,373 @@
+//! `<linux/kvm.h>`, the part this hypervisor uses, declared by hand: ioctl numbers built from
+//! their argument *type* by `const fn` encoders (`_IO`, `_IOR`, `_IOW`), and the `#[repr(C)]`
+//! structs with the C field names (`type_` for `type`) and their padding spelled out.
+//!
+//! C counterpart: the `#include <linux/kvm.h>` at the top of `mini_hypervisor.c`.
+//! A wrong size or offset does not build (the `const` asserts below), and `tests/layout.rs`
+//! compares every number, size and offset here with what the C compiler computes from the
+//! kernel's own header.
+#![allow(unsafe_code)] // only the `unsafe impl Pod` markers, each with its SAFETY line
+
+use std::mem::{offset_of, size_of};
+
+// ---------------------------------------------------------------------------------------------
+// 1. ioctl numbers
+// ---------------------------------------------------------------------------------------------
+
+// asm-generic/ioctl.h (x86-64): nr 8 bits @0, type 8 bits @8, size 14 bits @16, dir 2 bits @30.
+pub const IOC_NONE: u32 = 0;
+pub const IOC_WRITE: u32 = 1;
+pub const IOC_READ: u32 = 2;
+const KVMIO: u32 = 0xAE;
+
+const fn ioc(dir: u32, nr: u32, size: usize) -> u64 {
+    assert!(size < (1 << 14), "argument too large for _IOC_SIZEBITS");
+    ((dir << 30) | ((size as u32) << 16) | (KVMIO << 8) | nr) as u64
+}
+/// `_IO(KVMIO, nr)`: no argument, or an integer argument.
+const fn io(nr: u32) -> u64 {
+    ioc(IOC_NONE, nr, 0)
+}
+/// `_IOR(KVMIO, nr, T)`: the kernel writes a `T`.
+const fn ior<T>(nr: u32) -> u64 {
+    ioc(IOC_READ, nr, size_of::<T>())
+}
+/// `_IOW(KVMIO, nr, T)`: the kernel reads a `T`.
+const fn iow<T>(nr: u32) -> u64 {
+    ioc(IOC_WRITE, nr, size_of::<T>())
+}
+
+/// The argument size encoded in an ioctl number (`_IOC_SIZE`).
+pub const fn ioc_size(req: u64) -> usize {
+    ((req >> 16) & 0x3fff) as usize
+}
+
+/// The direction encoded in an ioctl number (`_IOC_DIR`): `IOC_NONE`, `IOC_READ`, `IOC_WRITE`.
+pub const fn ioc_dir(req: u64) -> u32 {
+    ((req >> 30) & 3) as u32
+}
+
+pub const KVM_GET_API_VERSION: u64 = io(0x00);
+pub const KVM_CREATE_VM: u64 = io(0x01);
+pub const KVM_CHECK_EXTENSION: u64 = io(0x03);
+pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
+pub const KVM_CREATE_VCPU: u64 = io(0x41);
+pub const KVM_SET_USER_MEMORY_REGION: u64 = iow::<KvmUserspaceMemoryRegion>(0x46);
+pub const KVM_REGISTER_COALESCED_MMIO: u64 = iow::<KvmCoalescedMmioZone>(0x67);
+pub const KVM_RUN: u64 = io(0x80);
+pub const KVM_GET_REGS: u64 = ior::<KvmRegs>(0x81);
+pub const KVM_SET_REGS: u64 = iow::<KvmRegs>(0x82);
+pub const KVM_GET_SREGS: u64 = ior::<KvmSregs>(0x83);
+pub const KVM_SET_SREGS: u64 = iow::<KvmSregs>(0x84);
+pub const KVM_SET_GUEST_DEBUG: u64 = iow::<KvmGuestDebug>(0x9b);
+/// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`: the size encoded is that of the 4-byte header
+/// (`len`); the mask itself follows it ([`KvmSignalMask`]).
+pub const KVM_SET_SIGNAL_MASK: u64 = ioc(IOC_WRITE, 0x8b, 4);
+
+// The literals, checked against gcc on this machine (see also tests/layout.rs).
+const _: () = assert!(KVM_GET_API_VERSION == 0xAE00);
+const _: () = assert!(KVM_CREATE_VM == 0xAE01);
+const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
+const _: () = assert!(KVM_GET_VCPU_MMAP_SIZE == 0xAE04);
+const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
+const _: () = assert!(KVM_SET_USER_MEMORY_REGION == 0x4020_AE46);
+const _: () = assert!(KVM_REGISTER_COALESCED_MMIO == 0x4010_AE67);
+const _: () = assert!(KVM_RUN == 0xAE80);
+const _: () = assert!(KVM_GET_REGS == 0x8090_AE81);
+const _: () = assert!(KVM_SET_REGS == 0x4090_AE82);
+const _: () = assert!(KVM_GET_SREGS == 0x8138_AE83);
+const _: () = assert!(KVM_SET_SREGS == 0x4138_AE84);
+const _: () = assert!(KVM_SET_GUEST_DEBUG == 0x4048_AE9B);
+const _: () = assert!(KVM_SET_SIGNAL_MASK == 0x4004_AE8B);
+
+/// The only API version there has ever been (`KVM_API_VERSION`).
+pub const KVM_API_VERSION: i32 = 12;
+/// `KVM_CAP_COALESCED_MMIO`: the page offset of the coalesced ring in the vCPU mapping (0: none).
+pub const KVM_CAP_COALESCED_MMIO: u64 = 15;
+/// `KVM_CAP_COALESCED_PIO`: a coalesced zone may cover I/O ports (Linux 4.19+).
+pub const KVM_CAP_COALESCED_PIO: u64 = 162;
+
+// Exit reasons (`kvm_run.exit_reason`).
+pub const KVM_EXIT_IO: u32 = 2;
+pub const KVM_EXIT_DEBUG: u32 = 4;
+pub const KVM_EXIT_HLT: u32 = 5;
+pub const KVM_EXIT_MMIO: u32 = 6;
+pub const KVM_EXIT_SHUTDOWN: u32 = 8;
+pub const KVM_EXIT_FAIL_ENTRY: u32 = 9;
+pub const KVM_EXIT_INTR: u32 = 10;
+pub const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
+pub const KVM_EXIT_IO_IN: u8 = 0;
+pub const KVM_EXIT_IO_OUT: u8 = 1;
+
+// `kvm_guest_debug.control` bits.
+pub const KVM_GUESTDBG_ENABLE: u32 = 0x1;
+pub const KVM_GUESTDBG_SINGLESTEP: u32 = 0x2;
+pub const KVM_GUESTDBG_USE_HW_BP: u32 = 0x2_0000;
+
+// ---------------------------------------------------------------------------------------------
+// 2. Structs of <linux/kvm.h>, field names as in C (`type_` for `type`), padding spelled out
+// ---------------------------------------------------------------------------------------------
+
+/// `struct kvm_regs`: the general-purpose registers.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// `struct kvm_segment`: a segment register with its hidden descriptor part.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmSegment {
+    pub base: u64,
+    pub limit: u32,
+    pub selector: u16,
+    pub type_: u8,
+    pub present: u8,
+    pub dpl: u8,
+    pub db: u8,
+    pub s: u8,
+    pub l: u8,
+    pub g: u8,
+    pub avl: u8,
+    pub unusable: u8,
+    pub padding: u8,
+}
+
+/// `struct kvm_dtable`: GDTR / IDTR.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmDtable {
+    pub base: u64,
+    pub limit: u16,
+    pub padding: [u16; 3],
+}
+
+/// `struct kvm_sregs`: segments, descriptor tables, control registers, EFER.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmSregs {
+    pub cs: KvmSegment,
+    pub ds: KvmSegment,
+    pub es: KvmSegment,
+    pub fs: KvmSegment,
+    pub gs: KvmSegment,
+    pub ss: KvmSegment,
+    pub tr: KvmSegment,
+    pub ldt: KvmSegment,
+    pub gdt: KvmDtable,
+    pub idt: KvmDtable,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub cr8: u64,
+    pub efer: u64,
+    pub apic_base: u64,
+    /// `(KVM_NR_INTERRUPTS + 63) / 64` words.
+    pub interrupt_bitmap: [u64; 4],
+}
+
+/// `struct kvm_userspace_memory_region`: one slot of guest-physical memory.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmUserspaceMemoryRegion {
+    pub slot: u32,
+    pub flags: u32,
+    pub guest_phys_addr: u64,
+    pub memory_size: u64,
+    pub userspace_addr: u64,
+}
+
+/// `struct kvm_guest_debug` (x86: `arch` is `struct kvm_guest_debug_arch { __u64 debugreg[8]; }`):
+/// which debug features KVM turns on for the vCPU, and the debug registers DR0–DR7 it loads.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmGuestDebug {
+    pub control: u32,
+    pub pad: u32,
+    pub debugreg: [u64; 8],
+}
+
+/// `struct kvm_coalesced_mmio_zone`: a range of guest-physical addresses (or, with `pio = 1`,
+/// of I/O ports) whose writes KVM queues in the coalesced ring instead of exiting.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmCoalescedMmioZone {
+    pub addr: u64,
+    pub size: u32,
+    /// A union in C: `pad` before Linux 4.19, `pio` since.
+    pub pio: u32,
+}
+
+/// `struct kvm_coalesced_mmio`: one queued write in the ring.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmCoalescedMmio {
+    pub phys_addr: u64,
+    pub len: u32,
+    /// A union in C: `pad` before Linux 4.19, `pio` since.
+    pub pio: u32,
+    pub data: [u8; 8],
+}
+
+/// `struct kvm_signal_mask` followed by the mask it announces: `len` is the size of the
+/// kernel's `sigset_t` (8 on x86-64), then the mask, bit `n - 1` for signal `n`. While a vCPU
+/// is inside `KVM_RUN`, this is its thread's signal mask.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmSignalMask {
+    pub len: u32,
+    pub sigset: [u32; 2],
+}
+
+// `struct kvm_run` is 2352 bytes, most of which we never touch. We declare the offsets we read
+// and the small exit structs that live in its union at offset 32, and read them by value.
+
+/// Offset of `kvm_run.exit_reason` (u32).
+pub const RUN_EXIT_REASON: usize = 8;
+/// Offset of the exit union in `kvm_run`.
+pub const RUN_EXIT_UNION: usize = 32;
+/// Offsets in `struct kvm_coalesced_mmio_ring` (at its page of the vCPU mapping): the indices
+/// `first` (we consume from it) and `last` (KVM adds at it), then the entries.
+pub const RING_FIRST: usize = 0;
+pub const RING_LAST: usize = 4;
+pub const RING_ENTRIES: usize = 8;
+
+/// `kvm_run.io`, valid when `exit_reason == KVM_EXIT_IO`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmRunIo {
+    pub direction: u8,
+    pub size: u8,
+    pub port: u16,
+    pub count: u32,
+    /// From the start of the run area (not of the struct), usually one page in.
+    pub data_offset: u64,
+}
+
+/// `kvm_run.mmio`, valid when `exit_reason == KVM_EXIT_MMIO`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmRunMmio {
+    pub phys_addr: u64,
+    pub data: [u8; 8],
+    pub len: u32,
+    pub is_write: u8,
+    pub padding: [u8; 3],
+}
+
+/// `kvm_run.fail_entry`, valid when `exit_reason == KVM_EXIT_FAIL_ENTRY`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmRunFailEntry {
+    pub hardware_entry_failure_reason: u64,
+    pub cpu: u32,
+    pub padding: u32,
+}
+
+/// The first fields of `kvm_run.internal`, valid when `exit_reason == KVM_EXIT_INTERNAL_ERROR`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmRunInternal {
+    pub suberror: u32,
+    pub ndata: u32,
+}
+
+/// `kvm_run.debug.arch` (`struct kvm_debug_exit_arch`), valid when `exit_reason == KVM_EXIT_DEBUG`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KvmDebugExitArch {
+    pub exception: u32,
+    pub pad: u32,
+    pub pc: u64,
+    pub dr6: u64,
+    pub dr7: u64,
+}
+
+// A wrong layout does not build.
+const _: () = {
+    assert!(size_of::<KvmRegs>() == 144 && align_of::<KvmRegs>() == 8);
+    assert!(offset_of!(KvmRegs, rip) == 128 && offset_of!(KvmRegs, rflags) == 136);
+    assert!(size_of::<KvmSegment>() == 24);
+    assert!(offset_of!(KvmSegment, limit) == 8 && offset_of!(KvmSegment, selector) == 12);
+    assert!(offset_of!(KvmSegment, type_) == 14 && offset_of!(KvmSegment, unusable) == 22);
+    assert!(size_of::<KvmDtable>() == 16 && offset_of!(KvmDtable, limit) == 8);
+    assert!(size_of::<KvmSregs>() == 312 && align_of::<KvmSregs>() == 8);
+    assert!(offset_of!(KvmSregs, gdt) == 192 && offset_of!(KvmSregs, idt) == 208);
+    assert!(offset_of!(KvmSregs, cr0) == 224 && offset_of!(KvmSregs, cr3) == 240);
+    assert!(offset_of!(KvmSregs, cr4) == 248 && offset_of!(KvmSregs, efer) == 264);
+    assert!(offset_of!(KvmSregs, interrupt_bitmap) == 280);
+    assert!(size_of::<KvmUserspaceMemoryRegion>() == 32);
+    assert!(offset_of!(KvmUserspaceMemoryRegion, userspace_addr) == 24);
+    assert!(size_of::<KvmGuestDebug>() == 72 && offset_of!(KvmGuestDebug, debugreg) == 8);
+    assert!(size_of::<KvmCoalescedMmioZone>() == 16 && offset_of!(KvmCoalescedMmioZone, pio) == 12);
+    assert!(size_of::<KvmCoalescedMmio>() == 24 && offset_of!(KvmCoalescedMmio, data) == 16);
+    assert!(size_of::<KvmRunIo>() == 16 && offset_of!(KvmRunIo, count) == 4);
+    assert!(offset_of!(KvmRunIo, data_offset) == 8);
+    assert!(size_of::<KvmRunMmio>() == 24 && offset_of!(KvmRunMmio, len) == 16);
+    assert!(offset_of!(KvmRunMmio, is_write) == 20);
+    assert!(size_of::<KvmRunFailEntry>() == 16 && offset_of!(KvmRunFailEntry, cpu) == 8);
+    assert!(size_of::<KvmRunInternal>() == 8 && offset_of!(KvmRunInternal, ndata) == 4);
+    assert!(size_of::<KvmDebugExitArch>() == 32 && offset_of!(KvmDebugExitArch, pc) == 8);
+    assert!(size_of::<KvmSignalMask>() == 12 && offset_of!(KvmSignalMask, sigset) == 4);
+};
+
+/// Plain-old-data types: any bytes make a valid value, and no value holds an address the
+/// kernel would follow. Only these are copied out of guest memory or the run area
+/// ([`super::Mmap::read_obj`]) or handed to an ioctl by the safe wrappers.
+/// `KvmUserspaceMemoryRegion` is deliberately not `Pod`: it carries a host address that the
+/// kernel keeps using, so only the `unsafe fn` that registers guest RAM may pass one.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other
+/// `Pod` structs, have no padding bytes that are not spelled out as fields (so every bit
+/// pattern is a valid value and every byte of a value is initialised), and hold no field that
+/// the kernel takes for an address.
+pub unsafe trait Pod: Copy + Default {}
+// SAFETY: each of these is a #[repr(C)] struct of integers (or of other such structs) with
+// explicit padding fields, checked for hidden gaps by the const block above, and none has a
+// field the kernel takes for an address (the `data_offset` of KvmRunIo is an offset into the
+// run area, read by us, never passed back).
+unsafe impl Pod for KvmRegs {}
+// SAFETY: as above.
+unsafe impl Pod for KvmSregs {}
+// SAFETY: as above.
+unsafe impl Pod for KvmGuestDebug {}
+// SAFETY: as above.
+unsafe impl Pod for KvmCoalescedMmioZone {}
+// SAFETY: as above.
+unsafe impl Pod for KvmCoalescedMmio {}
+// SAFETY: as above.
+unsafe impl Pod for KvmRunIo {}
+// SAFETY: as above.
+unsafe impl Pod for KvmRunMmio {}
+// SAFETY: as above.
+unsafe impl Pod for KvmRunFailEntry {}
+// SAFETY: as above.
+unsafe impl Pod for KvmRunInternal {}
+// SAFETY: as above.
+unsafe impl Pod for KvmDebugExitArch {}
+// SAFETY: as above.
+unsafe impl Pod for KvmSignalMask {}
+// SAFETY: u32 and u64 are integers.
+unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for u64 {}
