@@ -44,7 +44,6 @@ pub struct Config {
     pub stats: bool,
     pub trace: bool,
     /// `--gdb <port>`: vm0 waits for a debugger on 127.0.0.1:port before its first instruction.
-    #[allow(dead_code)] // wired up in main.rs
     pub gdb: Option<u16>,
     /// Batch port 0xE9 output in a kernel ring when KVM can (`--no-coalesce`: false).
     pub coalesce: bool,
@@ -138,55 +137,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
         };
         match name.as_str() {
-            "-m" | "--memory" => {
-                let v = value("2, 4 or 8 (MiB)")?;
-                let mib = match v.as_bytes() {
-                    b"2" => 2,
-                    b"4" => 4,
-                    b"8" => 8,
-                    _ => return err(format!("invalid memory size '{}': use 2, 4 or 8 (MiB)", v.to_string_lossy())),
-                };
-                set_once(&mut mem, "-m/--memory", mib * MIB)?;
-            }
-            "-p" | "--page" => {
-                let v = value("4 (KiB) or 2 (MiB)")?;
-                let p = match v.as_bytes() {
-                    b"4" => PageSize::Small4K,
-                    b"2" => PageSize::Large2M,
-                    _ => {
-                        return err(format!("invalid page size '{}': use 4 (4 KiB) or 2 (2 MiB)", v.to_string_lossy()));
-                    }
-                };
-                set_once(&mut page, "-p/--page", p)?;
-            }
-            "--timeout" => {
-                let v = value("a number of seconds")?;
-                let secs: Option<f64> = v.to_str().and_then(|s| s.parse().ok());
-                match secs {
-                    Some(s) if s > 0.0 && s.is_finite() && s < 1e9 => {
-                        set_once(&mut timeout, "--timeout", Duration::from_secs_f64(s))?
-                    }
-                    _ => {
-                        return err(format!(
-                            "invalid timeout '{}': use a number of seconds above 0",
-                            v.to_string_lossy()
-                        ));
-                    }
-                }
-            }
-            "--gdb" => {
-                let v = value("a TCP port number from 1 to 65535")?;
-                let port = v.to_str().filter(|s| s.bytes().all(|c| c.is_ascii_digit())).and_then(|s| s.parse().ok());
-                match port {
-                    Some(p) if p != 0 => set_once(&mut gdb, "--gdb", p)?,
-                    _ => {
-                        return err(format!(
-                            "invalid --gdb port '{}': use a TCP port number from 1 to 65535",
-                            v.to_string_lossy()
-                        ));
-                    }
-                }
-            }
+            "-m" | "--memory" => set_once(&mut mem, "-m/--memory", memory(&value("2, 4 or 8 (MiB)")?)?)?,
+            "-p" | "--page" => set_once(&mut page, "-p/--page", page_size(&value("4 (KiB) or 2 (MiB)")?)?)?,
+            "--timeout" => set_once(&mut timeout, "--timeout", seconds(&value("a number of seconds")?)?)?,
+            "--gdb" => set_once(&mut gdb, "--gdb", port(&value("a TCP port number from 1 to 65535")?)?)?,
             "-g" | "--guest" => take_list(&mut images, inline.take(), &mut args, &name, "at least one guest image")?,
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
@@ -210,6 +164,42 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         return err(format!("version A runs one guest image, got {} (version B runs several)", images.len()));
     }
     Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace, gdb, coalesce }))
+}
+
+/// `-m`: 2, 4 or 8 (MiB), as bytes.
+fn memory(v: &OsStr) -> Result<u64, UsageError> {
+    match v.as_bytes() {
+        b"2" => Ok(2 * MIB),
+        b"4" => Ok(4 * MIB),
+        b"8" => Ok(8 * MIB),
+        _ => err(format!("invalid memory size '{}': use 2, 4 or 8 (MiB)", v.to_string_lossy())),
+    }
+}
+
+/// `-p`: 4 (KiB pages) or 2 (MiB pages).
+fn page_size(v: &OsStr) -> Result<PageSize, UsageError> {
+    match v.as_bytes() {
+        b"4" => Ok(PageSize::Small4K),
+        b"2" => Ok(PageSize::Large2M),
+        _ => err(format!("invalid page size '{}': use 4 (4 KiB) or 2 (2 MiB)", v.to_string_lossy())),
+    }
+}
+
+/// `--timeout`: a number of seconds above 0.
+fn seconds(v: &OsStr) -> Result<Duration, UsageError> {
+    match v.to_str().and_then(|s| s.parse::<f64>().ok()) {
+        Some(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => err(format!("invalid timeout '{}': use a number of seconds above 0", v.to_string_lossy())),
+    }
+}
+
+/// `--gdb`: a TCP port, 1 to 65535, in decimal digits.
+fn port(v: &OsStr) -> Result<u16, UsageError> {
+    let port = v.to_str().filter(|s| s.bytes().all(|c| c.is_ascii_digit())).and_then(|s| s.parse().ok());
+    match port {
+        Some(p) if p != 0 => Ok(p),
+        _ => err(format!("invalid --gdb port '{}': use a TCP port number from 1 to 65535", v.to_string_lossy())),
+    }
 }
 
 /// `-g`: the inline value if any (not empty), then every following word that is not an option.
