@@ -96,9 +96,10 @@ lint:
 bench: all
 	$(CARGO) run -q --release -p bench -- $(foreach o,$(OTHER),--other $(o))
 
-# What each version adds to the one before, as a patch (build outputs left out). diff exits 1
-# when it finds differences, which is the point here; 2 (trouble) still fails.
-DIFF := diff -ru -x mini_hypervisor -x '*_files' -x '*.out'
+# What each version adds to the one before, as a patch (build outputs left out; a new file shows
+# as added lines). diff exits 1 when it finds differences, which is the point here; 2 (trouble)
+# still fails.
+DIFF := diff -ruN -x mini_hypervisor -x '*_files' -x '*.out'
 diff-ab:
 	@$(DIFF) version_a/src version_b/src; s=$$?; \
 	 $(DIFF) version_a/tests version_b/tests; t=$$?; [ $$s -le 1 ] && [ $$t -le 1 ]

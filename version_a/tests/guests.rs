@@ -192,6 +192,24 @@ fn unknown_ports_are_ignored_read_ff_and_warn_once_per_port() {
     }
 }
 
+/// A guest poking 1,000 unknown ports gets 16 warnings and one line saying the rest go
+/// unreported, not 1,000 lines; `--trace` still shows every access.
+#[test]
+fn unknown_ports_beyond_sixteen_are_not_reported_one_by_one() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("manyports.img")]);
+    assert_eq!((r.status, r.stdout()), (0, "500 ins read 0xff: yes\n".to_owned()), "{}", r.stderr);
+    let warnings: Vec<&str> = r.stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 17, "{}", r.stderr);
+    assert!(warnings[..16].iter().all(|l| l.contains("unknown port 0x4")), "{}", r.stderr);
+    assert!(warnings[16].ends_with("more unknown ports: not reported any more (--trace shows every access)"));
+    let traced = run(&["-q", "--trace", "-m", "2", "-p", "2", "-g", &guest("manyports.img")]);
+    let ports = traced.stderr.lines().filter(|l| l.contains(" port=0x") && !l.contains(" port=0xe9 ")).count();
+    assert!(ports >= 1000, "--trace shows every access: {ports} lines");
+}
+
 #[test]
 fn bad_images_are_refused_before_any_vm_starts() {
     let dir = std::env::temp_dir().join(format!("mh_images_{}", std::process::id()));

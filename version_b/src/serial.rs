@@ -97,13 +97,14 @@ impl<W: Write + AsFd, R: Read> Console<W, R> {
             Err(TryLockError::WouldBlock) => return,
         };
         let Output { w, buf } = &mut *out;
-        let mut rest = &buf[..];
-        while !rest.is_empty() && signals::writable_now(w.as_fd()) {
-            match w.write(rest) {
-                Ok(n) if n > 0 => rest = &rest[n..],
+        let mut written = 0;
+        while written < buf.len() && signals::writable_now(w.as_fd()) {
+            match w.write(&buf[written..]) {
+                Ok(n) if n > 0 => written += n,
                 _ => break,
             }
         }
+        buf.drain(..written);
     }
 }
 
@@ -374,6 +375,33 @@ mod tests {
         assert_eq!(one, *b"z");
         b.read(&mut one, &never).unwrap();
         assert_eq!(one, [EOF_BYTE]);
+    }
+
+    /// Exiting at once: what the console holds goes out as far as stdout takes it without
+    /// waiting, and nothing waits for a lock another VM holds.
+    #[test]
+    fn flushing_without_waiting_writes_what_stdout_takes_and_never_blocks() {
+        use std::io::Read as _;
+        use std::os::unix::net::UnixStream;
+        let (w, mut r) = UnixStream::pair().unwrap();
+        let c = Console::new(w.try_clone().unwrap(), &b""[..], false);
+        let mut s = Serial::new(Arc::new(c), Some("[vm0] ".into()));
+        s.write(b"printed\n", &never).unwrap();
+        let c = Arc::clone(&s.console);
+        c.flush_without_waiting();
+        let mut got = [0u8; 14];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"[vm0] printed\n");
+        // A stdout that takes nothing more: the call returns, the bytes stay where they are.
+        w.set_nonblocking(true).unwrap();
+        while (&w).write(&[0u8; 4096]).is_ok() {}
+        s.write(b"stuck\n", &never).unwrap();
+        c.flush_without_waiting();
+        assert_eq!(lock(&c.out).buf.len(), 12, "kept, not written, not lost");
+        // Another VM holds the lock (blocked on stdout): not waited for.
+        let held = lock(&c.out);
+        c.flush_without_waiting();
+        drop(held);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, guest, kvm_available};
+use common::{BIN, GUARD, Guarded, guest, kvm_available};
 
 /// Runs the binary with stdout a pipe that nobody reads (kept open), stderr collected; once
 /// stderr shows `signal_after`, sends SIGTERM. Kills it and fails past `guard`. Returns the
@@ -117,4 +117,34 @@ fn a_stderr_that_cannot_be_written_never_panics_and_the_exit_status_still_tells(
         assert_eq!(run_with_stderr(redirect, &["-m", "3", "-p", "2", "-g", &hello]), 2, "usage error {redirect}");
         assert_eq!(run_with_stderr(redirect, &["-m", "2", "-p", "2", "-g", "/nonexistent.img"]), 1, "{redirect}");
     }
+}
+
+/// coreutils `timeout` sends SIGTERM to the hypervisor and then to its process group: two
+/// signals in quick succession. They are one request to stop, and what the guest printed
+/// reaches stdout (a file here) every time.
+#[test]
+fn two_sigterms_at_once_from_timeout_1_lose_no_output() {
+    if !kvm_available() {
+        return;
+    }
+    if Command::new("timeout").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "timeout(1) (coreutils) is needed in CI");
+        eprintln!("SKIP: no timeout(1)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mh_timeout1_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out");
+    for run in 0..8 {
+        let script = format!("timeout 0.3 '{BIN}' -q -m 2 -p 4 -g '{}' > '{}'", guest("spin.img"), out.display());
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        let mut running = Guarded::command(command, GUARD);
+        running.input(b"", true);
+        let r = running.finish();
+        assert_eq!(r.status, 124, "timeout(1) ended it (run {run}): {}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "spinning\n", "run {run}: {}", r.stderr);
+        assert!(r.stderr.contains("interrupted (SIGINT/SIGTERM)"), "run {run}: {}", r.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
