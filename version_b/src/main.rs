@@ -252,7 +252,7 @@ fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, St
 /// Why no VM ran: one line, saying what to do where it can.
 #[derive(Debug)]
 enum StartError {
-    Image(String),
+    Image(image::ImageError),
     DevKvm(io::Error),
     Gdb(String),
     /// A system call of the setup failed: which, and why.
@@ -262,7 +262,8 @@ enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Image(message) | StartError::Gdb(message) => f.write_str(message),
+            StartError::Image(e) => write!(f, "{e}"),
+            StartError::Gdb(message) => f.write_str(message),
             StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
             StartError::Host(what, e) => write!(f, "{what}: {e}"),
         }

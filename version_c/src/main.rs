@@ -297,7 +297,7 @@ fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, St
 /// Why no VM ran: one line, saying what to do where it can.
 #[derive(Debug)]
 enum StartError {
-    Image(String),
+    Image(image::ImageError),
     /// A `-f` path or `--files-dir` that cannot be used.
     Files(String),
     DevKvm(io::Error),
@@ -309,7 +309,8 @@ enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Image(message) | StartError::Files(message) | StartError::Gdb(message) => f.write_str(message),
+            StartError::Image(e) => write!(f, "{e}"),
+            StartError::Files(message) | StartError::Gdb(message) => f.write_str(message),
             StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
             StartError::Host(what, e) => write!(f, "{what}: {e}"),
         }
