@@ -77,11 +77,11 @@ fn compare_all(config: &Config) -> Result<bool, String> {
             break;
         }
     }
-    println!("{}", table::summary(&rows));
     if let Some(signal) = sys::interrupted() {
         println!("interrupted by {}: the remaining runs were not made", runner::signal_name(signal));
     }
     finish_scratch(config, &root);
+    println!("{}", table::summary(&rows));
     let _ = std::io::stdout().flush();
     match trouble {
         Some(e) => Err(e),

@@ -87,8 +87,9 @@ impl Beside {
         self.stdout.lines().skip_while(|l| *l != row).skip(1).take_while(|l| l.starts_with("    ")).collect()
     }
 
+    /// The last line, which is the summary.
     fn summary(&self) -> &str {
-        self.stdout.lines().find(|l| l.ends_with(" failed")).unwrap_or("")
+        self.stdout.lines().last().unwrap_or("")
     }
 }
 
@@ -275,6 +276,7 @@ fn keep_leaves_the_scratch_directories_and_says_where() {
     args.push("--keep");
     let run = beside(&args, &[("TMPDIR", &dir)]);
     assert_eq!(run.status, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.summary(), "1 same, 0 different, 0 failed", "the summary comes last: {}", run.stdout);
     let line = run.stdout.lines().find(|l| l.starts_with("scratch directories kept in ")).expect(&run.stdout);
     let kept = PathBuf::from(line["scratch directories kept in ".len()..].split(' ').next().unwrap());
     assert!(kept.starts_with(&dir), "{}", kept.display());
