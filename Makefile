@@ -8,6 +8,10 @@
 #   make test      every test: unit, <linux/kvm.h> layout, real guests under /dev/kvm, the
 #                  guest image checks, identical shared files, and `make run-c` twice the same
 #   make bench     benchmark table (see README)
+#   make beside HV=PATH [VERSION=a|b|c] [TIMEOUT=10] [IGNORE=REGEX] [KEEP=1]
+#                  the example guests of a version (default c) on our binary and on another
+#                  hypervisor (the course's C solution, your own): one table of what differs;
+#                  without HV=, how to use it and how to build the course's C to compare with
 #   make diff-ab   what version B adds to A (diff -ru of src/ and tests/)
 #   make diff-bc   what version C adds to B
 #   make gdb       a short gdb session on a guest (see README, "Debugging a guest with GDB")
@@ -26,7 +30,7 @@ else
   CARGO_QUIET := -q
 endif
 
-.PHONY: all guests build run-a run-b run-c demo-check test lint bench diff-ab diff-bc gdb clean
+.PHONY: all guests build run-a run-b run-c demo-check test lint bench beside diff-ab diff-bc gdb clean
 
 all: guests build
 
@@ -95,6 +99,19 @@ lint:
 # make bench OTHER="path/to/another/hypervisor ..." sets other binaries beside ours.
 bench: all
 	$(CARGO) run -q --release -p bench -- $(foreach o,$(OTHER),--other $(o))
+
+# make beside HV=PATH: see the header, and `make beside` alone. The pattern comes to the recipe
+# through the environment (make exports command-line variables), so that no quote in it can
+# break the shell line; as everywhere in make, a `$` in it is written `$$`. The table's exit
+# status 1 (some row differs) is its answer, not a failure of make; 2 (trouble) still fails.
+VERSION ?= c
+TIMEOUT ?= 10
+beside: all
+	$(Q)if [ -z "$(HV)" ]; then $(RELEASE)/beside --help; exit 0; fi; \
+	set -- --timeout "$(TIMEOUT)"; \
+	if [ -n "$$IGNORE" ]; then set -- "$$@" --ignore "$$IGNORE"; fi; \
+	if [ "$(KEEP)" = 1 ]; then set -- "$$@" --keep; fi; \
+	$(RELEASE)/beside "$$@" -- "$(VERSION)" "$(HV)"; status=$$?; [ $$status -le 1 ]
 
 # What each version adds to the one before, as a patch (build outputs left out; a new file shows
 # as added lines). diff exits 1 when it finds differences, which is the point here; 2 (trouble)
