@@ -98,12 +98,19 @@ pub fn catch_interrupts() {
     }
 }
 
+/// The handler: two atomics and kill(2), which are async-signal-safe; `errno`, which kill(2)
+/// may change (ESRCH for a group already gone), is put back as the interrupted code left it.
 extern "C" fn on_interrupt(signal: libc::c_int) {
     INTERRUPTED.store(signal, Ordering::SeqCst);
     let pgid = RUNNING_GROUP.load(Ordering::SeqCst);
     if pgid > 1 {
+        // SAFETY: __errno_location returns the calling thread's errno slot, valid and aligned
+        // for the thread's life; reading it is a plain load.
+        let saved = unsafe { *libc::__errno_location() };
         // SAFETY: kill(2) is async-signal-safe and touches no memory of this process.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        // SAFETY: as above, a plain store into this thread's errno slot.
+        unsafe { *libc::__errno_location() = saved };
     }
 }
 
