@@ -104,13 +104,15 @@ extern "C" fn on_interrupt(signal: libc::c_int) {
     INTERRUPTED.store(signal, Ordering::SeqCst);
     let pgid = RUNNING_GROUP.load(Ordering::SeqCst);
     if pgid > 1 {
-        // SAFETY: __errno_location returns the calling thread's errno slot, valid and aligned
-        // for the thread's life; reading it is a plain load.
-        let saved = unsafe { *libc::__errno_location() };
+        // SAFETY: __errno_location has no preconditions; it returns the calling thread's errno
+        // slot, valid and aligned for the thread's life.
+        let errno = unsafe { libc::__errno_location() };
+        // SAFETY: `errno` is valid and aligned (above); a plain load.
+        let saved = unsafe { errno.read() };
         // SAFETY: kill(2) is async-signal-safe and touches no memory of this process.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         // SAFETY: as above, a plain store into this thread's errno slot.
-        unsafe { *libc::__errno_location() = saved };
+        unsafe { errno.write(saved) };
     }
 }
 
