@@ -93,7 +93,9 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let label = format!("vm0 ({})", image.path.display());
     let mut vm = vm::create(&kvm, &layout, &image).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
     let kick = vm.vcpu.kick_handle().map_err(|e| format!("cannot install the kick signal handler: {e}"))?;
-    let debugger = gdb_listener.take().map(|l| gdb::Debugger::new(l, kick.clone(), &image.path, data_watch));
+    let debugger = gdb_listener
+        .take()
+        .map(|l| gdb::Debugger::new(l, kick.clone(), &image.path, image.bytes.len() as u64, layout, data_watch));
     if !config.quiet {
         diag!(
             "mini_hypervisor: {label}: {} MiB RAM, {} pages, {} byte image",

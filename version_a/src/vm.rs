@@ -240,7 +240,7 @@ fn run_loop(
                 if gdb.is_none() {
                     return Outcome::Failed(format!("unexpected debug exit at {pc:#x} (no debugger attached)"));
                 }
-                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Trap { dr6 }) {
+                if let Some(outcome) = debug_stop(&mut gdb, vcpu, mem, Stop::Trap { pc, dr6 }) {
                     return outcome;
                 }
             }
@@ -257,7 +257,7 @@ fn run_loop(
 /// Hands a stop to the debugger, if one is attached; `Some` ends the VM. A detached debugger is
 /// dropped: the guest runs on as if there had been none.
 fn debug_stop(gdb: &mut Option<Debugger>, vcpu: &Vcpu, mem: &Mmap, why: Stop) -> Option<Outcome> {
-    match gdb.as_mut()?.stopped(vcpu, mem, why) {
+    match gdb.as_mut()?.on_stop(vcpu, mem, why, &|| vcpu.stop_requested().is_some()) {
         Resume::Go => None,
         Resume::Kill => Some(Outcome::Failed("killed by the debugger".to_owned())),
         Resume::Detached => {
