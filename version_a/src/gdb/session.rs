@@ -3,8 +3,6 @@
 //! whatever the packet: a malformed one gets `E01` or the empty reply.
 #![forbid(unsafe_code)]
 
-use std::io;
-
 use super::Stop;
 use super::breakpoints::{Breakpoints, DEBUG_REGS, MAX_EMULATED_WATCH, Slot, Watch, WatchKind};
 use super::monitor::{self, Machine};
@@ -260,19 +258,12 @@ impl Session {
             Ok(()) => reply("OK"),
             Err(e) => {
                 self.notes.push(format!(
-                    "mini_hypervisor: gdb: KVM refused {what} ({}): the registers are unchanged",
-                    describe(&e)
+                    "mini_hypervisor: gdb: KVM refused {what} ({e}): not a state this CPU can be in \
+                     (long mode needs CR0.PG and PE, CR4.PAE, EFER.LME and LMA); the registers are unchanged"
                 ));
                 reply(E_KVM)
             }
         }
-    }
-}
-
-fn describe(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EINVAL) => "KVM_SET_SREGS: invalid value for this CPU mode".to_owned(),
-        _ => e.to_string(),
     }
 }
 

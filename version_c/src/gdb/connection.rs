@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
@@ -116,15 +116,20 @@ impl Link {
 
     /// The guest is about to run: from now on 0x03 pauses it. A 0x03 that gdb sent after
     /// the resume but the reader saw before it (while the guest was stopped) is in the channel
-    /// already: it pauses the guest now.
+    /// already: it pauses the guest now. So does a reader that is gone already (gdb closed the
+    /// connection), so that the stub notices at once and detaches.
     pub fn run(&self, conn: &mut Conn) {
         let mut running = lock(&self.running);
         *running = true;
-        while let Ok(input) = conn.inputs.try_recv() {
-            if input == Input::Interrupt {
-                self.kick.pause();
-            } else {
-                conn.pending.push_back(input);
+        loop {
+            match conn.inputs.try_recv() {
+                Ok(Input::Interrupt) => self.kick.pause(),
+                Ok(input) => conn.pending.push_back(input),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.kick.pause();
+                    break;
+                }
             }
         }
     }
