@@ -51,12 +51,14 @@ fn parse_addr(text: &str) -> Option<u64> {
     }
 }
 
-/// A size in words: "2 MiB", "12 KiB", "100 bytes".
+/// A size in words: "2 MiB", "12 KiB", "100 bytes", "70000 bytes (68.4 KiB)".
 fn size(bytes: u64) -> String {
     if bytes >= MIB && bytes % MIB == 0 {
         format!("{} MiB", bytes / MIB)
     } else if bytes >= KIB && bytes % KIB == 0 {
         format!("{} KiB", bytes / KIB)
+    } else if bytes >= KIB {
+        format!("{bytes} bytes ({:.1} KiB)", bytes as f64 / KIB as f64)
     } else {
         format!("{bytes} bytes")
     }
@@ -213,6 +215,10 @@ mod tests {
         assert!(command(&m, &t, "walk xyz").contains("\"xyz\" is not an address"));
         assert!(command(&m, &t, "mem x").contains("takes no argument"));
         assert_eq!((parse_addr("0x1F"), parse_addr("31"), parse_addr("1f")), (Some(31), Some(31), None));
+        assert_eq!(
+            [size(2 * MIB), size(8 * KIB), size(100), size(70_000)],
+            ["2 MiB", "8 KiB", "100 bytes", "70000 bytes (68.4 KiB)"]
+        );
     }
 
     #[test]
@@ -252,7 +258,7 @@ mod tests {
         let t = FakeTarget::new(true);
         let out = command(&machine(), &t, "mem");
         assert!(out.starts_with("RAM: 4 MiB, guest-physical 0x0..0x400000"), "{out}");
-        assert!(out.contains("image: 4660 bytes"), "{out}");
+        assert!(out.contains("image: 4660 bytes (4.6 KiB)"), "{out}");
         assert!(out.contains("page tables: 5 pages of 4 KiB: PML4 0x3fb000"), "{out}");
         assert!(out.contains("stack top: RSP starts here"), "{out}");
         assert!(out.contains("now: RSP = 0x7 (above the stack top") || out.contains("now: RSP = 0x7 ("), "{out}");

@@ -10,7 +10,7 @@ use super::fake::{FakeTarget, RAM, session};
 use super::protocol::{Decoder, Input, PACKET_SIZE, checksum, to_hex};
 use super::session::Action;
 
-const PACKETS: usize = 20_000;
+const PACKETS: usize = 50_000;
 
 /// xorshift64*: small, seeded, good enough to pick packets.
 struct Rng(u64);
