@@ -14,6 +14,7 @@
 
 mod benches;
 mod harness;
+mod stepping;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -25,16 +26,17 @@ use harness::{Env, Hv, Row, progress};
 type Bench = fn(&Env) -> Result<Vec<Row>, String>;
 type Named = (&'static str, Bench);
 
-const BENCHES: [Named; 5] = [
+const BENCHES: [Named; 6] = [
     ("startup", benches::startup),
     ("serial", benches::serial),
     ("copy", benches::copy),
     ("vms", benches::many_vms),
     ("parallel", benches::parallel),
+    ("stepping", stepping::stepping),
 ];
 
 /// Files the benchmarks need, relative to the workspace root.
-const NEEDED: [&str; 9] = [
+const NEEDED: [&str; 10] = [
     "version_a/mini_hypervisor",
     "version_b/mini_hypervisor",
     "version_c/mini_hypervisor",
@@ -44,6 +46,7 @@ const NEEDED: [&str; 9] = [
     "guest/bench_bytecopy.img",
     "guest/bench_bulkcopy.img",
     "guest/compute.img",
+    "guest/bench_step.img",
 ];
 
 fn usage() -> String {

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use args::{Command, Config};
 use devices::Devices;
+use image::Image;
 use long_mode::{Layout, PageSize};
 use serial::Serial;
 use signals::{Interruptible, Interrupts, Kick, Listener};
@@ -80,7 +81,7 @@ fn run(config: &Config) -> Result<Report, StartError> {
     // --gdb: the port is taken before the VM is created; the VM waits there for the debugger.
     let gdb = config.gdb.map(gdb::listen).transpose().map_err(StartError::Gdb)?;
     let label = format!("vm0 ({})", image.path.display());
-    let setup = setup(config, &kvm, &label, gdb)?;
+    let setup = setup(config, &kvm, (&layout, &image), &label, gdb)?;
     announce(config, &label, image.bytes.len());
     let vm = Vm::create(&kvm, &layout, &image, setup).map_err(|e| StartError::Create(label.clone(), e))?;
     let report = vm.run();
@@ -89,11 +90,20 @@ fn run(config: &Config) -> Result<Report, StartError> {
 }
 
 /// The VM's ports, its signals and its extras (`--gdb`, `--trace`, `--stats`).
-fn setup(config: &Config, kvm: &kvm::Kvm, label: &str, gdb: Option<TcpListener>) -> Result<Setup, StartError> {
+fn setup(
+    config: &Config,
+    kvm: &kvm::Kvm,
+    (layout, image): (&Layout, &Image),
+    label: &str,
+    gdb: Option<TcpListener>,
+) -> Result<Setup, StartError> {
     // This thread runs the VM: it takes Ctrl-C, SIGTERM, the timer and the debugger's kicks.
     let listener = Arc::new(Listener::new(signals::ours()).map_err(|e| StartError::Host("signalfd", e))?);
     let kick = Kick::new();
-    let debugger = gdb.map(|l| gdb::Debugger::new(l, kick.clone(), &config.images[0], gdb::data_breakpoints_fire(kvm)));
+    let debugger = gdb.map(|l| {
+        let size = image.bytes.len() as u64;
+        gdb::Debugger::new(l, kick.clone(), &image.path, size, *layout, gdb::data_breakpoints_fire(kvm))
+    });
     let interrupts = Interrupts::owning_timer(Arc::clone(&listener), kick, config.timeout)
         .map_err(|e| StartError::Host("setitimer", e))?;
     let stdout = stdio(io::stdout().as_fd(), "stdout")?;

@@ -120,7 +120,7 @@ fn run_all(
             let mut kicks = Vec::with_capacity(images.len());
             for (index, image) in images.iter().enumerate() {
                 let kick = Kick::new();
-                let setup = shared.setup(index, &labels[index], kick.clone(), gdb.take());
+                let setup = shared.setup(index, (layout, image), &labels[index], kick.clone(), gdb.take());
                 announce(shared.config, &labels[index], image.bytes.len());
                 let done = Done { index, tx: ended_tx.clone(), watchdog: watchdog.clone() };
                 threads.push(spawn_vm(s, shared.kvm, layout, image, setup, done));
@@ -224,9 +224,19 @@ impl<'a> Shared<'a> {
     }
 
     /// VM `index`'s ports, its signals and its extras (`--gdb` for VM 0, `--trace`, `--stats`).
-    fn setup(&self, index: usize, label: &str, kick: Kick, gdb: Option<TcpListener>) -> Setup {
+    fn setup(
+        &self,
+        index: usize,
+        (layout, image): (&Layout, &Image),
+        label: &str,
+        kick: Kick,
+        gdb: Option<TcpListener>,
+    ) -> Setup {
         let config = self.config;
-        let debugger = gdb.map(|l| gdb::Debugger::new(l, kick.clone(), &config.images[index], self.data_watch));
+        let debugger = gdb.map(|l| {
+            let size = image.bytes.len() as u64;
+            gdb::Debugger::new(l, kick.clone(), &image.path, size, *layout, self.data_watch)
+        });
         // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
         let prefix = (config.images.len() > 1).then(|| format!("[vm{index}] "));
         let serial = Serial::new(Arc::clone(&self.console), prefix);

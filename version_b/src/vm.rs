@@ -200,7 +200,7 @@ impl Vm {
     fn on_debug(&mut self, trap: DebugExit) -> Option<Outcome> {
         match self.debugger {
             None => Some(Outcome::Failed(Failure::UnexpectedDebug(trap.pc))),
-            Some(_) => self.debug(Stop::Trap { dr6: trap.dr6 }),
+            Some(_) => self.debug(Stop::Trap { pc: trap.pc, dr6: trap.dr6 }),
         }
     }
 
@@ -239,7 +239,7 @@ impl Vm {
     fn debug(&mut self, why: Stop) -> Option<Outcome> {
         let gdb = self.debugger.as_mut()?;
         let stop = || self.interrupts.stop_requested().is_some();
-        match gdb.stopped(&self.kvm.vcpu, &self.kvm.mem, why, &stop) {
+        match gdb.on_stop(&self.kvm.vcpu, &self.kvm.mem, why, &stop) {
             Resume::Go => None,
             Resume::Kill => Some(Outcome::Failed(Failure::Killed)),
             Resume::Detached => {

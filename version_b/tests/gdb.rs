@@ -1,9 +1,10 @@
 //! `--gdb PORT`: the real gdb against guest/debugme (break, next, print, set var, watch, a
-//! crash, kill, detach), and a small raw client for the protocol's edge cases (bad checksum,
-//! unknown packet, unmapped memory, a fifth breakpoint, 0x03 while the guest runs, a dropped
-//! connection). Every process runs under a guard; the tests wait for the hypervisor's
-//! "waiting for GDB" line before they connect. Without gdb installed (and outside CI) the gdb
-//! tests are skipped.
+//! crash, kill, detach; `hlt` reached by every kind of step; six breakpoints and an inlined
+//! function's many; the control registers; `monitor`), and a small raw client for the
+//! protocol's edge cases (bad checksum, unknown packet, unmapped memory, 0x03 while the guest
+//! runs, a dropped connection, a hostile client). Every process runs under a guard; the tests
+//! wait for the hypervisor's "waiting for GDB" line before they connect. Without gdb installed
+//! (and outside CI) the gdb tests are skipped.
 mod common;
 
 use std::io::{Read, Write};
@@ -71,6 +72,21 @@ fn expect(text: &str, wanted: &[&str]) {
 
 fn finish(hv: Guarded) -> Run {
     hv.finish()
+}
+
+/// debugme's whole output when stdin is not 'c'.
+const DEBUGME_OUT: &str = "debugme: 1 4 9\ndebugme: total 14, counter 3\n";
+
+/// Runs gdb with `commands` on debugme (stdin `input`); the VM must end normally (`hlt`), with
+/// gdb told so and the guest's output complete. Returns gdb's output and the hypervisor's stderr.
+fn to_the_end(input: &[u8], commands: &[&str]) -> (String, String) {
+    let (hv, port) = start(&guest("debugme.img"), &[], input);
+    let out = gdb(port, commands);
+    let run = finish(hv);
+    assert!(out.contains("[Inferior 1 (Remote target) exited normally]"), "{commands:?}:\n{out}\n{}", run.stderr);
+    assert_eq!(run.status, 0, "{commands:?}:\n{}", run.stderr);
+    assert_eq!(run.stdout(), DEBUGME_OUT, "{commands:?}");
+    (out, run.stderr)
 }
 
 #[test]
@@ -307,19 +323,18 @@ fn raw_protocol_edge_cases() {
     assert_eq!(c.ask("qNoSuchThing"), "", "an unknown packet gets the empty reply");
     assert_eq!(c.ask("qAttached"), "1");
     let g = c.ask("g");
-    assert_eq!(g.len(), 2 * 276, "{g}");
+    assert_eq!(g.len(), 2 * 332, "{g}");
     assert_eq!(&g[16 * 16..17 * 16], "0000000000000000", "rip = 0 before the first instruction");
     // The image's first bytes (mov %rsp, hv_entry_rsp(%rip) = 48 89 25 ...), read through the
     // guest's page tables; unmapped memory and memory outside RAM are errors.
     assert_eq!(c.ask("m0,3"), "488925");
     assert!(c.ask("mc0000000,4").starts_with('E'), "unmapped");
     assert!(c.ask("m1ffffe,4").starts_with('E'), "runs past the end of 2 MiB RAM");
-    // Four breakpoints and watchpoints, not five.
-    for addr in ["10", "20", "30", "40"] {
+    // Breakpoints beyond the four debug registers are taken too.
+    for addr in ["10", "20", "30", "40", "50", "60"] {
         assert_eq!(c.ask(&format!("Z1,{addr},1")), "OK");
     }
-    assert!(c.ask("Z0,50,1").starts_with('E'), "a fifth");
-    for addr in ["10", "20", "30", "40"] {
+    for addr in ["10", "20", "30", "40", "50", "60"] {
         assert_eq!(c.ask(&format!("z1,{addr},1")), "OK");
     }
     // A dropped connection: the guest runs on to its end as if there had been no --gdb.
@@ -376,4 +391,249 @@ fn single_steps_and_a_breakpoint_at_the_current_instruction() {
     assert_eq!(c.ask("D"), "OK");
     let run = finish(hv);
     assert_eq!(run.status, 0, "{}", run.stderr);
+}
+
+// `hlt` ends the VM however it is reached: a single-stepped `hlt` comes back from KVM as a
+// debug exit past it, so the stub never single-steps one.
+
+#[test]
+fn stepi_onto_the_final_hlt_ends_the_vm() {
+    if !ready() {
+        return;
+    }
+    // finish out of square, then out of guest_main: gdb stops on _start's hlt; stepi runs it.
+    let (out, _) = to_the_end(b"", &["break square", "continue", "finish", "delete", "finish", "stepi"]);
+    expect(&out, &["0x000000000000000d in _start ()"]);
+}
+
+#[test]
+fn next_and_until_off_the_end_of_main_end_the_vm() {
+    if !ready() {
+        return;
+    }
+    // The last `next` steps through _start, which has no line information, into its hlt.
+    let (out, _) = to_the_end(b"", &["break debugme.c:55", "continue", "next", "next", "next"]);
+    expect(&out, &["59\t}", "0x000000000000000d in _start ()"]);
+    to_the_end(b"", &["break debugme.c:55", "continue", "until", "until", "until"]);
+    to_the_end(b"", &["break debugme.c:55", "continue", "advance *0xd", "stepi"]);
+}
+
+#[test]
+fn continuing_under_a_watchpoint_runs_to_the_hlt_and_says_once_that_it_steps() {
+    if !ready() {
+        return;
+    }
+    let (out, stderr) = to_the_end(b"", &["watch counter", "continue", "continue", "continue", "continue"]);
+    expect(&out, &["New value = 3"]);
+    let said = stderr.matches("the guest runs one instruction at a time").count();
+    assert_eq!(said, 1, "said once:\n{stderr}");
+}
+
+#[test]
+fn a_crash_reached_by_stepping_is_sigsegv_and_kill_reports_it() {
+    if !ready() {
+        return;
+    }
+    let (hv, port) = start(&guest("debugme.img"), &[], b"c");
+    let out = gdb(port, &["watch counter", "continue", "continue", "continue", "continue", "print/x $rip", "kill"]);
+    expect(&out, &["New value = 3", "SIGSEGV", "$1 = 0xc0000000"]);
+    let run = finish(hv);
+    assert_eq!(run.status, 1);
+    expect(&run.stderr, &["triple fault", "RIP 0xc0000000"]);
+    expect(&run.stdout(), &["debugme: jumping to 0xc0000000\n"]);
+}
+
+// Any number of breakpoints: beyond the four debug registers, the stub single-steps.
+
+#[test]
+fn six_breakpoints_at_once_each_stop_in_turn() {
+    if !ready() {
+        return;
+    }
+    let mut commands = vec!["break square"];
+    commands.extend(["break debugme.c:46", "break debugme.c:47", "break debugme.c:48"]);
+    commands.extend(["break debugme.c:51", "break debugme.c:53"]);
+    commands.extend(std::iter::repeat_n("continue", 15)); // 4 stops in each of 3 rounds, 2 after, the end
+    let (out, stderr) = to_the_end(b"", &commands);
+    let stops: Vec<&str> = out.lines().filter(|l| l.starts_with("Breakpoint ") && !l.contains(" at 0x")).collect();
+    assert_eq!(stops.len(), 14, "{out}");
+    for (i, stop) in stops[..12].iter().enumerate() {
+        let want = match i % 4 {
+            0 => format!("Breakpoint 1, square (n={})", i / 4 + 1),
+            n => format!("Breakpoint {}, guest_main () at debugme.c:{}", n + 1, 45 + n),
+        };
+        assert!(stop.starts_with(&want), "stop {i}: {stop}\n{out}");
+    }
+    assert!(stops[12].starts_with("Breakpoint 5, guest_main () at debugme.c:51"), "{out}");
+    assert!(stops[13].starts_with("Breakpoint 6, guest_main () at debugme.c:53"), "{out}");
+    assert_eq!(stderr.matches("6 breakpoints, 4 debug registers").count(), 1, "{stderr}");
+}
+
+#[test]
+fn break_on_an_inlined_function_then_finish() {
+    if !ready() {
+        return;
+    }
+    // putchar_e9 is inlined at many places in hv.c (-O2): one breakpoint of many locations.
+    let (out, _) = to_the_end(b"", &["break putchar_e9", "continue", "finish", "delete", "continue"]);
+    expect(&out, &["locations)", "putchar_e9 (c=100 'd') at hv.c", "puts_e9 (s="]);
+}
+
+// The control registers in the target description.
+
+#[test]
+fn control_registers_read_and_write() {
+    if !ready() {
+        return;
+    }
+    let commands = [
+        "info registers cr0 cr3 cr4 efer",
+        "p/x $fs_base",
+        "info registers",
+        "set $cr2 = 0x1234",
+        "p/x $cr2",
+        "set $cr0 = (long)0",
+        "p/x $cr0",
+        "continue",
+    ];
+    let (out, stderr) = to_the_end(b"", &commands);
+    expect(
+        &out,
+        &[
+            "cr0            0x80050033          [ PE MP ET NE WP AM PG ]",
+            "cr3            0x1fc000",
+            "cr4            0x620               [ PAE OSFXSR OSXMMEXCPT ]",
+            "efer           0x500               [ LME LMA ]",
+            "$1 = 0x0",
+            "rip            0x0                 0x0 <_start>",
+            "$2 = 0x1234",
+            "Could not write register \"cr0\"; remote failure reply 'E05'",
+            "$3 = 0x80050033",
+        ],
+    );
+    expect(&stderr, &["KVM refused cr0 = 0x0"]);
+}
+
+// monitor commands.
+
+#[test]
+fn monitor_help_mem_walk_and_an_unknown_command() {
+    if !ready() {
+        return;
+    }
+    let commands = [
+        "monitor help",
+        "monitor mem",
+        "monitor walk 0x1008",
+        "monitor walk 0x400000",
+        "monitor frobnicate",
+        "continue",
+    ];
+    let (out, _) = to_the_end(b"", &commands);
+    expect(
+        &out,
+        &[
+            "monitor walk ADDR",
+            "RAM: 2 MiB, guest-physical 0x0..0x200000, mapped virtual = physical with 4 KiB pages",
+            "page tables: 4 pages of 4 KiB: PML4 0x1fc000, PDPT 0x1fd000, PD 0x1fe000, PT 0x1ff000",
+            "now: RSP = 0x1fc000 (0 bytes of stack in use)",
+            "PT[1]      entry at 0x001ff008 = 0x0000000000001003  present writable supervisor-only  -> 4 KiB page at 0x1000",
+            "= physical 0x1008",
+            "PD[2]      entry at 0x001fe010 = 0x0000000000000000  not present  -> the walk stops here",
+            "0x400000 is not mapped",
+            "unknown monitor command \"frobnicate\": type \"monitor help\" for the list",
+        ],
+    );
+}
+
+// A hostile client changes nothing.
+
+impl Client {
+    /// The reply to `data`, skipping console output (`O` packets) before it.
+    fn ask_final(&mut self, data: &str) -> String {
+        self.send(data);
+        loop {
+            let r = self.reply();
+            if !r.starts_with('O') || r == "OK" {
+                return r;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hostile_client_gets_errors_and_the_guest_runs_on() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("debugme.img"), &[], b"");
+    let mut c = Client::connect(port);
+    c.raw(b"\x00\xffgarbage$$$###}}}***");
+    c.raw(b"$g#00");
+    assert_eq!(c.byte(), b'-', "a bad checksum");
+    let mut huge = b"$".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+    huge.extend_from_slice(b"#00");
+    c.raw(&huge);
+    assert_eq!(c.byte(), b'-', "a 1 MiB packet");
+    let errors = [
+        "mffffffffffffffff,ffffffffffffffff",
+        "m1fffff,ffff",
+        "mzz,1",
+        "M0,1:",
+        "Mffffffffffffffff,2:0000",
+        "M200000,1:00",
+        "X1fffff,2:ab",
+        "Gzz",
+        "G00",
+        "P1000=00",
+        "Pffffffffffffffffffff=00",
+        "P7=00",
+        "Z2,ffffffffffffffff,8",
+        "Z2,0,ffffffff",
+        "Z0,zz,1",
+        "qXfer:features:read:target.xml:zz",
+        "qXfer:features:read:../../etc/passwd:0,100",
+        "qRcmd,zz",
+        "vCont;r0,1",
+    ];
+    for p in errors {
+        let r = c.ask(p);
+        assert!(r.starts_with('E'), "{p} -> {r}");
+    }
+    assert!(c.ask("m0,ffffffffffffffff").len() <= 0x4000, "a long read is cut to the packet size");
+    assert_eq!(c.ask("qXfer:features:read:target.xml:ffffffffffffffff,ffff"), "l");
+    let walk: String = "walk 0xffffffffffffffffff".bytes().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(c.ask_final(&format!("qRcmd,{walk}")), "OK");
+    for i in 0..100 {
+        assert_eq!(c.ask(&format!("Z0,{:x},1", 0x1000 + i)), "OK", "breakpoint {i}");
+    }
+    assert_eq!(c.ask("?"), "T05thread:01;", "the stub still answers");
+    // A connection dropped in the middle of a packet: the stub detaches, the guest runs on
+    // without breakpoints, and nobody else can connect.
+    c.raw(b"$m0,");
+    drop(c);
+    let run = finish(hv);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), DEBUGME_OUT);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "one debugger per run");
+}
+
+#[test]
+fn a_client_that_floods_a_running_guest_loses_the_connection() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &["--timeout", "1"], b"");
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask("?"), "T05thread:01;");
+    c.send("c");
+    // gdb sends one packet and waits for its answer; a client that queues a thousand while the
+    // guest runs is not gdb.
+    c.raw(&b"$?#3f".repeat(1000));
+    let mut rest = Vec::new();
+    let _ = c.stream.read_to_end(&mut rest); // ends when the stub closes the connection
+    let run = finish(hv);
+    assert_eq!(run.status, 1);
+    expect(&run.stderr, &["gdb detached: the guest runs on", "timed out"]);
 }
