@@ -15,6 +15,8 @@ pub struct Insn {
     /// It reads or writes memory through an address it computes (a ModRM memory operand, an
     /// absolute address, or a string instruction's RSI/RDI), not only the stack.
     pub memory: bool,
+    /// A port access: `in`, `out`, `ins`, `outs`.
+    pub io: bool,
     /// What it is, for the instructions that end guests.
     pub name: Option<&'static str>,
 }
@@ -137,7 +139,7 @@ fn operand(bytes: &[u8], at: usize) -> Option<(usize, bool, u8)> {
 
 /// Decodes the instruction at the start of `bytes` (at most [`MAX_LEN`] of them).
 pub fn decode(bytes: &[u8]) -> Insn {
-    let unknown = |name| Insn { len: None, memory: false, name };
+    let unknown = |name| Insn { len: None, memory: false, io: false, name };
     let Some((mut at, p)) = prefixes(bytes) else { return unknown(None) };
     let (opcode, modrm, imm, opcode_len) = match opcode(bytes, at) {
         Ok(found) => found,
@@ -175,7 +177,8 @@ pub fn decode(bytes: &[u8]) -> Insn {
         }
     };
     let len = (at <= bytes.len()).then_some(at);
-    Insn { len, memory, name: name(opcode, reg, memory, p.rex_w) }
+    let io = matches!(op, 0x6c..=0x6f | 0xe4..=0xe7 | 0xec..=0xef);
+    Insn { len, memory, io, name: name(opcode, reg, memory, p.rex_w) }
 }
 
 /// Names for the instructions that end guests, by opcode and ModRM reg field.

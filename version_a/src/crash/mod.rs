@@ -23,9 +23,11 @@ pub type ReadPhys<'a> = &'a dyn Fn(u64, &mut [u8]) -> bool;
 pub enum Failure {
     /// A triple fault (`KVM_EXIT_SHUTDOWN`): an exception the guest did not handle.
     TripleFault,
-    /// An MMIO write outside RAM: KVM has finished the instruction, RIP is on the next one.
-    MmioWrite,
-    /// Anything else: a KVM error, a guest error on a port, a timeout.
+    /// A port access the hypervisor refused (a guest error on a port).
+    Io,
+    /// An access outside RAM (`KVM_EXIT_MMIO`).
+    Mmio,
+    /// Anything else: a KVM error, a timeout.
     Other,
 }
 
@@ -54,12 +56,7 @@ pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {
 /// (none when there is nothing to say).
 pub fn explain(e: &Evidence) -> String {
     let mut lines = Vec::new();
-    let insn = if e.failure == Failure::MmioWrite {
-        lines.push("RIP is past the write already: KVM finishes an MMIO write before it exits".to_owned());
-        None
-    } else {
-        instruction(e, &mut lines)
-    };
+    let insn = instruction(e, &mut lines);
     if e.sregs.cr2 != 0 {
         lines.push(page_fault(e, insn.as_ref()));
     }
@@ -102,7 +99,11 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
         got += 1;
     }
     if got == 0 {
-        let place = if rip >= e.layout.mem_size { outside_ram(rip, e.layout) } else { "not mapped".to_owned() };
+        let place = if rip >= e.layout.mem_size {
+            outside_ram(rip, e.layout)
+        } else {
+            "in RAM but not mapped by the guest's page tables".to_owned()
+        };
         lines.push(format!(
             "RIP {rip:#x} is {place}: the guest jumped there (a bad function pointer or a corrupted return address?)"
         ));
@@ -117,7 +118,16 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
         (None, true) => " (it accesses memory)".to_owned(),
         (None, false) => String::new(),
     };
-    lines.push(format!("the instruction at RIP: {hex}{more}{what}"));
+    // After an I/O or MMIO exit, RIP may be on the next instruction already.
+    let made_the_access = if e.failure == Failure::Io { decoded.io } else { decoded.memory };
+    if matches!(e.failure, Failure::Io | Failure::Mmio) && !made_the_access {
+        lines.push(format!(
+            "RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
+             the next one, at RIP: {hex}{more}{what}"
+        ));
+    } else {
+        lines.push(format!("the instruction at RIP: {hex}{more}{what}"));
+    }
     if let Some(line) = outside_code(e, rip) {
         lines.push(line);
     }

@@ -17,8 +17,14 @@ pub const END: u32 = u32::MAX;
 pub const UNKNOWN_FILE: u32 = u32::MAX - 1;
 /// At most this many rows are kept (16 bytes each), this many distinct file names, and a unit
 /// may list at most this many files or directories.
-pub const MAX_ROWS: usize = 1 << 20;
+pub const MAX_ROWS: usize = 1 << 19;
 const MAX_FILES: usize = 1 << 16;
+/// Work allowed on one `.debug_line`: a unit of work per opcode and per table entry, more per
+/// unit and file name. A real guest's table takes a small part of it; a hostile one stops
+/// being read there (after some 15 ms), with the rows read so far.
+const WORK: usize = 1 << 21;
+const UNIT_WORK: usize = 64;
+const FILE_WORK: usize = 16;
 /// File names longer than this are cut.
 const MAX_NAME: usize = 128;
 
@@ -47,13 +53,46 @@ pub struct Strings<'a> {
 const CUT: SymbolError = Corrupt("the line table (.debug_line) is cut short");
 const TOO_MANY_FILES: SymbolError = Corrupt("a .debug_line unit lists more files than it can hold");
 
+/// The table being built, and the work left for it.
+struct Builder {
+    lines: Lines,
+    /// File name -> its index in `lines.files`.
+    names: HashMap<String, u32>,
+    work: usize,
+}
+
+impl Builder {
+    /// Takes `n` units of work: `false` once the budget is spent.
+    fn spend(&mut self, n: usize) -> bool {
+        let enough = self.work >= n;
+        self.work = self.work.saturating_sub(n);
+        enough
+    }
+
+    /// The id of a file name (its last path component), adding it if new.
+    fn intern(&mut self, path: &[u8]) -> u32 {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        let base = base.get(..MAX_NAME.min(base.len())).unwrap_or_default();
+        let name = String::from_utf8_lossy(base).into_owned();
+        if let Some(&id) = self.names.get(&name) {
+            return id;
+        }
+        if self.lines.files.len() >= MAX_FILES {
+            return UNKNOWN_FILE;
+        }
+        let id = self.lines.files.len() as u32;
+        self.lines.files.push(name.clone());
+        self.names.insert(name, id);
+        id
+    }
+}
+
 /// Reads every unit of `.debug_line`. A unit of a version this reader does not know is
 /// skipped; anything malformed is an error.
 pub fn parse(section: &[u8], strings: Strings) -> Result<Lines, SymbolError> {
-    let mut lines = Lines::default();
-    let mut names = HashMap::new();
+    let mut b = Builder { lines: Lines::default(), names: HashMap::new(), work: WORK };
     let mut r = Reader::new(section);
-    while r.left() > 0 && lines.rows.len() < MAX_ROWS {
+    while r.left() > 0 && b.lines.rows.len() < MAX_ROWS && b.spend(UNIT_WORK) {
         let length = r.u32().ok_or(CUT)?;
         let (offset_size, length) = match length {
             0xffff_ffff => (8, r.u64().ok_or(CUT)?),
@@ -61,11 +100,11 @@ pub fn parse(section: &[u8], strings: Strings) -> Result<Lines, SymbolError> {
             n => (4, u64::from(n)),
         };
         let body = r.bytes(usize::try_from(length).map_err(|_| CUT)?).ok_or(CUT)?;
-        unit(body, offset_size, strings, &mut lines, &mut names)?;
+        unit(body, offset_size, strings, &mut b)?;
     }
     // End-of-sequence rows first at equal addresses: a sequence may start where one ends.
-    lines.rows.sort_by_key(|row| (row.addr, row.file != END));
-    Ok(lines)
+    b.lines.rows.sort_by_key(|row| (row.addr, row.file != END));
+    Ok(b.lines)
 }
 
 /// The header fields the line program needs.
@@ -76,15 +115,26 @@ struct Params<'a> {
     line_range: u8,
     opcode_base: u8,
     standard_lengths: &'a [u8],
+    /// The unit's file table: file index -> id in [`Lines::files`].
+    files: Vec<u32>,
 }
 
-fn unit(
-    body: &[u8],
-    offset_size: u8,
-    strings: Strings,
-    lines: &mut Lines,
-    names: &mut HashMap<String, u32>,
-) -> Result<(), SymbolError> {
+impl Params<'_> {
+    /// The row for the state `s` (an end-of-sequence row if `end`).
+    fn row(&self, s: &State, end: bool) -> Row {
+        // Versions 2 to 4 count files from 1, version 5 from 0.
+        let index = if self.version >= 5 { Some(s.file) } else { s.file.checked_sub(1) };
+        let file = index.and_then(|i| self.files.get(usize::try_from(i).ok()?)).copied().unwrap_or(UNKNOWN_FILE);
+        Row { addr: s.addr, file: if end { END } else { file }, line: u32::try_from(s.line).unwrap_or(0) }
+    }
+
+    /// Moves the address on by `operation_advance` instructions.
+    fn advance(&self, s: &mut State, operation_advance: u64) {
+        s.addr = s.addr.wrapping_add(operation_advance.wrapping_mul(u64::from(self.min_inst)));
+    }
+}
+
+fn unit(body: &[u8], offset_size: u8, strings: Strings, b: &mut Builder) -> Result<(), SymbolError> {
     let mut u = Reader::new(body);
     let version = u.u16().ok_or(CUT)?;
     if !(2..=5).contains(&version) {
@@ -108,42 +158,28 @@ fn unit(
     let standard_lengths = u.bytes(usize::from(opcode_base.saturating_sub(1))).ok_or(CUT)?;
     let mut header = Reader::new(body.get(..program_start).ok_or(CUT)?);
     header.skip(u.pos() as u64).ok_or(CUT)?;
-    let mut add = |name: &[u8]| intern(name, lines, names);
     let files = if version >= 5 {
-        entries_v5(&mut header, offset_size, strings, false, &mut add)?;
-        entries_v5(&mut header, offset_size, strings, true, &mut add)?
+        entries_v5(&mut header, offset_size, strings, false, b)?;
+        entries_v5(&mut header, offset_size, strings, true, b)?
     } else {
-        files_v4(&mut header, &mut add)?
+        files_v4(&mut header, b)?
     };
-    let params = Params { version, min_inst, line_base, line_range, opcode_base, standard_lengths };
-    run(program, &params, &files, &mut lines.rows)
-}
-
-/// The id of a file name (its last path component), adding it if new.
-fn intern(path: &[u8], lines: &mut Lines, names: &mut HashMap<String, u32>) -> u32 {
-    let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-    let base = base.get(..MAX_NAME.min(base.len())).unwrap_or_default();
-    let name = String::from_utf8_lossy(base).into_owned();
-    if let Some(&id) = names.get(&name) {
-        return id;
-    }
-    if lines.files.len() >= MAX_FILES {
-        return UNKNOWN_FILE;
-    }
-    let id = lines.files.len() as u32;
-    lines.files.push(name.clone());
-    names.insert(name, id);
-    id
+    let params = Params { version, min_inst, line_base, line_range, opcode_base, standard_lengths, files };
+    run(program, &params, b)
 }
 
 /// Versions 2 to 4: include directories (skipped), then file entries (name, directory,
-/// time, size), each list ended by an empty string.
-fn files_v4(h: &mut Reader, intern: &mut impl FnMut(&[u8]) -> u32) -> Result<Vec<u32>, SymbolError> {
-    while !h.cstr().ok_or(CUT)?.is_empty() {}
+/// time, size), each list ended by an empty string. Out of work: the files read so far.
+fn files_v4(h: &mut Reader, b: &mut Builder) -> Result<Vec<u32>, SymbolError> {
     let mut files = Vec::new();
+    while !h.cstr().ok_or(CUT)?.is_empty() {
+        if !b.spend(1) {
+            return Ok(files);
+        }
+    }
     loop {
         let name = h.cstr().ok_or(CUT)?;
-        if name.is_empty() {
+        if name.is_empty() || !b.spend(FILE_WORK) {
             return Ok(files);
         }
         if files.len() >= MAX_FILES {
@@ -152,20 +188,21 @@ fn files_v4(h: &mut Reader, intern: &mut impl FnMut(&[u8]) -> u32) -> Result<Vec
         for _ in 0..3 {
             h.uleb().ok_or(CUT)?;
         }
-        files.push(intern(name));
+        files.push(b.intern(name));
     }
 }
 
 const DW_LNCT_PATH: u64 = 1;
 
-/// Version 5: a table described by (content type, form) pairs, then its entries. The ids of
-/// the entries' paths for the file table (`files`); nothing for the directory table.
+/// Version 5: a table described by (content type, form) pairs, then its entries. For the
+/// file table (`files`), the ids of the entries' paths; nothing for the directory table.
+/// Out of work: the files read so far.
 fn entries_v5<'a>(
     h: &mut Reader<'a>,
     offset_size: u8,
     strings: Strings<'a>,
     files: bool,
-    intern: &mut impl FnMut(&[u8]) -> u32,
+    b: &mut Builder,
 ) -> Result<Vec<u32>, SymbolError> {
     let columns = h.u8().ok_or(CUT)?;
     let mut format = Vec::with_capacity(usize::from(columns));
@@ -180,6 +217,9 @@ fn entries_v5<'a>(
     }
     let mut ids = Vec::new();
     for _ in 0..count {
+        if !b.spend(if files { FILE_WORK } else { 1 }) {
+            break;
+        }
         let mut path: &[u8] = b"?";
         for &(content, form) in &format {
             if let Some(s) = form_value(h, form, offset_size, strings)? {
@@ -189,7 +229,7 @@ fn entries_v5<'a>(
             }
         }
         if files {
-            ids.push(intern(path));
+            ids.push(b.intern(path));
         }
     }
     Ok(ids)
@@ -236,29 +276,22 @@ impl State {
     }
 }
 
-/// Runs one unit's line program, adding its rows to `rows` (up to [`MAX_ROWS`]).
-fn run(program: &[u8], p: &Params, files: &[u32], rows: &mut Vec<Row>) -> Result<(), SymbolError> {
+/// Runs one unit's line program, adding its rows (up to [`MAX_ROWS`], and while there is
+/// work left).
+fn run(program: &[u8], p: &Params, b: &mut Builder) -> Result<(), SymbolError> {
     let mut r = Reader::new(program);
     let mut s = State::new();
     // Where the current sequence's rows begin in `rows`.
-    let mut sequence = rows.len();
-    let row = |s: &State, end: bool| {
-        // Versions 2 to 4 count files from 1, version 5 from 0.
-        let index = if p.version >= 5 { Some(s.file) } else { s.file.checked_sub(1) };
-        let file = index.and_then(|i| files.get(usize::try_from(i).ok()?)).copied().unwrap_or(UNKNOWN_FILE);
-        Row { addr: s.addr, file: if end { END } else { file }, line: u32::try_from(s.line).unwrap_or(0) }
-    };
-    let advance = |s: &mut State, operation_advance: u64| {
-        s.addr = s.addr.wrapping_add(operation_advance.wrapping_mul(u64::from(p.min_inst)));
-    };
-    while r.left() > 0 && rows.len() < MAX_ROWS {
+    let mut sequence = b.lines.rows.len();
+    while r.left() > 0 && b.lines.rows.len() < MAX_ROWS && b.spend(1) {
+        let rows = &mut b.lines.rows;
         let op = r.u8().ok_or(CUT)?;
         if op >= p.opcode_base {
             let adjusted = op - p.opcode_base;
-            advance(&mut s, u64::from(adjusted / p.line_range));
+            p.advance(&mut s, u64::from(adjusted / p.line_range));
             let delta = i64::from(p.line_base) + i64::from(adjusted % p.line_range);
             s.line = s.line.wrapping_add_signed(delta);
-            rows.push(row(&s, false));
+            rows.push(p.row(&s, false));
             continue;
         }
         match op {
@@ -271,7 +304,7 @@ fn run(program: &[u8], p: &Params, files: &[u32], rows: &mut Vec<Row>) -> Result
                         while rows.len() > sequence && rows.last().is_some_and(|last| last.addr >= s.addr) {
                             rows.pop();
                         }
-                        rows.push(row(&s, true));
+                        rows.push(p.row(&s, true));
                         s = State::new();
                         sequence = rows.len();
                     }
@@ -279,12 +312,12 @@ fn run(program: &[u8], p: &Params, files: &[u32], rows: &mut Vec<Row>) -> Result
                     _ => {} // define_file, set_discriminator, vendor extensions
                 }
             }
-            1 => rows.push(row(&s, false)), // DW_LNS_copy
-            2 => advance(&mut s, r.uleb().ok_or(CUT)?),
+            1 => rows.push(p.row(&s, false)), // DW_LNS_copy
+            2 => p.advance(&mut s, r.uleb().ok_or(CUT)?),
             3 => s.line = s.line.wrapping_add_signed(r.sleb().ok_or(CUT)?),
             4 => s.file = r.uleb().ok_or(CUT)?,
-            8 => advance(&mut s, u64::from((255 - p.opcode_base) / p.line_range)), // const_add_pc
-            9 => s.addr = s.addr.wrapping_add(u64::from(r.u16().ok_or(CUT)?)),     // fixed_advance_pc
+            8 => p.advance(&mut s, u64::from((255 - p.opcode_base) / p.line_range)), // const_add_pc
+            9 => s.addr = s.addr.wrapping_add(u64::from(r.u16().ok_or(CUT)?)),       // fixed_advance_pc
             // Opcodes with no effect on the rows: skip their operands as the header counts them.
             _ => {
                 let operands = p.standard_lengths.get(usize::from(op) - 1).copied().unwrap_or(0);

@@ -29,7 +29,7 @@ use line::{END, Lines, Strings};
 use read::string_at;
 
 /// A larger ELF is not read for symbols.
-pub const MAX_ELF_SIZE: u64 = 64 << 20;
+pub const MAX_ELF_SIZE: u64 = 32 << 20;
 /// At most this many symbol table entries are looked at.
 const MAX_SYMBOLS: usize = 1 << 18;
 /// Function names longer than this are cut.

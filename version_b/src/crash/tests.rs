@@ -75,10 +75,18 @@ fn ud2_is_named_and_the_missing_interrupt_table_explained() {
         m.explain_failure(4, None, Failure::Other),
         "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)"
     );
+    // After an I/O or MMIO exit: RIP on the instruction that made the access, or past it.
+    let past = "  - RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
+                the next one, at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)";
+    assert_eq!(m.explain_failure(4, None, Failure::Mmio), past);
+    assert_eq!(m.explain_failure(4, None, Failure::Io), past);
+    let out = Machine::new(&[0x66, 0xe7, 0xe9]); // out %ax,$0xe9
     assert_eq!(
-        m.explain_failure(4, None, Failure::MmioWrite),
-        "  - RIP is past the write already: KVM finishes an MMIO write before it exits"
+        out.explain_failure(3, None, Failure::Io),
+        "  - the instruction at RIP: 66 e7 e9 (out: an I/O port write)"
     );
+    let store = Machine::new(&[0x88, 0x10]); // mov %dl,(%rax)
+    assert_eq!(store.explain_failure(2, None, Failure::Mmio), "  - the instruction at RIP: 88 10 (it accesses memory)");
     m.sregs.idt.limit = 0x6f;
     m.sregs.idt.base = 0x1000;
     assert!(m.explain(4, None).ends_with(
