@@ -15,7 +15,7 @@
 //! table per 2 MiB of RAM. Only `[0, M)` is mapped, identity (virtual = physical).
 #![forbid(unsafe_code)]
 
-use crate::kvm::{KvmRegs, KvmSegment, KvmSregs};
+use crate::kvm::{KvmDtable, KvmRegs, KvmSegment, KvmSregs};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
@@ -146,6 +146,11 @@ pub fn data_segment() -> KvmSegment {
 
 /// The special registers for 64-bit long mode with paging rooted at `layout`'s PML4.
 /// Starts from what `KVM_GET_SREGS` returned, so that TR, LDT and the rest stay valid.
+///
+/// No interrupt table: IDTR base 0, limit 0. The reset value (limit 0xFFFF) would make the
+/// CPU read "gate descriptors" out of the guest's own code at address 0 and jump to garbage
+/// on an exception; with limit 0 every exception the guest does not handle ends in a triple
+/// fault with RIP still on the faulting instruction. A guest may load its own IDT (`lidt`).
 pub fn long_mode_sregs(mut sregs: KvmSregs, layout: &Layout) -> KvmSregs {
     sregs.cr3 = layout.tables_base();
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
@@ -154,6 +159,7 @@ pub fn long_mode_sregs(mut sregs: KvmSregs, layout: &Layout) -> KvmSregs {
     sregs.cs = code_segment();
     let data = data_segment();
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.idt = KvmDtable { base: 0, limit: 0, ..sregs.idt };
     sregs
 }
 
@@ -294,5 +300,16 @@ mod tests {
         assert_eq!((sregs.ss.type_, sregs.ss.selector), (3, 0x10));
         let regs = initial_regs(&layout);
         assert_eq!((regs.rip, regs.rsp, regs.rflags), (0, sregs.cr3, 2));
+    }
+
+    #[test]
+    fn the_guest_starts_with_no_interrupt_table() {
+        let layout = Layout::new(2 * MIB, PageSize::Small4K);
+        // What KVM_GET_SREGS gives after reset: IDTR base 0, limit 0xFFFF.
+        let mut reset = KvmSregs::default();
+        reset.idt.limit = 0xffff;
+        reset.idt.base = 0x1234;
+        let sregs = long_mode_sregs(reset, &layout);
+        assert_eq!((sregs.idt.base, sregs.idt.limit), (0, 0));
     }
 }

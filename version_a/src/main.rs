@@ -16,6 +16,7 @@ macro_rules! diag {
 }
 
 mod args;
+mod crash;
 mod devices;
 mod gdb;
 mod image;
@@ -25,6 +26,7 @@ mod serial;
 mod serial_ring;
 mod signals;
 mod stats;
+mod symbols;
 mod trace;
 mod vm;
 

@@ -17,6 +17,7 @@ macro_rules! diag {
 }
 
 mod args;
+mod crash;
 mod devices;
 mod gdb;
 mod image;
@@ -26,6 +27,7 @@ mod serial;
 mod serial_ring;
 mod signals;
 mod stats;
+mod symbols;
 mod trace;
 mod vm;
 mod watchdog;

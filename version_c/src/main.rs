@@ -19,6 +19,7 @@ macro_rules! diag {
 }
 
 mod args;
+mod crash;
 mod devices;
 mod fileio;
 mod gdb;
@@ -31,6 +32,7 @@ mod serial;
 mod serial_ring;
 mod signals;
 mod stats;
+mod symbols;
 #[cfg(test)]
 mod test_dir;
 mod trace;

@@ -18,6 +18,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::crash;
 use crate::devices::{Devices, IoError};
 use crate::gdb::{Debugger, Resume, Stop};
 use crate::image::Image;
@@ -27,6 +28,7 @@ use crate::serial::SERIAL_PORT;
 use crate::serial_ring::{DRAIN_EVERY, SerialRing};
 use crate::signals::{Interrupts, StopReason, Wake};
 use crate::stats::Stats;
+use crate::symbols::Symbols;
 use crate::trace::Trace;
 
 /// How long a stopped VM's last output may wait for a stdout that takes nothing.
@@ -96,6 +98,8 @@ pub struct Vm {
     label: String,
     line_buffered: bool,
     timeout: Option<Duration>,
+    /// What explaining a failure needs (docs/REFERENCE.md §8).
+    explain: Explain,
     // One hook each:
     interrupts: Interrupts,
     ring: SerialRing,
@@ -117,7 +121,9 @@ impl Vm {
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
         vm.vcpu.set_signal_mask(setup.interrupts.listener().run_mask()?.bits())?;
         let ring = SerialRing::new(&vm.vcpu, setup.coalesce, setup.trace, setup.stats, &setup.label);
+        let explain = Explain::load(layout, image);
         Ok(Vm {
+            explain,
             kvm: vm,
             devices: setup.devices,
             trace: Trace::new(setup.trace, &setup.label),
@@ -274,10 +280,48 @@ impl Vm {
         {
             outcome = Outcome::Failed(Failure::Io(e));
         }
+        let mem = &self.kvm.mem;
+        let read = |addr: u64, buf: &mut [u8]| usize::try_from(addr).is_ok_and(|at| mem.read(at, buf).is_ok());
         if let Outcome::Failed(failure) = &outcome {
-            report_failure(&self.kvm.vcpu, &self.label, failure);
+            report_failure(&self.kvm.vcpu, &self.label, failure, &self.explain, &read);
+        }
+        // At the VM's end, halted or not: did the guest overwrite its own code?
+        if let (Some(symbols), Ok(regs)) = (&self.explain.symbols, self.kvm.vcpu.get_regs())
+            && let Some(warning) = crash::overwritten_code(symbols, regs.rsp, &read)
+        {
+            diag!("mini_hypervisor: warning: {}: {warning}", self.label);
         }
         outcome
+    }
+}
+
+/// What explaining a guest needs (docs/REFERENCE.md §8): the memory layout, the image's length
+/// and its symbols, when `NAME.elf` lies beside `NAME.img` and matches it.
+#[derive(Debug)]
+struct Explain {
+    layout: Layout,
+    image_len: u64,
+    symbols: Option<Symbols>,
+}
+
+impl Explain {
+    /// Reads the image's symbols, if it has an ELF beside it; an unusable ELF gives one warning.
+    fn load(layout: &Layout, image: &Image) -> Explain {
+        let symbols = Symbols::load(&image.path, &image.bytes).unwrap_or_else(|warning| {
+            diag!("mini_hypervisor: warning: {warning}");
+            None
+        });
+        Explain { layout: *layout, image_len: image.bytes.len() as u64, symbols }
+    }
+
+    /// How `failure` counts for the crash report.
+    fn kind(failure: &Failure) -> crash::Failure {
+        match failure {
+            Failure::Exit(VcpuExit::Shutdown) => crash::Failure::TripleFault,
+            Failure::Exit(VcpuExit::Mmio { .. }) => crash::Failure::Mmio,
+            Failure::Io(IoError::Guest(_)) => crash::Failure::Io,
+            _ => crash::Failure::Other,
+        }
     }
 }
 
@@ -356,13 +400,25 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
     }
 }
 
-/// The diagnostic of a failed VM: one line naming the VM, the reason and RIP, then the registers.
-fn report_failure(vcpu: &kvm::Vcpu, label: &str, failure: &Failure) {
+/// The diagnostic of a failed VM: one line naming the VM, the reason and RIP (with its symbol),
+/// then the registers, then what they show in words.
+fn report_failure(vcpu: &kvm::Vcpu, label: &str, failure: &Failure, explain: &Explain, read: crash::ReadPhys) {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
         (Ok(regs), Ok(sregs)) => {
+            let evidence = crash::Evidence {
+                regs: &regs,
+                sregs: &sregs,
+                layout: &explain.layout,
+                image_len: explain.image_len,
+                symbols: explain.symbols.as_ref(),
+                failure: Explain::kind(failure),
+                read,
+            };
+            let rip = crash::address(regs.rip, explain.symbols.as_ref());
+            let words = crash::explain(&evidence);
+            let sep = if words.is_empty() { "" } else { "\n" };
             diag!(
-                "mini_hypervisor: {label}: failed at RIP {:#x}: {failure}\n{}",
-                regs.rip,
+                "mini_hypervisor: {label}: failed at RIP {rip}: {failure}\n{}{sep}{words}",
                 register_dump(&regs, &sregs)
             )
         }
