@@ -44,6 +44,7 @@ use image::Image;
 use long_mode::{Layout, PageSize};
 use serial::Serial;
 use signals::{Interruptible, Interrupts, Kick, Listener};
+use symbols::Symbols;
 use vm::{Outcome, Report, Setup, Vm};
 
 /// Exit statuses (docs/REFERENCE.md §1).
@@ -122,8 +123,21 @@ fn setup(
         coalesce: config.coalesce,
         line_buffered,
         timeout: config.timeout,
+        symbols: symbols_of(image),
         debugger,
     })
+}
+
+/// The image's symbols from `NAME.elf` beside it (docs/REFERENCE.md §8); an ELF that cannot
+/// be used gives one warning, and addresses are shown bare.
+fn symbols_of(image: &Image) -> Option<Arc<Symbols>> {
+    match Symbols::load(&image.path, &image.bytes) {
+        Ok(symbols) => symbols.map(Arc::new),
+        Err(warning) => {
+            diag!("mini_hypervisor: warning: {warning}");
+            None
+        }
+    }
 }
 
 /// Our own handle on stdout or stdin.

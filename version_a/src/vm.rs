@@ -16,13 +16,14 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crash;
+use crate::crash::{self, Explain};
 use crate::devices::{Devices, IoError};
 use crate::gdb::{Debugger, Resume, Stop};
 use crate::image::Image;
-use crate::kvm::{self, DebugExit, IoExit, Kvm, KvmRegs, KvmSregs, VcpuExit};
+use crate::kvm::{self, DebugExit, IoExit, Kvm, VcpuExit};
 use crate::long_mode::{self, Layout};
 use crate::serial::SERIAL_PORT;
 use crate::serial_ring::{DRAIN_EVERY, SerialRing};
@@ -84,6 +85,8 @@ pub struct Setup {
     /// stdout is a terminal (the serial ring then needs draining now and then).
     pub line_buffered: bool,
     pub timeout: Option<Duration>,
+    /// The image's symbols, from `NAME.elf` beside it (docs/REFERENCE.md §8).
+    pub symbols: Option<Arc<Symbols>>,
     pub debugger: Option<Debugger>,
 }
 
@@ -98,9 +101,9 @@ pub struct Vm {
     label: String,
     line_buffered: bool,
     timeout: Option<Duration>,
-    /// What explaining a failure needs (docs/REFERENCE.md §8).
-    explain: Explain,
     // One hook each:
+    /// The crash report and the code check at the VM's end (`crash/`).
+    explain: Explain,
     interrupts: Interrupts,
     ring: SerialRing,
     stats: Stats,
@@ -121,12 +124,11 @@ impl Vm {
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
         vm.vcpu.set_signal_mask(setup.interrupts.listener().run_mask()?.bits())?;
         let ring = SerialRing::new(&vm.vcpu, setup.coalesce, setup.trace, setup.stats, &setup.label);
-        let explain = Explain::load(layout, image);
         Ok(Vm {
-            explain,
+            explain: Explain::new(layout, image.bytes.len() as u64, setup.symbols.clone()),
             kvm: vm,
             devices: setup.devices,
-            trace: Trace::new(setup.trace, &setup.label),
+            trace: Trace::new(setup.trace, &setup.label, setup.symbols),
             label: setup.label,
             line_buffered: setup.line_buffered,
             timeout: setup.timeout,
@@ -277,48 +279,11 @@ impl Vm {
         {
             outcome = Outcome::Failed(Failure::Io(e));
         }
-        let mem = &self.kvm.mem;
-        let read = |addr: u64, buf: &mut [u8]| usize::try_from(addr).is_ok_and(|at| mem.read(at, buf).is_ok());
         if let Outcome::Failed(failure) = &outcome {
-            report_failure(&self.kvm.vcpu, &self.label, failure, &self.explain, &read);
+            self.explain.failure(&self.kvm, &self.label, failure.kind(), failure);
         }
-        // At the VM's end, halted or not: did the guest overwrite its own code?
-        if let (Some(symbols), Ok(regs)) = (&self.explain.symbols, self.kvm.vcpu.get_regs())
-            && let Some(warning) = crash::overwritten_code(symbols, regs.rsp, &read)
-        {
-            diag!("mini_hypervisor: warning: {}: {warning}", self.label);
-        }
+        self.explain.at_end(&self.kvm, &self.label);
         outcome
-    }
-}
-
-/// What explaining a guest needs (docs/REFERENCE.md §8): the memory layout, the image's length
-/// and its symbols, when `NAME.elf` lies beside `NAME.img` and matches it.
-#[derive(Debug)]
-struct Explain {
-    layout: Layout,
-    image_len: u64,
-    symbols: Option<Symbols>,
-}
-
-impl Explain {
-    /// Reads the image's symbols, if it has an ELF beside it; an unusable ELF gives one warning.
-    fn load(layout: &Layout, image: &Image) -> Explain {
-        let symbols = Symbols::load(&image.path, &image.bytes).unwrap_or_else(|warning| {
-            diag!("mini_hypervisor: warning: {warning}");
-            None
-        });
-        Explain { layout: *layout, image_len: image.bytes.len() as u64, symbols }
-    }
-
-    /// How `failure` counts for the crash report.
-    fn kind(failure: &Failure) -> crash::Failure {
-        match failure {
-            Failure::Exit(VcpuExit::Shutdown) => crash::Failure::TripleFault,
-            Failure::Exit(VcpuExit::Mmio { .. }) => crash::Failure::Mmio,
-            Failure::Io(IoError::Guest(_)) => crash::Failure::Io,
-            _ => crash::Failure::Other,
-        }
     }
 }
 
@@ -341,6 +306,18 @@ fn move_io(vcpu: &kvm::Vcpu, devices: &mut Devices, io: &IoExit, stop: &dyn Fn()
         done += buf.len();
     }
     Ok(())
+}
+
+impl Failure {
+    /// How this failure counts for the crash report in words.
+    fn kind(&self) -> crash::Failure {
+        match self {
+            Failure::Exit(VcpuExit::Shutdown) => crash::Failure::TripleFault,
+            Failure::Exit(VcpuExit::Mmio { .. }) => crash::Failure::Mmio,
+            Failure::Io(IoError::Guest(_)) => crash::Failure::Io,
+            _ => crash::Failure::Other,
+        }
+    }
 }
 
 impl fmt::Display for Failure {
@@ -389,54 +366,6 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
             format!("unexpected exit {exit:?}")
         }
     }
-}
-
-/// The diagnostic of a failed VM: one line naming the VM, the reason and RIP (with its symbol),
-/// then the registers, then what they show in words.
-fn report_failure(vcpu: &kvm::Vcpu, label: &str, failure: &Failure, explain: &Explain, read: crash::ReadPhys) {
-    match (vcpu.get_regs(), vcpu.get_sregs()) {
-        (Ok(regs), Ok(sregs)) => {
-            let evidence = crash::Evidence {
-                regs: &regs,
-                sregs: &sregs,
-                layout: &explain.layout,
-                image_len: explain.image_len,
-                symbols: explain.symbols.as_ref(),
-                failure: Explain::kind(failure),
-                read,
-            };
-            let rip = crash::address(regs.rip, explain.symbols.as_ref());
-            let words = crash::explain(&evidence);
-            let sep = if words.is_empty() { "" } else { "\n" };
-            diag!(
-                "mini_hypervisor: {label}: failed at RIP {rip}: {failure}\n{}{sep}{words}",
-                register_dump(&regs, &sregs)
-            )
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            diag!("mini_hypervisor: {label}: failed: {failure} (registers unavailable: {e})")
-        }
-    }
-}
-
-/// The registers, four to a line, as a debugger shows them.
-pub fn register_dump(r: &KvmRegs, s: &KvmSregs) -> String {
-    let rows: [[(&str, u64); 4]; 6] = [
-        [("rip", r.rip), ("rsp", r.rsp), ("rbp", r.rbp), ("rflags", r.rflags)],
-        [("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx)],
-        [("rsi", r.rsi), ("rdi", r.rdi), ("r8", r.r8), ("r9", r.r9)],
-        [("r10", r.r10), ("r11", r.r11), ("r12", r.r12), ("r13", r.r13)],
-        [("r14", r.r14), ("r15", r.r15), ("cr0", s.cr0), ("cr2", s.cr2)],
-        [("cr3", s.cr3), ("cr4", s.cr4), ("efer", s.efer), ("cs", u64::from(s.cs.selector))],
-    ];
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|row| {
-            let cells: Vec<String> = row.iter().map(|(n, v)| format!("{n:>6} {v:#018x}")).collect();
-            format!("  {}", cells.join(" "))
-        })
-        .collect();
-    lines.join("\n")
 }
 
 #[cfg(test)]

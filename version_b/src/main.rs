@@ -32,11 +32,13 @@ mod trace;
 mod vm;
 mod watchdog;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
@@ -49,6 +51,7 @@ use long_mode::{Layout, PageSize};
 use serial::{Console, Serial};
 use signals::{Interruptible, Interrupts, Kick, Listener, SigSet};
 use stats::Stats;
+use symbols::Symbols;
 use vm::{Failure, Outcome, Report, Setup, Vm};
 use watchdog::{Watch, Watched};
 
@@ -116,13 +119,16 @@ fn run_all(
     let listener = Listener::new(SigSet::of(&[libc::SIGINT, libc::SIGTERM, signals::kick_signal()]))
         .map_err(|e| StartError::Host("signalfd", e))?;
     let watchdog = Kick::new();
+    // Each image's symbols, read once however many VMs run it.
+    let mut symbols: HashMap<&Path, Option<Arc<Symbols>>> = HashMap::new();
     Ok(watchdog.deliver_here(|| {
         thread::scope(|s| {
             let mut threads = Vec::with_capacity(images.len());
             let mut kicks = Vec::with_capacity(images.len());
             for (index, image) in images.iter().enumerate() {
                 let kick = Kick::new();
-                let setup = shared.setup(index, (layout, image), &labels[index], kick.clone(), gdb.take());
+                let mut setup = shared.setup(index, (layout, image), &labels[index], kick.clone(), gdb.take());
+                setup.symbols = symbols.entry(&image.path).or_insert_with(|| symbols_of(image)).clone();
                 announce(shared.config, &labels[index], image.bytes.len());
                 let done = Done { index, tx: ended_tx.clone(), watchdog: watchdog.clone() };
                 threads.push(spawn_vm(s, shared.kvm, layout, image, setup, done));
@@ -251,7 +257,20 @@ impl<'a> Shared<'a> {
             coalesce: config.coalesce,
             line_buffered: self.line_buffered,
             timeout: config.timeout,
+            symbols: None,
             debugger,
+        }
+    }
+}
+
+/// The image's symbols from `NAME.elf` beside it (docs/REFERENCE.md §8); an ELF that cannot
+/// be used gives one warning, and addresses are shown bare.
+fn symbols_of(image: &Image) -> Option<Arc<Symbols>> {
+    match Symbols::load(&image.path, &image.bytes) {
+        Ok(symbols) => symbols.map(Arc::new),
+        Err(warning) => {
+            diag!("mini_hypervisor: warning: {warning}");
+            None
         }
     }
 }

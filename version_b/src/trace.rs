@@ -5,8 +5,11 @@
 
 use std::fmt::Display;
 use std::io;
+use std::sync::Arc;
 
+use crate::crash;
 use crate::kvm::{Vcpu, VcpuExit};
+use crate::symbols::Symbols;
 
 /// The tracer of one VM.
 #[derive(Debug)]
@@ -14,11 +17,21 @@ pub struct Trace {
     on: bool,
     /// `vmN (image)`.
     label: String,
+    /// To name RIPs (`rip=0x1c in smash+0x8 (crash.c:21)`).
+    symbols: Option<Arc<Symbols>>,
 }
 
 impl Trace {
-    pub fn new(on: bool, label: &str) -> Trace {
-        Trace { on, label: label.to_owned() }
+    pub fn new(on: bool, label: &str, symbols: Option<Arc<Symbols>>) -> Trace {
+        Trace { on, label: label.to_owned(), symbols }
+    }
+
+    /// The guest's RIP, with its symbol when known.
+    fn rip(&self, vcpu: &Vcpu) -> String {
+        match vcpu.get_regs() {
+            Ok(regs) => crash::address(regs.rip, self.symbols.as_deref()),
+            Err(_) => "?".to_owned(),
+        }
     }
 
     /// The line for exit number `n` (after it was handled: an `in` shows its answer).
@@ -27,7 +40,7 @@ impl Trace {
             return;
         }
         let label = &self.label;
-        let rip = vcpu.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".to_owned());
+        let rip = self.rip(vcpu);
         match exit {
             Ok(VcpuExit::Io(io)) => {
                 let mut first = [0u8; 8];
@@ -53,8 +66,7 @@ impl Trace {
     #[allow(dead_code)] // versions A and B have no file device
     pub fn file(&self, vcpu: &Vcpu, request: &dyn Display) {
         if self.on {
-            let rip = vcpu.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "?".to_owned());
-            diag!("trace: {} {request} rip={rip}", self.label);
+            diag!("trace: {} {request} rip={}", self.label, self.rip(vcpu));
         }
     }
 }

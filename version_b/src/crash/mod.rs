@@ -8,8 +8,11 @@
 #![forbid(unsafe_code)]
 
 mod insn;
+mod report;
 #[cfg(test)]
 mod tests;
+
+pub use report::Explain;
 
 use crate::kvm::{KvmRegs, KvmSregs};
 use crate::long_mode::{Layout, MIB, PDE_PAGE_SIZE, PTE_PRESENT, PTE_WRITABLE};
