@@ -7,14 +7,14 @@
 #                  isolation), the same screen every run
 #   make test      every test: unit, <linux/kvm.h> layout, real guests under /dev/kvm, the
 #                  guest image checks, identical shared files, and `make run-c` twice the same
-#   make bench     benchmark table (see README)
+#   make bench     benchmark table (see docs/BENCHMARKS.md)
 #   make beside HV=PATH [VERSION=a|b|c] [TIMEOUT=10] [IGNORE=REGEX] [KEEP=1]
 #                  the example guests of a version (default c) on our binary and on another
 #                  hypervisor (the course's C solution, your own): one table of what differs;
 #                  without HV=, how to use it and how to build the course's C to compare with
 #   make diff-ab   what version B adds to A (diff -ru of src/ and tests/)
 #   make diff-bc   what version C adds to B
-#   make gdb       a short gdb session on a guest (see README, "Debugging a guest with GDB")
+#   make gdb       a short gdb session on a guest (see docs/GDB.md)
 #   make lint      rustfmt and clippy
 #   make clean
 #   make V=1 ...   show the full command lines

@@ -1,5 +1,5 @@
 //! `make bench`: runs the benchmarks of the three mini_hypervisor versions and prints a Markdown
-//! table (with the machine it ran on) to stdout, ready to paste into README.md. Progress goes to
+//! table (with the machine it ran on) to stdout, ready to paste into docs/BENCHMARKS.md. Progress goes to
 //! stderr. Exit status 1 if any run fails or prints the wrong output, 2 for a usage error.
 //!
 //! Usage: `bench [--other PATH]... [NAME...]` from anywhere (paths are relative to the workspace

@@ -5,8 +5,8 @@
 //! when stdout is a terminal, block-buffered otherwise, flushed before blocking on stdin and
 //! when the VM ends. No syscall per guest byte.
 //!
-//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a blocked
-//! write returns when the stop's kick arrives, and what could not be written is dropped.
+//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a write that
+//! waits for stdout ends when the stop arrives, and what stdout did not take is dropped.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -82,9 +82,9 @@ impl<W: Write, R: Read> Serial<W, R> {
         self.in_buf.resize(INPUT_CHUNK, 0);
         self.in_pos = 0;
         let n = loop {
-            // A kick may have come while this thread was not yet in read(2) (e.g. while it
-            // waited for the stdin lock): look before blocking. The watchdog kicks again until
-            // the VM has ended, so a signal that lands just before read(2) is not the last.
+            // A stop may have come while this thread waited for something else (e.g. for the
+            // stdin lock): look before waiting. The wait itself (signals.rs, `Interruptible`)
+            // ends at any signal for this VM, pending before it began or arriving during it.
             if stop() {
                 self.in_buf.clear();
                 return Err(io::ErrorKind::Interrupted.into());
@@ -109,8 +109,8 @@ pub fn write_all(w: &mut impl Write, mut buf: &[u8], stop: &dyn Fn() -> bool) ->
         match w.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
-            // A stop's kick: give up. The watchdog kicks again until the VM has ended, so a
-            // signal that lands just before write(2) blocks is not the last.
+            // A signal ended the wait for stdout (signals.rs, `Interruptible`): give up if it is
+            // a stop, write on otherwise.
             Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => return Err(e),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

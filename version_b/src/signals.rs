@@ -1,5 +1,5 @@
 //! Signals: how a running VM learns that it is to stop, pause or drain its serial ring
-//! (docs/REFERENCE.md §2). The second FFI room of the crate, after `kvm.rs`.
+//! (docs/REFERENCE.md §2). The second FFI room of the crate, after `kvm/`.
 //!
 //! C counterpart: none; Ctrl-C kills the C hypervisor with guest output still in its buffers.
 //!

@@ -1,4 +1,5 @@
-//! Host files for the guest file device: version C's one other FFI room (besides `kvm.rs`).
+//! Host files for the guest file device: version C's third FFI room (besides `kvm/` and
+//! `signals.rs`).
 //!
 //! Why std cannot do this:
 //!

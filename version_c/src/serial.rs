@@ -11,8 +11,8 @@
 //! lines of different VMs never mix; an unfinished line is written (with a newline added) when
 //! its VM halts, fails or reads input.
 //!
-//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a blocked
-//! write returns when the stop's kick arrives, and what could not be written is dropped.
+//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a write that
+//! waits for stdout ends when the stop arrives, and what stdout did not take is dropped.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
@@ -126,8 +126,8 @@ pub fn write_all(w: &mut impl Write, mut buf: &[u8], stop: &dyn Fn() -> bool) ->
         match w.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
-            // A stop's kick: give up. The watchdog kicks again until the VM has ended, so a
-            // signal that lands just before write(2) blocks is not the last.
+            // A signal ended the wait for stdout (signals.rs, `Interruptible`): give up if it is
+            // a stop, write on otherwise.
             Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => return Err(e),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -229,9 +229,9 @@ impl<R: Read> Input<R> {
         self.buf.resize(INPUT_CHUNK, 0);
         self.pos = 0;
         let n = loop {
-            // A kick may have come while this thread was not yet in read(2) (e.g. while it
-            // waited for the stdin lock): look before blocking. The watchdog kicks again until
-            // the VM has ended, so a signal that lands just before read(2) is not the last.
+            // A stop may have come while this thread waited for something else (e.g. for the
+            // stdin lock): look before waiting. The wait itself (signals.rs, `Interruptible`)
+            // ends at any signal for this VM, pending before it began or arriving during it.
             if stop() {
                 self.buf.clear();
                 return Err(io::ErrorKind::Interrupted.into());

@@ -17,21 +17,17 @@ use super::sys::Pod;
 /// An owned memory mapping, unmapped on drop.
 ///
 /// No `&[u8]` into the mapping is ever handed out: the guest and the kernel write to it behind
-/// Rust's back. `Send` (a VM moves to its thread) but not `Sync`, so one thread at a time copies
-/// in and out; and since every VM has one vCPU, run by that same thread, the guest never
-/// writes its RAM while we copy (the vCPU is outside `KVM_RUN` then).
+/// Rust's back. Neither `Send` nor `Sync`: a VM is created on the thread that runs it and
+/// stays there, so one thread copies in and out; and since every VM has one vCPU, run by that
+/// same thread, the guest never writes its RAM while we copy (the vCPU is outside `KVM_RUN`
+/// then).
 #[derive(Debug)]
 pub struct Mmap {
     ptr: NonNull<u8>,
     len: usize,
-    /// Not `Sync` (a raw pointer is neither `Send` nor `Sync`; `Send` is granted below).
-    not_sync: PhantomData<*mut u8>,
+    /// Neither `Send` nor `Sync`, whatever `NonNull` is (a raw pointer is neither).
+    not_send_sync: PhantomData<*mut u8>,
 }
-
-// SAFETY: `Mmap` owns its mapping alone and touches it only through `&self`/`&mut self`
-// methods; moving it to another thread moves that sole access with it (munmap, in `drop`,
-// may run on any thread). It is not `Sync`: no two threads can copy at once.
-unsafe impl Send for Mmap {}
 
 const PROT_RW: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
 
@@ -57,7 +53,7 @@ impl Mmap {
             return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other(format!("{what}: returned 0")))?;
-        Ok(Mmap { ptr, len, not_sync: PhantomData })
+        Ok(Mmap { ptr, len, not_send_sync: PhantomData })
     }
 
     pub fn len(&self) -> usize {
