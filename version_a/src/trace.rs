@@ -17,7 +17,7 @@ pub struct Trace {
     on: bool,
     /// `vmN (image)`.
     label: String,
-    /// To name RIPs (`rip=0x1c in smash+0x8 (crash.c:21)`).
+    /// To name RIPs (`rip=0x1e in guest_main+0xe (crash.c:9)`).
     symbols: Option<Arc<Symbols>>,
 }
 
@@ -57,7 +57,7 @@ impl Trace {
                     io.count
                 );
             }
-            Ok(exit) => diag!("trace: {label} exit {n}: {exit:?} rip={rip}"),
+            Ok(exit) => diag!("trace: {label} exit {n}: {} rip={rip}", name(exit)),
             Err(e) => diag!("trace: {label} exit {n}: KVM_RUN returned an error: {e} rip={rip}"),
         }
     }
@@ -68,5 +68,25 @@ impl Trace {
         if self.on {
             diag!("trace: {} {request} rip={}", self.label, self.rip(vcpu));
         }
+    }
+}
+
+/// A non-I/O exit in a few words, addresses in hex.
+fn name(exit: &VcpuExit) -> String {
+    match *exit {
+        VcpuExit::Hlt => "hlt".to_owned(),
+        VcpuExit::Mmio { phys_addr, len, is_write } => {
+            format!("mmio {} of {len} at {phys_addr:#x}", if is_write { "write" } else { "read" })
+        }
+        VcpuExit::Shutdown => "shutdown (triple fault)".to_owned(),
+        VcpuExit::FailEntry { reason, cpu } => format!("fail entry, reason {reason:#x} on cpu {cpu}"),
+        VcpuExit::InternalError { suberror } => format!("internal error, suberror {suberror}"),
+        VcpuExit::Debug(d) => format!("debug, exception {} at {:#x}, dr6 {:#x}", d.exception, d.pc, d.dr6),
+        VcpuExit::Intr => "interrupted (a signal for this VM)".to_owned(),
+        VcpuExit::BadIo { size, count, data_offset } => {
+            format!("malformed io, size {size} count {count} data offset {data_offset:#x}")
+        }
+        VcpuExit::Unknown(reason) => format!("unknown exit reason {reason}"),
+        VcpuExit::Io(io) => format!("io port {:#x}", io.port),
     }
 }

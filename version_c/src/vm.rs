@@ -11,7 +11,8 @@
 //! What the C does not have enters the loop at one named hook each, a no-op when off:
 //! `self.interrupts` (a stop, pause or drain from outside: `signals.rs`), `self.ring` (serial
 //! output batched by KVM: `serial_ring.rs`), `self.stats` (`--stats`: `stats.rs`), `self.trace`
-//! (`--trace`: `trace.rs`) and `self.debugger` (`--gdb`: `gdb.rs`).
+//! (`--trace`: `trace.rs`), `self.debugger` (`--gdb`: `gdb/`) and `self.explain` (the crash
+//! report at the VM's end: `crash/`).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -352,8 +353,9 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
     match *exit {
         VcpuExit::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN): the guest crashed".to_owned(),
         VcpuExit::Mmio { phys_addr, len, is_write } => format!(
-            "MMIO {} of {len} bytes at guest-physical {phys_addr:#x}, outside RAM (KVM_EXIT_MMIO)",
-            if is_write { "write" } else { "read" }
+            "MMIO {} of {len} byte{} at guest-physical {phys_addr:#x}, outside RAM (KVM_EXIT_MMIO)",
+            if is_write { "write" } else { "read" },
+            if len == 1 { "" } else { "s" }
         ),
         VcpuExit::FailEntry { reason, cpu } => {
             format!("VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason {reason:#x} on cpu {cpu}")

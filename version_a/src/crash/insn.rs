@@ -220,9 +220,9 @@ fn name(opcode: [u8; 2], reg: u8, memory: bool, rex_w: bool) -> Option<&'static 
         ([0x0f, 0x06 | 0x08 | 0x09], _) => "a privileged cache or task instruction (clts, invd, wbinvd)",
         ([0xd8..=0xdf, _], _) => "an x87 floating-point instruction",
         ([0x0f, 0x10..=0x17 | 0x28..=0x2f | 0x50..=0x76 | 0x78..=0x7f | 0xc2 | 0xc4..=0xc6 | 0xd0..=0xfe], _) => {
-            "an SSE/MMX instruction (the KVM of some hosts cannot emulate it)"
+            "an SSE/MMX instruction, which the KVM of some hosts cannot emulate"
         }
-        ([0x0f, 0x38 | 0x3a], _) => "an SSE/MMX instruction (the KVM of some hosts cannot emulate it)",
+        ([0x0f, 0x38 | 0x3a], _) => "an SSE/MMX instruction, which the KVM of some hosts cannot emulate",
         _ => return None,
     })
 }

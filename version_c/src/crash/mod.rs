@@ -47,7 +47,7 @@ pub struct Evidence<'a> {
     pub read: ReadPhys<'a>,
 }
 
-/// A guest address with its symbol when known: `0x1c in smash+0x8 (crash.c:21)`, or `0x1c`.
+/// A guest address with its symbol when known: `0x1e in guest_main+0xe (crash.c:9)`, or `0x1e`.
 pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {
     match symbols.and_then(|s| s.describe(addr)) {
         Some(name) => format!("{addr:#x} in {name}"),
