@@ -35,6 +35,9 @@ pub use sys::*;
 /// `arg` must be what the kernel expects for `req`: an integer for `_IO` requests, or a pointer
 /// to a live object of the size the kernel reads or writes (writable for `_IOR`), holding no
 /// address the kernel would keep using after the call unless the caller keeps that memory alive.
+// SAFETY: an `unsafe fn` because the kernel reads or writes through `arg`; its three callers
+// below (`ioctl_read`, `ioctl_write`, `ioctl_val`) and `set_user_memory_region` each check
+// their part of the contract above at their own call site.
 unsafe fn ioctl(fd: &File, req: u64, name: &str, arg: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: forwarded from this function's contract; `fd` is an open descriptor we own.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
@@ -50,31 +53,24 @@ unsafe fn ioctl(fd: &File, req: u64, name: &str, arg: libc::c_ulong) -> io::Resu
 /// or whose encoded size is not `T`'s: a programming error that would let the kernel write
 /// past the value.
 fn ioctl_read<T: Pod>(fd: &File, req: u64, name: &str) -> io::Result<T> {
-    assert!(ioc_dir(req) == IOC_READ && ioc_size(req) == size_of::<T>(), "{name}: not an _IOR of this type");
+    assert!(ioc_dir(req) == IOC_READ && ioc_size(req) == T::ENCODED_SIZE, "{name}: not an _IOR of this type");
     let mut value = T::default();
     let arg = &mut value as *mut T as libc::c_ulong;
-    // SAFETY: `arg` points to a live, writable `T` whose size is the one encoded in `req`
+    // SAFETY: `arg` points to a live, writable `T`, the type whose size `req` encodes
     // (asserted above), so the kernel writes only inside it; `T: Pod` makes any bytes it
     // writes a valid `T`.
     unsafe { ioctl(fd, req, name, arg) }?;
     Ok(value)
 }
 
-/// An `_IOW` ioctl: the kernel reads a `T`. Same checks as [`ioctl_read`], for `_IOW`; the one
-/// request whose encoded size is a header followed by its data, `KVM_SET_SIGNAL_MASK`, must
-/// come with the header and data together ([`KvmSignalMask`]).
+/// An `_IOW` ioctl: the kernel reads a `T`. Same checks as [`ioctl_read`], for `_IOW`.
 fn ioctl_write<T: Pod>(fd: &File, req: u64, name: &str, value: &T) -> io::Result<()> {
-    let size_ok = if req == KVM_SET_SIGNAL_MASK {
-        size_of::<T>() == size_of::<KvmSignalMask>()
-    } else {
-        ioc_size(req) == size_of::<T>()
-    };
-    assert!(ioc_dir(req) == IOC_WRITE && size_ok, "{name}: not an _IOW of this type");
+    assert!(ioc_dir(req) == IOC_WRITE && ioc_size(req) == T::ENCODED_SIZE, "{name}: not an _IOW of this type");
     let arg = value as *const T as libc::c_ulong;
-    // SAFETY: `arg` points to a live `T` of the size the kernel reads for `req` (asserted
-    // above; for KVM_SET_SIGNAL_MASK the 4-byte header announces the 8 bytes of mask after
-    // it), which it only reads; `T: Pod` has no uninitialised padding to leak and no address
-    // the kernel would follow.
+    // SAFETY: `arg` points to a live `T`, the type whose size `req` encodes (asserted above;
+    // a header type such as `KvmSignalMask` carries the data its header announces), which the
+    // kernel only reads; `T: Pod` has no uninitialised padding to leak and no address the
+    // kernel would follow.
     unsafe { ioctl(fd, req, name, arg) }?;
     Ok(())
 }
@@ -185,6 +181,8 @@ impl VmFd {
     /// The kernel keeps reading and writing `mem` through its address after this returns:
     /// `mem` must stay mapped until this VM and every vCPU of it are gone (both fds closed and
     /// every run area unmapped), and must not overlap the memory of another slot.
+    // SAFETY: an `unsafe fn` because the kernel keeps using `mem` after the call; its one
+    // caller, `Vm::new`, keeps `mem` in the same `Vm`, dropped after the vCPU and the VM fd.
     unsafe fn set_user_memory_region(&self, slot: u32, gpa: u64, mem: &Mmap) -> io::Result<()> {
         let region = KvmUserspaceMemoryRegion {
             slot,
@@ -440,6 +438,12 @@ mod tests {
     fn an_integer_argument_is_refused_for_an_ioctl_that_takes_a_pointer() {
         let f = File::open("/dev/null").unwrap();
         let _ = ioctl_val(&f, KVM_GET_REGS, "KVM_GET_REGS", 0x1000);
+    }
+
+    #[test]
+    fn a_header_type_encodes_the_size_of_its_header() {
+        assert_eq!(KvmSignalMask::ENCODED_SIZE, ioc_size(KVM_SET_SIGNAL_MASK));
+        assert_eq!(KvmRegs::ENCODED_SIZE, size_of::<KvmRegs>());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! A wrong size or offset does not build (the `const` asserts below), and `tests/layout.rs`
 //! compares every number, size and offset here with what the C compiler computes from the
 //! kernel's own header.
-#![allow(unsafe_code)] // only the `unsafe impl Pod` markers, each with its SAFETY line
+// SAFETY: the only unsafe items of this file are the `unsafe trait Pod` and its `unsafe impl`
+// markers below, each with its own SAFETY line.
+#![allow(unsafe_code)]
 
 use std::mem::{offset_of, size_of};
 
@@ -62,7 +64,7 @@ pub const KVM_SET_SREGS: u64 = iow::<KvmSregs>(0x84);
 pub const KVM_SET_GUEST_DEBUG: u64 = iow::<KvmGuestDebug>(0x9b);
 /// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`: the size encoded is that of the 4-byte header
 /// (`len`); the mask itself follows it ([`KvmSignalMask`]).
-pub const KVM_SET_SIGNAL_MASK: u64 = ioc(IOC_WRITE, 0x8b, 4);
+pub const KVM_SET_SIGNAL_MASK: u64 = ioc(IOC_WRITE, 0x8b, KvmSignalMask::ENCODED_SIZE);
 
 // The literals, checked against gcc on this machine (see also tests/layout.rs).
 const _: () = assert!(KVM_GET_API_VERSION == 0xAE00);
@@ -341,7 +343,11 @@ const _: () = {
 /// `Pod` structs, have no padding bytes that are not spelled out as fields (so every bit
 /// pattern is a valid value and every byte of a value is initialised), and hold no field that
 /// the kernel takes for an address.
-pub unsafe trait Pod: Copy + Default {}
+pub unsafe trait Pod: Copy + Default {
+    /// The argument size an ioctl number encodes for this type (`_IOC_SIZE`): the whole value,
+    /// except for a header that announces data after it, where it is the header's.
+    const ENCODED_SIZE: usize = size_of::<Self>();
+}
 // SAFETY: each of these is a #[repr(C)] struct of integers (or of other such structs) with
 // explicit padding fields, checked for hidden gaps by the const block above, and none has a
 // field the kernel takes for an address (the `data_offset` of KvmRunIo is an offset into the
@@ -365,8 +371,11 @@ unsafe impl Pod for KvmRunFailEntry {}
 unsafe impl Pod for KvmRunInternal {}
 // SAFETY: as above.
 unsafe impl Pod for KvmDebugExitArch {}
-// SAFETY: as above.
-unsafe impl Pod for KvmSignalMask {}
+// SAFETY: as above. The kernel reads the 4-byte header (`len` = 8), then the 8 bytes of mask
+// that follow it, all inside this 12-byte value.
+unsafe impl Pod for KvmSignalMask {
+    const ENCODED_SIZE: usize = 4;
+}
 // SAFETY: u32 and u64 are integers.
 unsafe impl Pod for u32 {}
 // SAFETY: as above.
