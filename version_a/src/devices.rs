@@ -4,8 +4,10 @@
 //! C counterpart: the `switch` on `run->io.port` inside `run_vm`.
 #![forbid(unsafe_code)]
 
+use std::convert::Infallible;
 use std::fmt;
 
+use crate::kvm::Mmap;
 use crate::serial::{SERIAL_PORT, Serial};
 use crate::signals::Interruptible;
 
@@ -58,9 +60,18 @@ impl Devices {
         Devices { label, serial, warned: Vec::new() }
     }
 
-    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `stop()`
-    /// says whether the VM is being stopped (a blocked stdout write then gives up).
-    pub fn out(&mut self, port: u16, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+    /// `out`: `data` holds `data.len() / size` accesses of `size` bytes, in order. `_ram`:
+    /// guest RAM, which version C's file port reads and writes for its bulk commands (no port
+    /// here does). `stop()` says whether the VM is being stopped (a blocked stdout write then
+    /// gives up).
+    pub fn out(
+        &mut self,
+        port: u16,
+        size: u8,
+        data: &[u8],
+        _ram: &Mmap,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), IoError> {
         match port {
             SERIAL_PORT => self.serial_out(size, data, stop),
             _ => {
@@ -68,6 +79,12 @@ impl Devices {
                 Ok(())
             }
         }
+    }
+
+    /// With `--trace`, the file requests the last exit completed: version C's file port
+    /// has them; there is no file port here.
+    pub fn completed(&mut self) -> std::iter::Empty<Infallible> {
+        std::iter::empty()
     }
 
     /// Bytes for the serial port (also those KVM queued in the coalesced ring).

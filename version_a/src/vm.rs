@@ -188,8 +188,11 @@ impl Vm {
     /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the devices.
     fn on_io(&mut self, io: IoExit) -> Option<Outcome> {
         let stop = || self.interrupts.stop_requested().is_some();
-        if let Err(e) = move_io(&self.kvm.vcpu, &mut self.devices, &io, &stop) {
+        if let Err(e) = move_io(&self.kvm.vcpu, &mut self.devices, &io, &self.kvm.mem, &stop) {
             return Some(self.io_failure(e));
+        }
+        for request in self.devices.completed() {
+            self.trace.file(&self.kvm.vcpu, &request);
         }
         if io.out && io.port == SERIAL_PORT && self.ring.count(io.count.into(), &self.kvm.fd, &self.label) {
             self.on_ring();
@@ -289,8 +292,14 @@ impl Vm {
 }
 
 /// One I/O exit: `count` accesses of `size` bytes, handed to the devices in order, through a
-/// small stack buffer (no allocation on the exit path).
-fn move_io(vcpu: &kvm::Vcpu, devices: &mut Devices, io: &IoExit, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+/// small stack buffer (no allocation on the exit path). `ram`: for the file port's bulk commands.
+fn move_io(
+    vcpu: &kvm::Vcpu,
+    devices: &mut Devices,
+    io: &IoExit,
+    ram: &kvm::Mmap,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), IoError> {
     let total = io.bytes();
     let mut chunk = [0u8; 512]; // a multiple of every access size
     let host = |e: io::Error| IoError::Host(e.to_string());
@@ -299,7 +308,7 @@ fn move_io(vcpu: &kvm::Vcpu, devices: &mut Devices, io: &IoExit, stop: &dyn Fn()
         let buf = &mut chunk[..(total - done).min(512)];
         if io.out {
             vcpu.io_data(io, done, buf).map_err(host)?;
-            devices.out(io.port, io.size, buf, stop)?;
+            devices.out(io.port, io.size, buf, ram, stop)?;
         } else {
             devices.inp(io.port, io.size, buf, stop)?;
             vcpu.set_io_data(io, done, buf).map_err(host)?;

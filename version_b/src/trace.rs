@@ -63,7 +63,6 @@ impl Trace {
     }
 
     /// A file request the guest completed (version C's port 0x0278), in words.
-    #[allow(dead_code)] // versions A and B have no file device
     pub fn file(&self, vcpu: &Vcpu, request: &dyn Display) {
         if self.on {
             diag!("trace: {} {request} rip={}", self.label, self.rip(vcpu));
