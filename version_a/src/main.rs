@@ -27,6 +27,8 @@ mod serial_ring;
 mod signals;
 mod stats;
 mod symbols;
+#[cfg(test)]
+mod test_rng;
 mod trace;
 mod vm;
 

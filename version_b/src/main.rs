@@ -28,6 +28,8 @@ mod serial_ring;
 mod signals;
 mod stats;
 mod symbols;
+#[cfg(test)]
+mod test_rng;
 mod trace;
 mod vm;
 mod watchdog;

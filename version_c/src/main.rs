@@ -35,6 +35,8 @@ mod stats;
 mod symbols;
 #[cfg(test)]
 mod test_dir;
+#[cfg(test)]
+mod test_rng;
 mod trace;
 mod vm;
 mod watchdog;

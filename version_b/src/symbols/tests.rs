@@ -2,6 +2,7 @@
 //! binutils (`nm`, `addr2line`, which the guest build needs anyway); ELFs built here with
 //! DWARF 4, 5 and 64-bit DWARF; unusable files; and a seeded fuzz test of mutated ELFs.
 use super::*;
+use crate::test_rng::Rng;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -260,22 +261,6 @@ fn a_stripped_elf_has_no_symbols() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A tiny xorshift64* generator: the fuzz test's only source of chance.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Values that break naive parsers, for header fields and counts.
 const EXTREMES: [u64; 10] = [0, 1, 2, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0xffff_fff0, 0xffff_ffff, u64::MAX];
 
@@ -287,27 +272,27 @@ fn mutate(rng: &mut Rng, base: &[u8], debug_line: (usize, usize)) -> Vec<u8> {
         // ELF header fields, section header fields, or anywhere in .debug_line.
         const HEADER: [usize; 9] = [24, 32, 40, 54, 56, 58, 60, 62, 20];
         let shoff = u64::from_le_bytes(base[40..48].try_into().unwrap()) as usize;
-        match rng.below(3) {
-            0 => HEADER[rng.below(HEADER.len())],
-            1 => shoff + 64 * rng.below(20) + 8 * rng.below(8),
-            _ => debug_line.0 + rng.below(debug_line.1),
+        match rng.index(3) {
+            0 => HEADER[rng.index(HEADER.len())],
+            1 => shoff + 64 * rng.index(20) + 8 * rng.index(8),
+            _ => debug_line.0 + rng.index(debug_line.1),
         }
     };
-    for _ in 0..1 + rng.below(3) {
-        match rng.below(5) {
+    for _ in 0..1 + rng.index(3) {
+        match rng.index(5) {
             0 => {
-                for _ in 0..1 + rng.below(8) {
-                    let (at, bit) = (rng.below(elf.len()), rng.below(8));
+                for _ in 0..1 + rng.index(8) {
+                    let (at, bit) = (rng.index(elf.len()), rng.index(8));
                     if let Some(byte) = elf.get_mut(at) {
                         *byte ^= 1 << bit;
                     }
                 }
             }
-            1 => elf.truncate(rng.below(elf.len())),
+            1 => elf.truncate(rng.index(elf.len())),
             2 | 3 => {
                 let at = field_at(rng);
-                let value = EXTREMES[rng.below(EXTREMES.len())].to_le_bytes();
-                let width = [1, 2, 4, 8][rng.below(4)];
+                let value = EXTREMES[rng.index(EXTREMES.len())].to_le_bytes();
+                let width = [1, 2, 4, 8][rng.index(4)];
                 for (i, b) in value.iter().take(width).enumerate() {
                     if let Some(byte) = elf.get_mut(at + i) {
                         *byte = *b;
@@ -315,8 +300,8 @@ fn mutate(rng: &mut Rng, base: &[u8], debug_line: (usize, usize)) -> Vec<u8> {
                 }
             }
             _ => {
-                let at = debug_line.0 + rng.below(debug_line.1);
-                for i in 0..1 + rng.below(16) {
+                let at = debug_line.0 + rng.index(debug_line.1);
+                for i in 0..1 + rng.index(16) {
                     if let Some(byte) = elf.get_mut(at + i) {
                         *byte = rng.next() as u8;
                     }
@@ -340,7 +325,7 @@ type Base = (Vec<u8>, Vec<u8>, (usize, usize));
 
 /// Parses `rounds` mutations; every result is used, as the hypervisor would use it.
 fn fuzz(seed: u64, rounds: usize, bases: &[Base]) -> usize {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut usable = 0;
     for round in 0..rounds {
         let (elf, image, debug_line) = &bases[round % bases.len()];

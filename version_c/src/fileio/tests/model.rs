@@ -2,30 +2,7 @@
 //! the protocol written from its rules.
 
 use super::*;
-
-/// xorshift64*: a small, seeded, deterministic generator (std only).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % u64::try_from(n).unwrap()).unwrap()
-    }
-    fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[7]
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+use crate::test_rng::Rng;
 
 /// The answer the model has waiting for `in`s.
 #[derive(Debug)]
@@ -274,24 +251,24 @@ fn random_ops(rng: &mut Rng, model: &Model, ops: &mut Vec<Op>) {
     let ram = u32::try_from(model.ram.len()).unwrap();
     let open_vfd = |rng: &mut Rng| -> u8 {
         let open: Vec<usize> = (0..16).filter(|&i| model.table[i].is_some()).collect();
-        match rng.below(10) {
-            0 => rng.pick(&[16, 17, 127, 128, 255]),
-            1..=2 => u8::try_from(rng.below(16)).unwrap(),
+        match rng.index(10) {
+            0 => *rng.pick(&[16, 17, 127, 128, 255]),
+            1..=2 => u8::try_from(rng.index(16)).unwrap(),
             _ if open.is_empty() => 0,
-            _ => u8::try_from(rng.pick(&open)).unwrap(),
+            _ => u8::try_from(*rng.pick(&open)).unwrap(),
         }
     };
     let b = |v: u8| Op::Out(u32::from(v), 1);
-    for _ in 0..1 + rng.below(6) {
+    for _ in 0..1 + rng.index(6) {
         let start = ops.len();
-        match rng.below(100) {
+        match rng.index(100) {
             0..=17 => {
-                let name: Vec<u8> = match rng.below(40) {
+                let name: Vec<u8> = match rng.index(40) {
                     0 => vec![b'L'; 254],
                     1 => vec![b'z'; 255],
                     _ => rng.pick(&NAMES).to_vec(),
                 };
-                let flags = rng.pick(&[0, 0, 0, 1, 1, 1, 2, 3, 0xFF]);
+                let flags = *rng.pick(&[0, 0, 0, 1, 1, 1, 2, 3, 0xFF]);
                 ops.extend([b(CMD_OPEN), b(flags), b(u8::try_from(name.len()).unwrap_or(255))]);
                 ops.extend(name.iter().map(|&c| b(c)));
                 ops.push(Op::In(1));
@@ -301,49 +278,49 @@ fn random_ops(rng: &mut Rng, model: &Model, ops: &mut Vec<Op>) {
                 ops.push(Op::In(1));
             }
             30..=47 => {
-                let count = rng.pick(&[0, 1, 2, 5, 50, 127, 128, 200, 255]);
+                let count = *rng.pick(&[0, 1, 2, 5, 50, 127, 128, 200, 255]);
                 ops.extend([b(CMD_READ), b(open_vfd(rng)), b(count)]);
                 // The count, then (usually) every data byte, sometimes a few too many.
-                let ins = 1 + usize::from(count.min(127)) + rng.pick(&[0, 0, 0, 1, 3]);
+                let ins = 1 + usize::from(count.min(127)) + *rng.pick(&[0, 0, 0, 1, 3]);
                 ops.extend((0..ins).map(|_| Op::In(1)));
             }
             48..=65 => {
-                let count = rng.pick(&[0, 1, 3, 10, 127, 128, 200]);
+                let count = *rng.pick(&[0, 1, 3, 10, 127, 128, 200]);
                 ops.extend([b(CMD_WRITE), b(open_vfd(rng)), b(count)]);
                 ops.extend((0..count).map(|_| b(rng.byte())));
                 ops.push(Op::In(1));
             }
             66..=79 => {
-                let op = rng.pick(&[CMD_READ_BULK, CMD_WRITE_BULK]);
-                let address = match rng.below(6) {
-                    0 => rng.pick(&[0, ram - 1, ram, ram + 1, u32::MAX]),
-                    _ => u32::try_from(rng.below(model.ram.len())).unwrap(),
+                let op = *rng.pick(&[CMD_READ_BULK, CMD_WRITE_BULK]);
+                let address = match rng.index(6) {
+                    0 => *rng.pick(&[0, ram - 1, ram, ram + 1, u32::MAX]),
+                    _ => u32::try_from(rng.index(model.ram.len())).unwrap(),
                 };
-                let length = match rng.below(6) {
-                    0 => rng.pick(&[0, 1, ram, ram + 1, u32::MAX]),
-                    _ => u32::try_from(rng.below(700)).unwrap(),
+                let length = match rng.index(6) {
+                    0 => *rng.pick(&[0, 1, ram, ram + 1, u32::MAX]),
+                    _ => u32::try_from(rng.index(700)).unwrap(),
                 };
                 ops.extend([b(op), b(open_vfd(rng)), Op::Out(address, 4), Op::Out(length, 4), Op::In(4)]);
             }
             80..=89 => {
                 // A stray out: a command-ish byte, a dword, or a wrong size.
-                let op = match rng.below(4) {
-                    0 => Op::Out(rng.below(256).try_into().unwrap(), rng.pick(&[2, 3])),
+                let op = match rng.index(4) {
+                    0 => Op::Out(rng.index(256).try_into().unwrap(), *rng.pick(&[2, 3])),
                     1 => Op::Out(u32::try_from(rng.next() >> 32).unwrap(), 4),
-                    _ => b(rng.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 0x7F, 0xFF])),
+                    _ => b(*rng.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 0x7F, 0xFF])),
                 };
                 ops.push(op);
             }
-            _ => ops.push(Op::In(rng.pick(&[1, 1, 2, 3, 4]))),
+            _ => ops.push(Op::In(*rng.pick(&[1, 1, 2, 3, 4]))),
         }
         // Requests are sometimes cut short, or their answer taken with the wrong size.
         if ops.len() - start > 1 {
-            match rng.below(20) {
-                0 => ops.truncate(start + 1 + rng.below(ops.len() - start - 1)),
+            match rng.index(20) {
+                0 => ops.truncate(start + 1 + rng.index(ops.len() - start - 1)),
                 1 => {
                     let last = ops.len() - 1;
                     if let Op::In(size) = ops[last] {
-                        ops[last] = Op::In(if size == 1 { rng.pick(&[2, 4]) } else { rng.pick(&[1, 2]) });
+                        ops[last] = Op::In(if size == 1 { *rng.pick(&[2, 4]) } else { *rng.pick(&[1, 2]) });
                     }
                 }
                 _ => {}
@@ -392,7 +369,7 @@ fn random_requests_match_the_model_of_the_protocol() {
         }
     };
     eprintln!("random_requests_match_the_model_of_the_protocol: seed {seed:#x} (MH_FILEIO_SEED={seed:x} repeats it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let tmp = TempDir::new("model");
     let shared_content: [(&str, &[u8]); 2] = [("s", &pattern(300)), ("t", b"tiny")];
     let shared = shared_files(&tmp, &shared_content);
@@ -407,7 +384,7 @@ fn random_requests_match_the_model_of_the_protocol() {
             let context = || format!("seed {seed:#x}, round {round}, sequence {sequence}");
             // Some new guest data for the bulk writes.
             if rng.chance(20) {
-                let at = rng.below(RAM - 64);
+                let at = rng.index(RAM - 64);
                 let data: Vec<u8> = (0..64).map(|_| rng.byte()).collect();
                 ram.mem.borrow_mut()[at..at + 64].copy_from_slice(&data);
                 model.ram[at..at + 64].copy_from_slice(&data);
