@@ -106,6 +106,18 @@ impl Vm {
             self.outb(b);
         }
     }
+    /// Makes every access of `script`, in order.
+    fn play(&mut self, script: &[Access]) {
+        for access in script {
+            match *access {
+                Access::Out1(b) => self.outb(b),
+                Access::Out4(d) => self.outd(d),
+                Access::In1 => {
+                    self.inb();
+                }
+            }
+        }
+    }
     fn inb(&mut self) -> u8 {
         let mut d = [0x5A; 1];
         self.dev.inp(&mut d);
@@ -549,12 +561,12 @@ enum Access {
     In1,
 }
 
-#[test]
-fn wrong_size_accesses_in_every_state() {
+/// A script of accesses that leads into each state of the device, with that state (vfd 0 =
+/// "r" open for read, vfd 1 = "w" open for write).
+fn every_state() -> Vec<(Vec<Access>, State)> {
     use Access::*;
     let w = FLAGS_WRITE;
-    // vfd 0 = "r" open for read, vfd 1 = "w" open for write.
-    let cases: Vec<(Vec<Access>, State)> = vec![
+    vec![
         (vec![], State::Idle),
         (vec![Out1(1)], State::OpenWantFlags),
         (vec![Out1(1), Out1(w)], State::OpenWantLen { flags: w }),
@@ -573,28 +585,35 @@ fn wrong_size_accesses_in_every_state() {
         (vec![Out1(2), Out1(9)], State::SendByte { value: ERROR }),
         (vec![Out1(0x77)], State::SendByte { value: ERROR }),
         (vec![Out1(5), Out1(0), Out4(0), Out4(0)], State::SendDword { value: 0 }),
-    ];
-    let wrong_outs: [&[u8]; 5] = [&[0x01, 0x00], &[0x01, 0, 0, 0], &[0x01], &[1, 2, 3], &[]];
-    let wrong_ins = [1usize, 2, 4, 3];
+    ]
+}
+
+/// The accesses of a wrong size in `state`: `(true, bytes, 0)` for an `out` of those bytes,
+/// `(false, [], n)` for an `in` of `n` bytes.
+fn wrong_accesses(state: &State) -> Vec<(bool, &'static [u8], usize)> {
+    let wrong_outs: [&'static [u8]; 5] = [&[0x01, 0x00], &[0x01, 0, 0, 0], &[0x01], &[1, 2, 3], &[]];
+    let dword_state = matches!(state, State::BulkWantAddress { .. } | State::BulkWantLength { .. });
+    let byte_answer =
+        matches!(state, State::SendByte { .. } | State::ReadSendCount { .. } | State::ReadSendByte { .. });
+    let dword_answer = matches!(state, State::SendDword { .. });
+    let outs = wrong_outs.into_iter().filter(|o| match o.len() {
+        1 => dword_state,
+        4 => !dword_state,
+        _ => true,
+    });
+    let ins = [1usize, 2, 4, 3].into_iter().filter(|&n| match n {
+        1 => !byte_answer,
+        4 => !dword_answer,
+        _ => true,
+    });
+    outs.map(|o| (true, o, 0)).chain(ins.map(|n| (false, &[][..], n))).collect()
+}
+
+#[test]
+fn wrong_size_accesses_in_every_state() {
     let tmp = TempDir::new("wrongsize");
-    for (script, expected) in &cases {
-        let dword_state = matches!(expected, State::BulkWantAddress { .. } | State::BulkWantLength { .. });
-        let byte_answer =
-            matches!(expected, State::SendByte { .. } | State::ReadSendCount { .. } | State::ReadSendByte { .. });
-        let dword_answer = matches!(expected, State::SendDword { .. });
-        let outs = wrong_outs.iter().filter(|o| match o.len() {
-            1 => dword_state,
-            4 => !dword_state,
-            _ => true,
-        });
-        let ins = wrong_ins.iter().filter(|&&n| match n {
-            1 => !byte_answer,
-            4 => !dword_answer,
-            _ => true,
-        });
-        let wrongs: Vec<(bool, &[u8], usize)> =
-            outs.map(|o| (true, *o, 0)).chain(ins.map(|&n| (false, &[][..], n))).collect();
-        for (is_out, out, in_len) in wrongs {
+    for (script, expected) in &every_state() {
+        for (is_out, out, in_len) in wrong_accesses(expected) {
             let what = format!(
                 "{expected:?} then {}",
                 if is_out { format!("out {out:?}") } else { format!("in of {in_len}") }
@@ -604,15 +623,7 @@ fn wrong_size_accesses_in_every_state() {
             vm.put_private("r", b"0123456789");
             assert_eq!(vm.open(b"r", FLAGS_READ), 0);
             assert_eq!(vm.open(b"w", FLAGS_WRITE), 1);
-            for access in script {
-                match *access {
-                    Out1(b) => vm.outb(b),
-                    Out4(d) => vm.outd(d),
-                    In1 => {
-                        vm.inb();
-                    }
-                }
-            }
+            vm.play(script);
             assert_eq!(vm.dev.state, *expected, "{what}");
             if is_out {
                 vm.out(out);
@@ -932,6 +943,32 @@ fn every_refusal_has_a_reason_in_words() {
     );
 }
 
+/// What `every_completed_request_is_one_event_in_words` makes the device say, request by
+/// request.
+const EVENTS_IN_WORDS: [&str; 21] = [
+    "file open \"shared.txt\" for read -> fd 0",
+    "file read fd 0, 5 bytes -> 5",
+    "file read fd 0, 1 byte -> 1",
+    "file read fd 0, 127 bytes -> 7",
+    "file read fd 0, 127 bytes -> 0 (end of file)",
+    "file read fd 0, 0 bytes -> 0",
+    "file open \"notes.txt\" for write -> fd 1",
+    "file write fd 1, 3 bytes -> 3",
+    "file write fd 1, 150 bytes -> -1 (count above 127)",
+    "file write fd 1, 0 bytes -> 0",
+    "file write bulk fd 1, 4096 bytes at 0x2000 -> 4096",
+    "file read bulk fd 0, 100 bytes at 0x3000 -> 0 (end of file)",
+    "file read bulk fd 0, 2 bytes at 0xffff -> -1 (the range ends at 0x10001, past the end of guest RAM (0x10000 bytes))",
+    "file close fd 1 -> 0",
+    "file close fd 1 -> -1 (not open)",
+    "file open \"a/b\" for read -> -1 (refused, '/' in a name)",
+    "file open \"x\\x00\\\"\\xff\" with flags 7 -> -1 (flags are neither 0 (read) nor 1 (write))",
+    "file open \"\" for write -> -1 (refused, empty name)",
+    "file command 0x07 -> -1 (unknown command)",
+    "file read fd 5, 10 bytes -> -1 (not open)",
+    "file write fd 0, 2 bytes -> -1 (opened for read)",
+];
+
 #[test]
 fn every_completed_request_is_one_event_in_words() {
     let tmp = TempDir::new("events");
@@ -961,32 +998,7 @@ fn every_completed_request_is_one_event_in_words() {
     assert_eq!(vm.inb(), ERROR);
     assert_eq!(vm.read(5, 10), None);
     assert_eq!(vm.write(0, b"no"), ERROR);
-    assert_eq!(
-        vm.events,
-        [
-            "file open \"shared.txt\" for read -> fd 0",
-            "file read fd 0, 5 bytes -> 5",
-            "file read fd 0, 1 byte -> 1",
-            "file read fd 0, 127 bytes -> 7",
-            "file read fd 0, 127 bytes -> 0 (end of file)",
-            "file read fd 0, 0 bytes -> 0",
-            "file open \"notes.txt\" for write -> fd 1",
-            "file write fd 1, 3 bytes -> 3",
-            "file write fd 1, 150 bytes -> -1 (count above 127)",
-            "file write fd 1, 0 bytes -> 0",
-            "file write bulk fd 1, 4096 bytes at 0x2000 -> 4096",
-            "file read bulk fd 0, 100 bytes at 0x3000 -> 0 (end of file)",
-            "file read bulk fd 0, 2 bytes at 0xffff -> -1 (the range ends at 0x10001, past the end of guest RAM (0x10000 bytes))",
-            "file close fd 1 -> 0",
-            "file close fd 1 -> -1 (not open)",
-            "file open \"a/b\" for read -> -1 (refused, '/' in a name)",
-            "file open \"x\\x00\\\"\\xff\" with flags 7 -> -1 (flags are neither 0 (read) nor 1 (write))",
-            "file open \"\" for write -> -1 (refused, empty name)",
-            "file command 0x07 -> -1 (unknown command)",
-            "file read fd 5, 10 bytes -> -1 (not open)",
-            "file write fd 0, 2 bytes -> -1 (opened for read)",
-        ]
-    );
+    assert_eq!(vm.events, EVENTS_IN_WORDS);
     // A request cut short completes nothing, and neither does reading its answer.
     vm.events.clear();
     vm.send(&[CMD_OPEN, FLAGS_WRITE, 3, b'a']);

@@ -248,83 +248,99 @@ const NAMES: [&[u8]; 10] = [b"a", b"b", b"s", b"t", b"", b".", b"..", b"a/b", b"
 /// A random sequence of accesses: whole requests (with their answers read, or not, or with
 /// the wrong size), requests cut short, and single stray accesses.
 fn random_ops(rng: &mut Rng, model: &Model, ops: &mut Vec<Op>) {
-    let ram = u32::try_from(model.ram.len()).unwrap();
-    let open_vfd = |rng: &mut Rng| -> u8 {
-        let open: Vec<usize> = (0..16).filter(|&i| model.table[i].is_some()).collect();
-        match rng.index(10) {
-            0 => *rng.pick(&[16, 17, 127, 128, 255]),
-            1..=2 => u8::try_from(rng.index(16)).unwrap(),
-            _ if open.is_empty() => 0,
-            _ => u8::try_from(*rng.pick(&open)).unwrap(),
-        }
-    };
-    let b = |v: u8| Op::Out(u32::from(v), 1);
     for _ in 0..1 + rng.index(6) {
         let start = ops.len();
         match rng.index(100) {
-            0..=17 => {
-                let name: Vec<u8> = match rng.index(40) {
-                    0 => vec![b'L'; 254],
-                    1 => vec![b'z'; 255],
-                    _ => rng.pick(&NAMES).to_vec(),
-                };
-                let flags = *rng.pick(&[0, 0, 0, 1, 1, 1, 2, 3, 0xFF]);
-                ops.extend([b(CMD_OPEN), b(flags), b(u8::try_from(name.len()).unwrap_or(255))]);
-                ops.extend(name.iter().map(|&c| b(c)));
-                ops.push(Op::In(1));
-            }
+            0..=17 => push_open(rng, ops),
             18..=29 => {
-                ops.extend([b(CMD_CLOSE), b(open_vfd(rng))]);
+                ops.extend([b(CMD_CLOSE), b(open_vfd(rng, model))]);
                 ops.push(Op::In(1));
             }
             30..=47 => {
                 let count = *rng.pick(&[0, 1, 2, 5, 50, 127, 128, 200, 255]);
-                ops.extend([b(CMD_READ), b(open_vfd(rng)), b(count)]);
+                ops.extend([b(CMD_READ), b(open_vfd(rng, model)), b(count)]);
                 // The count, then (usually) every data byte, sometimes a few too many.
                 let ins = 1 + usize::from(count.min(127)) + *rng.pick(&[0, 0, 0, 1, 3]);
                 ops.extend((0..ins).map(|_| Op::In(1)));
             }
             48..=65 => {
                 let count = *rng.pick(&[0, 1, 3, 10, 127, 128, 200]);
-                ops.extend([b(CMD_WRITE), b(open_vfd(rng)), b(count)]);
+                ops.extend([b(CMD_WRITE), b(open_vfd(rng, model)), b(count)]);
                 ops.extend((0..count).map(|_| b(rng.byte())));
                 ops.push(Op::In(1));
             }
-            66..=79 => {
-                let op = *rng.pick(&[CMD_READ_BULK, CMD_WRITE_BULK]);
-                let address = match rng.index(6) {
-                    0 => *rng.pick(&[0, ram - 1, ram, ram + 1, u32::MAX]),
-                    _ => u32::try_from(rng.index(model.ram.len())).unwrap(),
-                };
-                let length = match rng.index(6) {
-                    0 => *rng.pick(&[0, 1, ram, ram + 1, u32::MAX]),
-                    _ => u32::try_from(rng.index(700)).unwrap(),
-                };
-                ops.extend([b(op), b(open_vfd(rng)), Op::Out(address, 4), Op::Out(length, 4), Op::In(4)]);
-            }
-            80..=89 => {
-                // A stray out: a command-ish byte, a dword, or a wrong size.
-                let op = match rng.index(4) {
-                    0 => Op::Out(rng.index(256).try_into().unwrap(), *rng.pick(&[2, 3])),
-                    1 => Op::Out(u32::try_from(rng.next() >> 32).unwrap(), 4),
-                    _ => b(*rng.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 0x7F, 0xFF])),
-                };
-                ops.push(op);
-            }
+            66..=79 => push_bulk(rng, model, ops),
+            80..=89 => ops.push(stray_out(rng)),
             _ => ops.push(Op::In(*rng.pick(&[1, 1, 2, 3, 4]))),
         }
-        // Requests are sometimes cut short, or their answer taken with the wrong size.
-        if ops.len() - start > 1 {
-            match rng.index(20) {
-                0 => ops.truncate(start + 1 + rng.index(ops.len() - start - 1)),
-                1 => {
-                    let last = ops.len() - 1;
-                    if let Op::In(size) = ops[last] {
-                        ops[last] = Op::In(if size == 1 { *rng.pick(&[2, 4]) } else { *rng.pick(&[1, 2]) });
-                    }
+        mangle(rng, ops, start);
+    }
+}
+
+/// One byte `out`.
+fn b(v: u8) -> Op {
+    Op::Out(u32::from(v), 1)
+}
+
+/// A vfd for a request: mostly an open one, sometimes any, sometimes out of range.
+fn open_vfd(rng: &mut Rng, model: &Model) -> u8 {
+    let open: Vec<usize> = (0..16).filter(|&i| model.table[i].is_some()).collect();
+    match rng.index(10) {
+        0 => *rng.pick(&[16, 17, 127, 128, 255]),
+        1..=2 => u8::try_from(rng.index(16)).unwrap(),
+        _ if open.is_empty() => 0,
+        _ => u8::try_from(*rng.pick(&open)).unwrap(),
+    }
+}
+
+fn push_open(rng: &mut Rng, ops: &mut Vec<Op>) {
+    let name: Vec<u8> = match rng.index(40) {
+        0 => vec![b'L'; 254],
+        1 => vec![b'z'; 255],
+        _ => rng.pick(&NAMES).to_vec(),
+    };
+    let flags = *rng.pick(&[0, 0, 0, 1, 1, 1, 2, 3, 0xFF]);
+    ops.extend([b(CMD_OPEN), b(flags), b(u8::try_from(name.len()).unwrap_or(255))]);
+    ops.extend(name.iter().map(|&c| b(c)));
+    ops.push(Op::In(1));
+}
+
+fn push_bulk(rng: &mut Rng, model: &Model, ops: &mut Vec<Op>) {
+    let ram = u32::try_from(model.ram.len()).unwrap();
+    let op = *rng.pick(&[CMD_READ_BULK, CMD_WRITE_BULK]);
+    let address = match rng.index(6) {
+        0 => *rng.pick(&[0, ram - 1, ram, ram + 1, u32::MAX]),
+        _ => u32::try_from(rng.index(model.ram.len())).unwrap(),
+    };
+    let length = match rng.index(6) {
+        0 => *rng.pick(&[0, 1, ram, ram + 1, u32::MAX]),
+        _ => u32::try_from(rng.index(700)).unwrap(),
+    };
+    ops.extend([b(op), b(open_vfd(rng, model)), Op::Out(address, 4), Op::Out(length, 4), Op::In(4)]);
+}
+
+/// A stray out: a command-ish byte, a dword, or a wrong size.
+fn stray_out(rng: &mut Rng) -> Op {
+    match rng.index(4) {
+        0 => Op::Out(rng.index(256).try_into().unwrap(), *rng.pick(&[2, 3])),
+        1 => Op::Out(u32::try_from(rng.next() >> 32).unwrap(), 4),
+        _ => b(*rng.pick(&[0, 1, 2, 3, 4, 5, 6, 7, 0x7F, 0xFF])),
+    }
+}
+
+/// Sometimes cuts the request that begins at `ops[start]` short, or reads its answer with the
+/// wrong size.
+fn mangle(rng: &mut Rng, ops: &mut Vec<Op>, start: usize) {
+    if ops.len() - start > 1 {
+        match rng.index(20) {
+            0 => ops.truncate(start + 1 + rng.index(ops.len() - start - 1)),
+            1 => {
+                let last = ops.len() - 1;
+                if let Op::In(size) = ops[last] {
+                    ops[last] = Op::In(if size == 1 { *rng.pick(&[2, 4]) } else { *rng.pick(&[1, 2]) });
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
 }
@@ -353,6 +369,45 @@ fn assert_files_match(private: &std::path::Path, model: &Model, context: &dyn Fn
     }
 }
 
+/// The seed: MH_FILEIO_SEED (hex) if set, else a fresh one from the clock.
+fn seed() -> u64 {
+    match std::env::var("MH_FILEIO_SEED") {
+        Ok(s) => u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("MH_FILEIO_SEED is hex"),
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            (u64::try_from(now.as_nanos() & u128::from(u64::MAX)).unwrap() ^ (u64::from(std::process::id()) << 32)) | 1
+        }
+    }
+}
+
+/// Makes every access of `ops` on the device and on the model, comparing every answer;
+/// whether any may have written a host file.
+fn play(ops: &[Op], dev: &mut FileDevice, ram: &VecRam, model: &mut Model, context: &dyn Fn() -> String) -> bool {
+    let mut wrote = false;
+    for (i, &op) in ops.iter().enumerate() {
+        match op {
+            Op::Out(value, size) => {
+                let bytes = value.to_le_bytes();
+                let data = if size <= 4 { &bytes[..size] } else { &bytes[..] };
+                dev.out(data, ram);
+                model.out(data);
+                wrote |= matches!(data.first(), Some(&(CMD_OPEN | CMD_WRITE | CMD_WRITE_BULK)));
+            }
+            Op::In(size) => {
+                let mut got = vec![0x5A; size];
+                dev.inp(&mut got);
+                let want = model.inp(size);
+                assert!(
+                    got == want,
+                    "in of {size} at access {i}: got {got:x?}, model {want:x?}; {}; accesses {ops:?}",
+                    context()
+                );
+            }
+        }
+    }
+    wrote
+}
+
 /// Seeded random sequences of byte and bulk requests, every answer and every host-file
 /// byte compared with [`Model`]. A fresh seed each run (printed with any failure; set
 /// MH_FILEIO_SEED to repeat one).
@@ -361,13 +416,7 @@ fn random_requests_match_the_model_of_the_protocol() {
     const ROUNDS: usize = 1000;
     const SEQUENCES: usize = 100;
     const RAM: usize = 4096;
-    let seed = match std::env::var("MH_FILEIO_SEED") {
-        Ok(s) => u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("MH_FILEIO_SEED is hex"),
-        Err(_) => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            (u64::try_from(now.as_nanos() & u128::from(u64::MAX)).unwrap() ^ (u64::from(std::process::id()) << 32)) | 1
-        }
-    };
+    let seed = seed();
     eprintln!("random_requests_match_the_model_of_the_protocol: seed {seed:#x} (MH_FILEIO_SEED={seed:x} repeats it)");
     let mut rng = Rng::new(seed);
     let tmp = TempDir::new("model");
@@ -391,28 +440,7 @@ fn random_requests_match_the_model_of_the_protocol() {
             }
             ops.clear();
             random_ops(&mut rng, &model, &mut ops);
-            let mut wrote = false;
-            for (i, &op) in ops.iter().enumerate() {
-                match op {
-                    Op::Out(value, size) => {
-                        let bytes = value.to_le_bytes();
-                        let data = if size <= 4 { &bytes[..size] } else { &bytes[..] };
-                        dev.out(data, &ram);
-                        model.out(data);
-                        wrote |= matches!(data.first(), Some(&(CMD_OPEN | CMD_WRITE | CMD_WRITE_BULK)));
-                    }
-                    Op::In(size) => {
-                        let mut got = vec![0x5A; size];
-                        dev.inp(&mut got);
-                        let want = model.inp(size);
-                        assert!(
-                            got == want,
-                            "in of {size} at access {i}: got {got:x?}, model {want:x?}; {}; accesses {ops:?}",
-                            context()
-                        );
-                    }
-                }
-            }
+            let wrote = play(&ops, &mut dev, &ram, &mut model, &context);
             assert!(*ram.mem.borrow() == model.ram, "guest RAM differs, {}; accesses {ops:?}", context());
             if wrote || sequence == SEQUENCES - 1 {
                 assert_files_match(&private, &model, &context);
