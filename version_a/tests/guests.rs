@@ -309,4 +309,8 @@ fn stats_and_trace_describe_the_exits() {
     assert!(r.stderr.contains("exits: 15 total, 1 hlt, 0 other"), "{}", r.stderr);
     assert!(r.stderr.contains("port 0x00e9: 14 out exits (14 bytes), 0 in exits (0 bytes)"), "{}", r.stderr);
     assert!(r.stderr.contains("in KVM_RUN") && r.stderr.contains("handling exits"), "{}", r.stderr);
+    // guest.elf lies beside guest.img: every RIP is named (docs/REFERENCE.md §8).
+    let traced: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("trace: ")).collect();
+    assert!(traced.iter().all(|l| l.contains(" rip=0x") && l.contains(" in ")), "{}", r.stderr);
+    assert!(traced.last().is_some_and(|l| l.contains(": hlt rip=") && l.contains(" in _start+0x")), "{}", r.stderr);
 }
