@@ -22,6 +22,7 @@ mod gdb;
 mod image;
 mod kvm;
 mod long_mode;
+mod page_walk;
 mod serial;
 mod serial_ring;
 mod signals;

@@ -27,6 +27,7 @@ mod hostfs;
 mod image;
 mod kvm;
 mod long_mode;
+mod page_walk;
 mod sandbox;
 mod serial;
 mod serial_ring;

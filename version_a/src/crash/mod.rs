@@ -15,11 +15,11 @@ mod tests;
 pub use report::Explain;
 
 use crate::kvm::{KvmRegs, KvmSregs};
-use crate::long_mode::{Layout, MIB, PDE_PAGE_SIZE, PTE_PRESENT, PTE_WRITABLE};
+use crate::long_mode::{Layout, MIB, PTE_WRITABLE};
+use crate::page_walk::{self, WalkEnd};
 use crate::symbols::Symbols;
 
-/// Reads guest-physical memory into the buffer; `false` if the range is not all RAM.
-pub type ReadPhys<'a> = &'a dyn Fn(u64, &mut [u8]) -> bool;
+pub use crate::page_walk::ReadPhys;
 
 /// How the VM failed, as far as the explanation cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,30 +219,11 @@ struct Mapping {
 
 /// Walks the guest's own page tables (from CR3) for `va`, reading them through `e.read`.
 fn translate(e: &Evidence, va: u64) -> Option<Mapping> {
-    const ADDR: u64 = 0x000f_ffff_ffff_f000;
-    // Not canonical (bits 63..47 not all equal): never mapped.
-    if ((va as i64) >> 47) != 0 && ((va as i64) >> 47) != -1 {
-        return None;
-    }
-    let mut table = e.sregs.cr3 & ADDR;
     let mut writable = true;
-    for shift in [39u32, 30, 21, 12] {
-        let mut entry = [0u8; 8];
-        if !(e.read)(table + ((va >> shift) & 511) * 8, &mut entry) {
-            return None;
-        }
-        let entry = u64::from_le_bytes(entry);
-        if entry & PTE_PRESENT == 0 {
-            return None;
-        }
-        writable &= entry & PTE_WRITABLE != 0;
-        if shift == 12 || ((shift == 30 || shift == 21) && entry & PDE_PAGE_SIZE != 0) {
-            let page = (1u64 << shift) - 1;
-            return Some(Mapping { phys: (entry & ADDR & !page) | (va & page), writable });
-        }
-        table = entry & ADDR;
+    match page_walk::walk(e.read, e.sregs.cr3, va, |step| writable &= step.entry & PTE_WRITABLE != 0) {
+        WalkEnd::Page { pa, .. } => Some(Mapping { phys: pa, writable }),
+        _ => None,
     }
-    None
 }
 
 /// At the VM's end: the one warning if guest RAM no longer holds the ELF's code, naming the

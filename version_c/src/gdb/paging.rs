@@ -1,78 +1,18 @@
-//! The guest's own page tables, walked the way the CPU walks them: gdb's memory accesses go
-//! through it (guest-virtual addresses), and so does `monitor walk`, which shows every step.
-//!
-//! Four levels, PML4 → PDPT → PD → PT, each a 4 KiB table of 512 eight-byte entries indexed
-//! by nine bits of the virtual address (47..39, 38..30, 29..21, 20..12); bit 7 (PS) in a PDPT
-//! or PD entry makes it map a 1 GiB or 2 MiB page directly.
+//! Guest-virtual memory for gdb: its memory accesses translate each address through the
+//! guest's own page tables (the walk is `page_walk.rs`, shared with the crash report), and
+//! `monitor walk` shows every step.
 #![forbid(unsafe_code)]
 
 use super::target::Target;
 use crate::kvm::KvmSregs;
+pub use crate::page_walk::{PTE_ADDR, PTE_LARGE, PTE_PRESENT, Step, TABLE_NAMES, WalkEnd};
 
-pub const PTE_PRESENT: u64 = 1;
-pub const PTE_LARGE: u64 = 1 << 7;
-/// Bits 51..12 of an entry: the physical address of the next table or the page.
-pub const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 const CR0_PG: u64 = 1 << 31;
 const EFER_LMA: u64 = 1 << 10;
 
-/// The tables' names, by level (0 = the page table, 3 = the PML4).
-pub const TABLE_NAMES: [&str; 4] = ["PT", "PD", "PDPT", "PML4"];
-
-/// One entry read on the way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// 3 (PML4) down to 0 (PT).
-    pub level: u32,
-    pub index: u64,
-    /// Guest-physical address of the entry.
-    pub entry_addr: u64,
-    pub entry: u64,
-}
-
-/// Where a walk ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WalkEnd {
-    /// Mapped: the physical address, and the size of the page it lies in.
-    Page { pa: u64, page_size: u64 },
-    /// Bits 63..47 of the address are not all equal: no table can map it.
-    NotCanonical,
-    /// The last entry read is not present.
-    NotPresent,
-    /// An entry could not be read: its table lies outside RAM.
-    Unreadable { entry_addr: u64 },
-}
-
-/// Walks the guest's tables from `cr3` for virtual address `va`, calling `visit` with each
-/// entry read. Never reads outside RAM (the target refuses), never loops (four levels).
-pub fn walk<T: Target + ?Sized>(t: &T, cr3: u64, va: u64, mut visit: impl FnMut(&Step)) -> WalkEnd {
-    let top = va >> 47;
-    if top != 0 && top != (1 << 17) - 1 {
-        return WalkEnd::NotCanonical;
-    }
-    let mut table = cr3 & PTE_ADDR;
-    for level in (0..4u32).rev() {
-        let shift = 12 + 9 * level;
-        let index = (va >> shift) & 511;
-        let entry_addr = table + index * 8;
-        let mut bytes = [0u8; 8];
-        if t.read_phys(entry_addr, &mut bytes).is_err() {
-            return WalkEnd::Unreadable { entry_addr };
-        }
-        let entry = u64::from_le_bytes(bytes);
-        visit(&Step { level, index, entry_addr, entry });
-        if entry & PTE_PRESENT == 0 {
-            return WalkEnd::NotPresent;
-        }
-        // A page: at level 0 always, at PD (1) and PDPT (2) level when PS is set.
-        if level == 0 || (level <= 2 && entry & PTE_LARGE != 0) {
-            let page_size = 1u64 << shift;
-            let pa = (entry & PTE_ADDR & !(page_size - 1)) + (va & (page_size - 1));
-            return WalkEnd::Page { pa, page_size };
-        }
-        table = entry & PTE_ADDR;
-    }
-    WalkEnd::NotPresent // not reached: level 0 always ends the walk
+/// [`crate::page_walk::walk`] through the target's guest RAM.
+pub fn walk<T: Target + ?Sized>(t: &T, cr3: u64, va: u64, visit: impl FnMut(&Step)) -> WalkEnd {
+    crate::page_walk::walk(&|gpa, buf| t.read_phys(gpa, buf).is_ok(), cr3, va, visit)
 }
 
 /// Translates guest-virtual `va`: the physical address and how many bytes are left in its
