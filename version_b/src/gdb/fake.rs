@@ -9,11 +9,9 @@ use super::paging::PTE_PRESENT;
 use super::session::{Action, Session};
 use super::target::Target;
 use crate::kvm::{KvmGuestDebug, KvmRegs, KvmSregs};
-use crate::long_mode::{Layout, MIB, PageSize};
+use crate::long_mode::{CR0_PG, EFER_LMA, Layout, MIB, PageSize};
 
 pub const RAM: usize = 4 << 20;
-const CR0_PG: u64 = 1 << 31;
-const EFER_LMA: u64 = 1 << 10;
 
 pub struct FakeTarget {
     pub ram: RefCell<Vec<u8>>,

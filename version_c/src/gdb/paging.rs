@@ -5,10 +5,8 @@
 
 use super::target::Target;
 use crate::kvm::KvmSregs;
+use crate::long_mode::{CR0_PG, EFER_LMA};
 pub use crate::page_walk::{PTE_ADDR, PTE_LARGE, PTE_PRESENT, Step, TABLE_NAMES, WalkEnd};
-
-const CR0_PG: u64 = 1 << 31;
-const EFER_LMA: u64 = 1 << 10;
 
 /// [`crate::page_walk::walk`] through the target's guest RAM.
 pub fn walk<T: Target + ?Sized>(t: &T, cr3: u64, va: u64, visit: impl FnMut(&Step)) -> WalkEnd {
