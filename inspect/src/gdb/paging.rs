@@ -1,12 +1,10 @@
 //! Guest-virtual memory for gdb: its memory accesses translate each address through the
-//! guest's own page tables (the walk is `page_walk.rs`, shared with the crash report), and
-//! `monitor walk` shows every step.
-#![forbid(unsafe_code)]
+//! guest's own page tables (the walk is the crate's `page_walk.rs`, shared with the crash
+//! report), and `monitor walk` shows every step.
 
-use super::target::Target;
-use crate::kvm::KvmSregs;
-use crate::long_mode::{CR0_PG, EFER_LMA};
+use crate::page_walk::{CR0_PG, EFER_LMA};
 pub use crate::page_walk::{PTE_ADDR, PTE_LARGE, PTE_PRESENT, Step, TABLE_NAMES, WalkEnd};
+use crate::{SystemRegs, Target};
 
 /// [`crate::page_walk::walk`] through the target's guest RAM.
 pub fn walk<T: Target + ?Sized>(t: &T, cr3: u64, va: u64, visit: impl FnMut(&Step)) -> WalkEnd {
@@ -24,7 +22,7 @@ pub fn translate<T: Target + ?Sized>(t: &T, cr3: u64, va: u64) -> Option<(u64, u
 
 /// The paging mode the guest is in, from its control registers: `Some(cr3)` for 4-level
 /// paging, `None` for no paging (virtual = physical). Other modes are not ours to debug.
-pub fn paging(s: &KvmSregs) -> Result<Option<u64>, ()> {
+pub fn paging(s: &SystemRegs) -> Result<Option<u64>, ()> {
     match (s.cr0 & CR0_PG != 0, s.efer & EFER_LMA != 0) {
         (false, _) => Ok(None),
         (true, true) => Ok(Some(s.cr3)),
@@ -51,10 +49,12 @@ pub fn access<T: Target + ?Sized>(t: &T, cr3: Option<u64>, va: u64, buf: &mut [u
     Ok(())
 }
 
+/// The guest's paging now ([`paging`]); `Err` also when its registers cannot be read.
 fn current_paging<T: Target + ?Sized>(t: &T) -> Result<Option<u64>, ()> {
-    paging(&t.sregs().map_err(|_| ())?)
+    paging(&t.system_regs().map_err(|_| ())?)
 }
 
+/// Reads guest-virtual memory, through the guest's paging as it is now.
 pub fn read_virt<T: Target + ?Sized>(t: &T, va: u64, buf: &mut [u8]) -> Result<(), ()> {
     access(t, current_paging(t)?, va, buf, false)
 }
@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn page_walk_small_large_huge_unmapped_and_outside_ram() {
         let t = FakeTarget::new(true);
-        let cr3 = t.sregs.borrow().cr3;
+        let cr3 = t.system.borrow().cr3;
         assert_eq!(translate(&t, cr3, 0x1234), Some((0x1234, 0x20_0000 - 0x1234)), "2 MiB page");
         assert_eq!(translate(&t, cr3, 0x20_1008), Some((0x20_1008, 0xff8)), "4 KiB page");
         assert_eq!(translate(&t, cr3, 0x20_0010), None, "PT entry 0 is not present");
@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn a_walk_visits_each_level_with_its_entry() {
         let t = FakeTarget::new(true);
-        let cr3 = t.sregs.borrow().cr3;
+        let cr3 = t.system.borrow().cr3;
         let mut steps = vec![];
         let end = walk(&t, cr3, 0x20_1008, |s| steps.push(*s));
         assert_eq!(end, WalkEnd::Page { pa: 0x20_1008, page_size: 0x1000 });
@@ -120,7 +120,7 @@ mod tests {
         let flat = FakeTarget::new(false);
         assert_eq!(read_virt(&flat, RAM as u64 - 1, &mut buf[..1]), Ok(()), "no paging: virtual = physical");
         assert_eq!(read_virt(&flat, RAM as u64, &mut buf[..1]), Err(()));
-        let mut legacy = *flat.sregs.borrow();
+        let mut legacy = *flat.system.borrow();
         legacy.cr0 |= CR0_PG;
         assert_eq!(paging(&legacy), Err(()), "32-bit paging is not ours to walk");
     }

@@ -4,7 +4,6 @@
 //! Each unit is a header (the file names) and a small program for a state machine whose rows
 //! are (address, file, line). Every opcode consumes at least one byte and the program never
 //! jumps back, so running it takes time in proportion to its length; the rows kept are capped.
-#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 

@@ -1,16 +1,35 @@
 //! The guest's own page tables, walked the way the CPU walks them: the debugger's memory
-//! accesses and `monitor walk` (`gdb/`) and the crash report's page-fault words (`crash/`)
-//! all go through [`walk`].
+//! accesses and `monitor walk` ([`crate::gdb`]) and the crash report's page-fault words
+//! ([`crate::crash`]) all go through [`walk`]. With it, the few x86 constants the toolbox
+//! needs: sizes, page-table entry bits, and the control-register bits that say whether the
+//! guest pages.
 //!
 //! Four levels, PML4 → PDPT → PD → PT, each a 4 KiB table of 512 eight-byte entries indexed
 //! by nine bits of the virtual address (47..39, 38..30, 29..21, 20..12); bit 7 (PS) in a PDPT
 //! or PD entry makes it map a 1 GiB or 2 MiB page directly.
-#![forbid(unsafe_code)]
 
-pub use crate::long_mode::{PDE_PAGE_SIZE as PTE_LARGE, PTE_PRESENT};
+/// A kibibyte.
+pub const KIB: u64 = 1024;
+/// A mebibyte.
+pub const MIB: u64 = 1024 * KIB;
+/// Size of one page-table page (512 entries of 8 bytes), and of a small page.
+pub const TABLE_SIZE: u64 = 4 * KIB;
 
+// Page-table entry bits.
+/// P: the entry is used (else the walk ends in a page fault).
+pub const PTE_PRESENT: u64 = 1 << 0;
+/// R/W: writes are allowed through this entry (a walk allows a write only if every level does).
+pub const PTE_WRITABLE: u64 = 1 << 1;
+/// PS, in a PDPT or PD entry: it maps a 1 GiB or 2 MiB page instead of pointing to a table.
+pub const PTE_LARGE: u64 = 1 << 7;
 /// Bits 51..12 of an entry: the physical address of the next table or the page.
 pub const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+// Control-register and EFER bits.
+/// CR0.PG: paging is on.
+pub const CR0_PG: u64 = 1 << 31;
+/// EFER.LMA: long mode is active (with CR0.PG: 4-level paging).
+pub const EFER_LMA: u64 = 1 << 10;
 
 /// The tables' names, by level (0 = the page table, 3 = the PML4).
 pub const TABLE_NAMES: [&str; 4] = ["PT", "PD", "PDPT", "PML4"];
@@ -23,9 +42,11 @@ pub type ReadPhys<'a> = &'a dyn Fn(u64, &mut [u8]) -> bool;
 pub struct Step {
     /// 3 (PML4) down to 0 (PT).
     pub level: u32,
+    /// The entry's index in its table (nine bits of the virtual address).
     pub index: u64,
     /// Guest-physical address of the entry.
     pub entry_addr: u64,
+    /// The entry's value.
     pub entry: u64,
 }
 

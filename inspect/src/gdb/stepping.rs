@@ -6,13 +6,12 @@
 //! instruction is a VM exit that comes here ([`Session::on_trap`]), so that path does as little
 //! as it can: no system call (RIP comes with the exit; the watched bytes and the next
 //! instruction are read straight from guest RAM through translations made at the resume), no
-//! allocation, and `KVM_SET_GUEST_DEBUG` only when what it sets changes.
+//! allocation, and [`Target::set_debug`] only when what it sets changes.
 //!
 //! `hlt` is never single-stepped: a single-stepped `hlt` comes back as a debug exit just past
 //! it (KVM drops the halt), and the guest would run on instead of ending. When the next
 //! instruction is `hlt`, the guest is resumed without single-stepping, so that `hlt` exits and
 //! ends the VM however it was reached.
-#![forbid(unsafe_code)]
 
 use std::io;
 use std::time::Instant;
@@ -20,7 +19,7 @@ use std::time::Instant;
 use super::breakpoints::{MAX_EMULATED_WATCH, Slot, Watch, guest_debug};
 use super::paging::{paging, translate};
 use super::session::Session;
-use super::target::Target;
+use crate::Target;
 
 /// Steps after which the stub says how long one takes.
 const RATE_SAMPLE: u64 = 10_000;
@@ -160,7 +159,7 @@ impl Session {
     /// Programs the vCPU to resume the guest (`step`: for one instruction).
     pub fn resume<T: Target + ?Sized>(&mut self, t: &T, step: bool) -> io::Result<()> {
         let pc = t.regs()?.rip;
-        let space = paging(&t.sregs()?);
+        let space = paging(&t.system_regs()?);
         let all = self.points.needs_stepping();
         let over = !step && !all && self.points.is_exec(pc);
         let watched = self.points.emulated().map(|w| Watched::new(t, space, w)).collect();
@@ -272,12 +271,12 @@ impl Session {
 mod tests {
     use super::super::Stop;
     use super::super::fake::{FakeTarget, ask, session};
-    use crate::kvm;
+    use crate::GuestDebug;
 
     const STEP: u64 = 0xffff_4ff0; // DR6 of a single step (BS)
 
     fn stepping(t: &FakeTarget) -> bool {
-        t.debug.borrow().is_some_and(|d| d.control & kvm::KVM_GUESTDBG_SINGLESTEP != 0)
+        t.debug.borrow().is_some_and(|d| d.enable && d.single_step)
     }
 
     #[test]
@@ -305,7 +304,7 @@ mod tests {
         // Without watchpoints, a debug exit is gdb's.
         s.forget_breakpoints();
         s.resume(&t, false).unwrap();
-        assert_eq!(*t.debug.borrow(), Some(kvm::KvmGuestDebug::default()));
+        assert_eq!(*t.debug.borrow(), Some(GuestDebug::default()));
         assert_eq!(s.on_trap(&t, 0, 0), Some(b"T05thread:01;".to_vec()));
     }
 

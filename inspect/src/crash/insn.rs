@@ -2,7 +2,6 @@
 //! (prefixes, opcode, ModRM, SIB, displacement, immediate), whether it has a memory operand,
 //! and a name for the instructions that typically end a guest (`ud2`, `int3`, privileged and
 //! I/O instructions, divisions, SSE). Anything it does not know gets no length and no name.
-#![forbid(unsafe_code)]
 
 /// The longest x86 instruction.
 pub const MAX_LEN: usize = 15;

@@ -10,9 +10,8 @@
 //!   one VM exit per instruction, where the stub compares RIP with every breakpoint and the
 //!   watched bytes with their old values. The debug registers then hold only the watchpoints
 //!   the host fires. That is the slow path; `stepping.rs` makes it cheap.
-#![forbid(unsafe_code)]
 
-use crate::kvm::{self, KvmGuestDebug};
+use crate::GuestDebug;
 
 /// What a data watchpoint watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +24,11 @@ pub enum WatchKind {
     Access,
 }
 
+/// A data watchpoint: what it watches, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watch {
     pub kind: WatchKind,
+    /// The first byte watched (guest-virtual).
     pub addr: u64,
     /// 1, 2, 4 or 8 in a debug register; up to [`MAX_EMULATED_WATCH`] when emulated.
     pub len: u64,
@@ -42,8 +43,10 @@ pub enum Slot {
 
 /// The longest range an emulated watchpoint compares (a struct, a small array).
 pub const MAX_EMULATED_WATCH: u64 = 256;
-/// Limits against a client that inserts without end (gdb itself never comes near).
+/// Limits against a client that inserts without end (gdb itself never comes near):
+/// instruction breakpoints, and watchpoints.
 pub const MAX_BREAKPOINTS: usize = 1 << 16;
+/// See [`MAX_BREAKPOINTS`].
 pub const MAX_WATCHES: usize = 64;
 /// The debug registers DR0–DR3.
 pub const DEBUG_REGS: usize = 4;
@@ -63,6 +66,7 @@ pub struct Breakpoints {
 }
 
 impl Breakpoints {
+    /// None yet; `native_watch`: the host fires data breakpoints.
     pub fn new(native_watch: bool) -> Breakpoints {
         Breakpoints { native_watch, ..Breakpoints::default() }
     }
@@ -79,6 +83,7 @@ impl Breakpoints {
         }
     }
 
+    /// Takes out the instruction breakpoint at `addr`, if there is one.
     pub fn remove_exec(&mut self, addr: u64) {
         if let Ok(at) = self.exec.binary_search(&addr) {
             self.exec.remove(at);
@@ -90,6 +95,7 @@ impl Breakpoints {
         self.exec.binary_search(&pc).is_ok()
     }
 
+    /// How many instruction breakpoints there are.
     pub fn exec_count(&self) -> usize {
         self.exec.len()
     }
@@ -107,10 +113,12 @@ impl Breakpoints {
         true
     }
 
+    /// Takes out the watchpoint `w`, if there is one.
     pub fn remove_watch(&mut self, w: Watch) {
         self.watches.retain(|x| *x != w);
     }
 
+    /// Takes out every breakpoint and watchpoint.
     pub fn clear(&mut self) {
         self.exec.clear();
         self.watches.clear();
@@ -162,8 +170,8 @@ impl Breakpoints {
     }
 }
 
-/// DR7 for `slots`: for register i, the local enable L<i> (bit 2i), R/W<i> (bits 16+4i) and
-/// LEN<i> (bits 18+4i).
+/// DR7 for `slots`: for register i, the local enable `L<i>` (bit 2i), `R/W<i>` (bits 16+4i) and
+/// `LEN<i>` (bits 18+4i).
 pub fn dr7(slots: &[Option<Slot>; DEBUG_REGS]) -> u64 {
     let mut dr7 = 0;
     for (i, slot) in slots.iter().enumerate() {
@@ -186,18 +194,16 @@ pub fn dr7(slots: &[Option<Slot>; DEBUG_REGS]) -> u64 {
     if dr7 == 0 { 0 } else { dr7 | DR7_BASE }
 }
 
-/// The `KVM_SET_GUEST_DEBUG` argument for `slots`, single-stepping or not: debugging off when
+/// The [`GuestDebug`] for `slots`, single-stepping or not: debugging off (the default) when
 /// there is nothing to do.
-pub fn guest_debug(slots: &[Option<Slot>; DEBUG_REGS], step: bool) -> KvmGuestDebug {
-    let mut dbg = KvmGuestDebug::default();
+pub fn guest_debug(slots: &[Option<Slot>; DEBUG_REGS], step: bool) -> GuestDebug {
+    let mut dbg = GuestDebug::default();
     let dr7 = dr7(slots);
     if dr7 == 0 && !step {
         return dbg;
     }
-    dbg.control = kvm::KVM_GUESTDBG_ENABLE | kvm::KVM_GUESTDBG_USE_HW_BP;
-    if step {
-        dbg.control |= kvm::KVM_GUESTDBG_SINGLESTEP;
-    }
+    dbg.enable = true;
+    dbg.single_step = step;
     for (i, slot) in slots.iter().enumerate() {
         dbg.debugreg[i] = match slot {
             Some(Slot::Exec(addr)) => *addr,
@@ -211,7 +217,7 @@ pub fn guest_debug(slots: &[Option<Slot>; DEBUG_REGS], step: bool) -> KvmGuestDe
 
 impl Breakpoints {
     /// [`Breakpoints::slots`] and the [`guest_debug`] that programs them.
-    pub fn guest_debug(&self, step: bool) -> (KvmGuestDebug, [Option<Slot>; DEBUG_REGS]) {
+    pub fn guest_debug(&self, step: bool) -> (GuestDebug, [Option<Slot>; DEBUG_REGS]) {
         let slots = self.slots(step, None);
         (guest_debug(&slots, step), slots)
     }
@@ -249,12 +255,12 @@ mod tests {
         let want = 0x55 | 0b11 << 16 | 0b10 << 18 | 0b01 << 20 | 0b11 << 22 | DR7_BASE;
         assert_eq!(dr7(&slots), want);
         let (dbg, _) = b.guest_debug(false);
-        assert_eq!(dbg.control, kvm::KVM_GUESTDBG_ENABLE | kvm::KVM_GUESTDBG_USE_HW_BP);
+        assert!(dbg.enable && !dbg.single_step);
         assert_eq!(dbg.debugreg[..4], [0x2008, 0x1000, 0x10, 0x20]);
         assert_eq!(dbg.debugreg[7], want);
         // Single-stepping, only the watchpoints stay in registers.
         let (step, slots) = b.guest_debug(true);
-        assert_ne!(step.control & kvm::KVM_GUESTDBG_SINGLESTEP, 0);
+        assert!(step.enable && step.single_step);
         assert_eq!(slots[2..], [None, None]);
         assert_eq!(b.slots(false, Some(0x10))[2..], [Some(Slot::Exec(0x20)), None], "except the one at RIP");
     }
@@ -275,7 +281,7 @@ mod tests {
         b.remove_exec(0x99); // not there: nothing happens
         assert_eq!(b.exec_count(), 4);
         b.clear();
-        assert_eq!(b.guest_debug(false).0, KvmGuestDebug::default(), "debugging off when nothing is set");
+        assert_eq!(b.guest_debug(false).0, GuestDebug::default(), "debugging off when nothing is set");
     }
 
     #[test]

@@ -1,26 +1,23 @@
 //! For unit tests: a [`Target`] with guest RAM in a `Vec` and registers in cells.
-#![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::io;
 
-use super::monitor::Machine;
 use super::paging::PTE_PRESENT;
 use super::session::{Action, Session};
-use super::target::Target;
-use crate::kvm::{KvmGuestDebug, KvmRegs, KvmSregs};
-use crate::long_mode::{CR0_PG, EFER_LMA, Layout, MIB, PageSize};
+use crate::page_walk::{CR0_PG, EFER_LMA, MIB, TABLE_SIZE};
+use crate::{GuestDebug, MemoryMap, Regs, SystemRegs, Target};
 
 pub const RAM: usize = 4 << 20;
 
 pub struct FakeTarget {
     pub ram: RefCell<Vec<u8>>,
-    pub regs: RefCell<KvmRegs>,
-    pub sregs: RefCell<KvmSregs>,
-    pub debug: RefCell<Option<KvmGuestDebug>>,
+    pub regs: RefCell<Regs>,
+    pub system: RefCell<SystemRegs>,
+    pub debug: RefCell<Option<GuestDebug>>,
     pub set_debug_calls: Cell<usize>,
-    /// `set_sregs` fails as KVM does for a value it does not allow.
-    pub refuse_sregs: Cell<bool>,
+    /// `set_system_regs` fails as KVM does for a value it does not allow.
+    pub refuse_system: Cell<bool>,
     /// Calls of `write_phys`, and those that reached outside RAM (refused).
     pub writes: Cell<usize>,
     pub writes_outside: Cell<usize>,
@@ -31,7 +28,7 @@ impl FakeTarget {
     /// the second, so that both walks are tested) with 0x200000..0x201000 left unmapped, a
     /// 2 MiB page at 0x400000 that maps outside RAM, and a 1 GiB page mapping 0x40000000.. to 0.
     pub fn new(paging: bool) -> FakeTarget {
-        let regs = KvmRegs {
+        let regs = Regs {
             rax: 1,
             rbx: 2,
             rcx: 3,
@@ -44,18 +41,16 @@ impl FakeTarget {
             r15: 16,
             rip: 0x1234,
             rflags: 0x202,
-            ..KvmRegs::default()
+            ..Regs::default()
         };
-        let mut sregs = KvmSregs::default();
-        sregs.cs.selector = 0x8;
-        sregs.ss.selector = 0x10;
+        let system = SystemRegs { cs: 0x8, ss: 0x10, ..SystemRegs::default() };
         let t = FakeTarget {
             ram: RefCell::new(vec![0; RAM]),
             regs: RefCell::new(regs),
-            sregs: RefCell::new(sregs),
+            system: RefCell::new(system),
             debug: RefCell::new(None),
             set_debug_calls: Cell::new(0),
-            refuse_sregs: Cell::new(false),
+            refuse_system: Cell::new(false),
             writes: Cell::new(0),
             writes_outside: Cell::new(0),
         };
@@ -70,7 +65,7 @@ impl FakeTarget {
                 t.put(pt + i * 8, (0x20_0000 + i * 0x1000) | 3);
             }
             t.put(pd + 16, 0x1000_0000 | 0x83 | PTE_PRESENT); // maps outside RAM
-            let mut s = t.sregs.borrow_mut();
+            let mut s = t.system.borrow_mut();
             s.cr0 = CR0_PG | 1;
             s.efer = EFER_LMA;
             s.cr3 = pml4;
@@ -84,21 +79,24 @@ impl FakeTarget {
 }
 
 impl Target for FakeTarget {
-    fn regs(&self) -> io::Result<KvmRegs> {
+    fn regs(&self) -> io::Result<Regs> {
         Ok(*self.regs.borrow())
     }
-    fn set_regs(&self, regs: &KvmRegs) -> io::Result<()> {
+    fn set_regs(&self, regs: &Regs) -> io::Result<()> {
         *self.regs.borrow_mut() = *regs;
         Ok(())
     }
-    fn sregs(&self) -> io::Result<KvmSregs> {
-        Ok(*self.sregs.borrow())
+    fn system_regs(&self) -> io::Result<SystemRegs> {
+        Ok(*self.system.borrow())
     }
-    fn set_sregs(&self, sregs: &KvmSregs) -> io::Result<()> {
-        if self.refuse_sregs.get() {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    fn set_system_regs(&self, s: &SystemRegs) -> io::Result<()> {
+        if self.refuse_system.get() {
+            return Err(io::ErrorKind::InvalidInput.into()); // KVM: EINVAL
         }
-        *self.sregs.borrow_mut() = *sregs;
+        let mut now = self.system.borrow_mut();
+        // What the trait writes; the selectors and the interrupt table register stay.
+        (now.fs_base, now.gs_base, now.cr0, now.cr2, now.cr3, now.cr4, now.efer) =
+            (s.fs_base, s.gs_base, s.cr0, s.cr2, s.cr3, s.cr4, s.efer);
         Ok(())
     }
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -119,16 +117,18 @@ impl Target for FakeTarget {
         dst.ok_or(io::ErrorKind::InvalidInput)?.copy_from_slice(buf);
         Ok(())
     }
-    fn set_debug(&self, dbg: &KvmGuestDebug) -> io::Result<()> {
+    fn set_debug(&self, dbg: &GuestDebug) -> io::Result<()> {
         *self.debug.borrow_mut() = Some(*dbg);
         self.set_debug_calls.set(self.set_debug_calls.get() + 1);
         Ok(())
     }
 }
 
-/// The machine the monitor describes in tests: 4 MiB with 4 KiB pages, a 4660-byte image.
-pub fn machine() -> Machine {
-    Machine { layout: Layout::new(4 * MIB, PageSize::Small4K), image_size: 0x1234 }
+/// The machine the monitor describes in tests: 4 MiB with 4 KiB pages (5 table pages at the
+/// top: PML4, PDPT, PD and two page tables), a 4660-byte image.
+pub fn machine() -> MemoryMap {
+    let ram_size = 4 * MIB;
+    MemoryMap { ram_size, large_pages: false, tables_base: ram_size - 5 * TABLE_SIZE, image_len: 0x1234 }
 }
 
 pub fn session(data_watch: bool) -> Session {

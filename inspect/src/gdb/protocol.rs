@@ -4,7 +4,6 @@
 //! gdb sends `$` + data + `#` + two hex digits of the data's byte sum. Inside data, `}` escapes
 //! the next byte (XOR 0x20) and `X*c` repeats X (c − 29) more times. Outside a packet, `+`
 //! acknowledges, `-` asks again, and the byte 0x03 is gdb's Ctrl-C.
-#![forbid(unsafe_code)]
 
 /// The largest packet we accept and announce (`PacketSize`, in hex in `qSupported`).
 pub const PACKET_SIZE: usize = 0x4000;
@@ -54,6 +53,7 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// Takes the next byte from gdb: what it completes, if anything.
     pub fn push(&mut self, b: u8) -> Option<Input> {
         match self.state {
             DecodeState::Idle => return self.idle(b),
@@ -145,6 +145,7 @@ impl Decoder {
     }
 }
 
+/// A packet's checksum: the sum of its data bytes, modulo 256.
 pub fn checksum(data: &[u8]) -> u8 {
     data.iter().fold(0u8, |s, &b| s.wrapping_add(b))
 }
@@ -180,15 +181,18 @@ pub fn console_packets(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The value of one hexadecimal digit (either case).
 pub fn hex_digit(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Two lowercase hexadecimal digits per byte.
 pub fn to_hex(bytes: &[u8]) -> Vec<u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes.iter().flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]).collect()
 }
 
+/// The bytes of pairs of hexadecimal digits; `None` for an odd count or a non-digit.
 pub fn from_hex(text: &[u8]) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;

@@ -1,20 +1,12 @@
 //! `monitor` commands (gdb's `qRcmd` packet): what the hypervisor knows about the machine that
 //! gdb cannot see by itself. `monitor help` lists them; the answer is text, which the stub
 //! sends as console output.
-#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 
 use super::paging::{PTE_ADDR, PTE_LARGE, PTE_PRESENT, Step, TABLE_NAMES, WalkEnd, paging, walk};
-use super::target::Target;
-use crate::long_mode::{KIB, Layout, MIB, PageSize, TABLE_SIZE};
-
-/// What the stub knows of the VM's memory from its start: the layout and the image's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Machine {
-    pub layout: Layout,
-    pub image_size: u64,
-}
+use crate::page_walk::{KIB, MIB, TABLE_SIZE};
+use crate::{MemoryMap, Target};
 
 const HELP: &str = "\
 monitor commands of mini_hypervisor:
@@ -25,7 +17,7 @@ monitor commands of mini_hypervisor:
 ";
 
 /// The answer to `monitor LINE`. Never fails: a bad command answers how to use it.
-pub fn command<T: Target + ?Sized>(m: &Machine, t: &T, line: &str) -> String {
+pub fn command<T: Target + ?Sized>(m: &MemoryMap, t: &T, line: &str) -> String {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (None, _, _) | (Some("help"), None, _) => HELP.to_owned(),
@@ -109,9 +101,10 @@ fn step_line(s: &Step) -> String {
     )
 }
 
-fn walk_text<T: Target + ?Sized>(m: &Machine, t: &T, va: u64) -> String {
-    let ram = m.layout.mem_size;
-    let cr3 = match t.sregs().map(|s| paging(&s)) {
+/// `monitor walk ADDR`: every entry the walk reads, and where it ends.
+fn walk_text<T: Target + ?Sized>(m: &MemoryMap, t: &T, va: u64) -> String {
+    let ram = m.ram_size;
+    let cr3 = match t.system_regs().map(|s| paging(&s)) {
         Err(e) => return format!("monitor walk: cannot read the control registers: {e}\n"),
         Ok(Err(())) => {
             return "the guest pages, but not with 4-level long-mode tables: this walk cannot follow it\n".into();
@@ -142,14 +135,11 @@ fn walk_text<T: Target + ?Sized>(m: &Machine, t: &T, va: u64) -> String {
     out
 }
 
-fn mem<T: Target + ?Sized>(m: &Machine, t: &T) -> String {
-    let l = &m.layout;
-    let (ram, tables) = (l.mem_size, l.tables_base());
-    let image_end = m.image_size.min(tables);
-    let page = match l.page {
-        PageSize::Small4K => "4 KiB pages",
-        PageSize::Large2M => "2 MiB pages",
-    };
+/// `monitor mem`: the memory map, and where the stack pointer and CR3 are now.
+fn mem<T: Target + ?Sized>(m: &MemoryMap, t: &T) -> String {
+    let (ram, tables) = (m.ram_size, m.tables_base.min(m.ram_size));
+    let image_end = m.image_len.min(tables);
+    let page = if m.large_pages { "2 MiB pages" } else { "4 KiB pages" };
     let mut out =
         format!("RAM: {}, guest-physical {:#x}..{ram:#x}, mapped virtual = physical with {page}\n", size(ram), 0);
     let mut row = |from: u64, to: Option<u64>, what: String| {
@@ -159,15 +149,16 @@ fn mem<T: Target + ?Sized>(m: &Machine, t: &T) -> String {
         };
         let _ = writeln!(out, "  {range:<18} {what}");
     };
-    row(0, Some(image_end), format!("image: {}, code and data, loaded at 0 (RIP starts at 0)", size(m.image_size)));
+    row(0, Some(image_end), format!("image: {}, code and data, loaded at 0 (RIP starts at 0)", size(m.image_len)));
     row(
         image_end,
         Some(tables),
         format!("free: {}; the stack grows down into it from its top", size(tables - image_end)),
     );
     row(tables, None, "stack top: RSP starts here, just below the page tables".to_owned());
-    let pts = l.table_pages() - 3;
-    let pt_text = match pts {
+    // PML4, PDPT and PD, then the page tables (4 KiB pages only).
+    let table_pages = (ram - tables) / TABLE_SIZE;
+    let pt_text = match table_pages.saturating_sub(3) {
         0 => String::new(),
         1 => format!(", PT {:#x}", tables + 3 * TABLE_SIZE),
         n => format!(", {n} PTs from {:#x}", tables + 3 * TABLE_SIZE),
@@ -176,8 +167,7 @@ fn mem<T: Target + ?Sized>(m: &Machine, t: &T) -> String {
         tables,
         Some(ram),
         format!(
-            "page tables: {} pages of 4 KiB: PML4 {tables:#x}, PDPT {:#x}, PD {:#x}{pt_text}",
-            l.table_pages(),
+            "page tables: {table_pages} pages of 4 KiB: PML4 {tables:#x}, PDPT {:#x}, PD {:#x}{pt_text}",
             tables + TABLE_SIZE,
             tables + 2 * TABLE_SIZE
         ),
@@ -187,7 +177,7 @@ fn mem<T: Target + ?Sized>(m: &Machine, t: &T) -> String {
 
 /// The stack pointer and CR3 now, against the layout.
 fn now<T: Target + ?Sized>(t: &T, tables: u64) -> String {
-    let (Ok(r), Ok(s)) = (t.regs(), t.sregs()) else { return String::new() };
+    let (Ok(r), Ok(s)) = (t.regs(), t.system_regs()) else { return String::new() };
     let stack = if r.rsp <= tables {
         format!("{} of stack in use", size(tables - r.rsp))
     } else {
@@ -247,7 +237,7 @@ mod tests {
         let outside = command(&m, &t, "walk 0x400000");
         assert!(outside.contains("beyond the 4 MiB of RAM"), "{outside}");
         assert!(command(&m, &t, "walk 0x800000000000").contains("not canonical"));
-        t.sregs.borrow_mut().cr3 = RAM as u64;
+        t.system.borrow_mut().cr3 = RAM as u64;
         assert!(command(&m, &t, "walk 0").contains("lies beyond the 4 MiB of RAM: the walk stops there"));
         let flat = FakeTarget::new(false);
         assert_eq!(command(&m, &flat, "walk 0x10"), "paging is off (CR0.PG = 0): virtual 0x10 = physical 0x10\n");

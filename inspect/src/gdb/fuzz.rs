@@ -2,8 +2,7 @@
 //! not, framed and mangled, against a fake guest. Nothing may panic, every reply must be a
 //! proper one, and guest RAM may change only through a memory-write packet.
 //!
-//! `GDB_FUZZ_SEED=N cargo test -p version_a fuzz` runs another seed; a failure prints the seed.
-#![forbid(unsafe_code)]
+//! `GDB_FUZZ_SEED=N cargo test -p inspect fuzz` runs another seed; a failure prints the seed.
 
 use super::Stop;
 use super::fake::{FakeTarget, RAM, session};

@@ -382,7 +382,7 @@ fn thousands_of_mutated_and_truncated_elfs_never_panic_or_hang() {
     }
 }
 
-/// Not a check, a measurement (run it with `cargo test --release -p version_a -- --ignored
+/// Not a check, a measurement (run it with `cargo test --release -p inspect -- --ignored
 /// --nocapture reading_a_1_mib_elf`): how long `Symbols::load` takes on a guest ELF of about
 /// 1 MiB (3600 functions at -O0 -g, 8000 line rows), file reading included.
 #[test]
@@ -418,5 +418,92 @@ fn reading_a_1_mib_elf() {
         times[times.len() / 2],
         times[0]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The warnings of [`a_bad_elf_warns_once_and_is_not_read_again`], and of
+/// [`threads_share_one_reading`] (each test its own list: tests run in parallel).
+static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static WARNED_THREADS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn warned(line: &str) {
+    WARNED.lock().unwrap().push(line.to_owned());
+}
+
+fn warned_threads(line: &str) {
+    WARNED_THREADS.lock().unwrap().push(line.to_owned());
+}
+
+#[test]
+fn a_symbol_file_reads_nothing_until_asked() {
+    let dir = temp_dir("lazy");
+    let (_, elf, image) = guest("crash");
+    let img = dir.join("g.img");
+    let file = SymbolFile::new(&img, image.clone().into());
+    assert!(!file.is_read());
+    std::fs::write(dir.join("g.elf"), &elf).unwrap(); // there now: it is read at the first get
+    assert!(!file.is_read());
+    let s = file.get().expect("the ELF matches the image");
+    assert_eq!(s.describe(0).as_deref(), Some("_start+0x0"));
+    assert!(file.is_read());
+    // Gone now: the symbols read stay.
+    std::fs::remove_file(dir.join("g.elf")).unwrap();
+    assert_eq!(file.get().and_then(|s| s.describe(0)).as_deref(), Some("_start+0x0"));
+    // No ELF: no symbols, no warning.
+    let missing = SymbolFile::warning_to(&dir.join("none.img"), image.into(), |line| panic!("no warning: {line}"));
+    assert!(missing.get().is_none() && missing.is_read());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_elf_warns_once_and_is_not_read_again() {
+    let dir = temp_dir("bad");
+    let (_, elf, image) = guest("crash");
+    let img = dir.join("g.img");
+    let elf_path = dir.join("g.elf");
+    std::fs::write(&elf_path, b"not an ELF at all").unwrap();
+    let file = SymbolFile::warning_to(&img, image.into(), warned);
+    assert!(WARNED.lock().unwrap().is_empty(), "nothing read yet");
+    assert!(file.get().is_none());
+    let warning = format!(
+        "mini_hypervisor: warning: {}: not used for symbols: not an ELF file; addresses are shown bare",
+        elf_path.display()
+    );
+    assert_eq!(*WARNED.lock().unwrap(), std::slice::from_ref(&warning));
+    // A good ELF now: the answer stays the first one, and nothing is said again.
+    std::fs::write(&elf_path, &elf).unwrap();
+    for _ in 0..3 {
+        assert!(file.get().is_none());
+    }
+    assert_eq!(*WARNED.lock().unwrap(), [warning]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn threads_share_one_reading() {
+    fn shared<T: Send + Sync>() {}
+    shared::<SymbolFile>();
+    let dir = temp_dir("threads");
+    let (_, elf, image) = guest("crash");
+    let mut other = image.clone();
+    other[0x10] ^= 1;
+    std::fs::write(dir.join("g.elf"), &elf).unwrap();
+    // One image that matches its ELF, one that does not: 8 threads ask each at once.
+    let good = std::sync::Arc::new(SymbolFile::new(&dir.join("g.img"), image.into()));
+    let bad = std::sync::Arc::new(SymbolFile::warning_to(&dir.join("g.img"), other.into(), warned_threads));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (good, bad) = (std::sync::Arc::clone(&good), std::sync::Arc::clone(&bad));
+            std::thread::spawn(move || (good.get().is_some(), bad.get().is_some()))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), (true, false));
+    }
+    let warnings = WARNED_THREADS.lock().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].ends_with(
+        "its loadable bytes differ from the image: not the same build (rebuild both); addresses are shown bare"
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,23 +1,24 @@
 //! The protocol state of one debugging session and the packet dispatcher ([`Session::handle`]),
-//! over the small [`Target`] trait so that unit tests run it without KVM. Never panics,
+//! over [`Target`] so that unit tests run it on a fake guest. Never panics,
 //! whatever the packet: a malformed one gets `E01` or the empty reply.
-#![forbid(unsafe_code)]
 
 use super::Stop;
 use super::breakpoints::{Breakpoints, DEBUG_REGS, MAX_EMULATED_WATCH, Slot, Watch, WatchKind};
-use super::monitor::{self, Machine};
+use super::monitor;
 use super::paging::{read_virt, write_virt};
 use super::protocol::{PACKET_SIZE, from_hex, parse_addr_len, parse_hex, split, to_hex};
 use super::registers::{self, FIRST_SYSTEM_REG, NUM_REGS};
 use super::stepping::{Running, Said};
-use super::target::Target;
-use crate::kvm::KvmGuestDebug;
+use crate::{GuestDebug, MemoryMap, SystemRegs, Target};
 
 /// The most bytes one `m` reply carries (two hex digits each, inside `PACKET_SIZE`).
 const MAX_READ: usize = PACKET_SIZE / 2 - 16;
-pub const E_BAD: &str = "E01"; // unreadable memory, bad arguments
-pub const E_FULL: &str = "E0e"; // no room for one more watchpoint
-pub const E_KVM: &str = "E05"; // KVM refused (a register write)
+/// The error reply for unreadable memory and bad arguments.
+pub const E_BAD: &str = "E01";
+/// The error reply when there is no room for one more watchpoint.
+pub const E_FULL: &str = "E0e";
+/// The error reply when KVM refused a register write.
+pub const E_KVM: &str = "E05";
 
 /// What the dispatcher decided for one packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +54,8 @@ pub struct Session {
     pub(super) running: Option<Running>,
     /// What DR0–DR3 hold now (to name a watchpoint hit in DR6).
     pub(super) slots: [Option<Slot>; DEBUG_REGS],
-    /// The last `KVM_SET_GUEST_DEBUG` argument (it is set again only when it changes).
-    pub(super) programmed: Option<KvmGuestDebug>,
+    /// The last [`Target::set_debug`] argument (it is set again only when it changes).
+    pub(super) programmed: Option<GuestDebug>,
     /// Which one-time notices were given.
     pub(super) said: Said,
     /// Lines for the hypervisor's stderr, taken by the caller.
@@ -62,11 +63,12 @@ pub struct Session {
     /// The reply to `?`: the last stop.
     last_stop: Vec<u8>,
     xml: String,
-    machine: Machine,
+    map: MemoryMap,
 }
 
 impl Session {
-    pub fn new(data_watch: bool, machine: Machine) -> Session {
+    /// A session with nothing inserted yet; `map` is for `monitor mem`.
+    pub fn new(data_watch: bool, map: MemoryMap) -> Session {
         Session {
             points: Breakpoints::new(data_watch),
             data_watch,
@@ -77,7 +79,7 @@ impl Session {
             notes: Vec::new(),
             last_stop: b"S05".to_vec(),
             xml: registers::target_xml(),
-            machine,
+            map,
         }
     }
 
@@ -149,7 +151,7 @@ impl Session {
         }
         if let Some(hex) = q.strip_prefix(b"Rcmd,") {
             return match from_hex(hex) {
-                Some(bytes) => Action::Monitor(monitor::command(&self.machine, t, &String::from_utf8_lossy(&bytes))),
+                Some(bytes) => Action::Monitor(monitor::command(&self.map, t, &String::from_utf8_lossy(&bytes))),
                 None => reply(E_BAD),
             };
         }
@@ -222,7 +224,7 @@ impl Session {
 
     fn write_all_registers<T: Target + ?Sized>(&mut self, t: &T, hex: &[u8]) -> Action {
         let Some(bytes) = from_hex(hex) else { return reply(E_BAD) };
-        let (Ok(r0), Ok(s0)) = (t.regs(), t.sregs()) else { return reply(E_BAD) };
+        let (Ok(r0), Ok(s0)) = (t.regs(), t.system_regs()) else { return reply(E_BAD) };
         let (mut r, mut s) = (r0, s0);
         if !registers::decode_regs(&mut r, &mut s, &bytes) {
             return reply(E_BAD);
@@ -239,7 +241,7 @@ impl Session {
     fn write_register<T: Target + ?Sized>(&mut self, t: &T, args: &[u8]) -> Action {
         let parsed = split(args, b'=').and_then(|(n, v)| Some((usize::try_from(parse_hex(n)?).ok()?, from_hex(v)?)));
         let Some((n, value)) = parsed else { return reply(E_BAD) };
-        let (Ok(mut r), Ok(mut s)) = (t.regs(), t.sregs()) else { return reply(E_BAD) };
+        let (Ok(mut r), Ok(mut s)) = (t.regs(), t.system_regs()) else { return reply(E_BAD) };
         if !registers::set_reg(&mut r, &mut s, n, &value) {
             return reply(E_BAD);
         }
@@ -251,10 +253,10 @@ impl Session {
         self.set_system(t, &s, &what)
     }
 
-    /// Writes control or segment-base registers through `KVM_SET_SREGS`; when KVM refuses (a
-    /// value the CPU does not allow), says why on stderr and answers an error.
-    fn set_system<T: Target + ?Sized>(&mut self, t: &T, s: &crate::kvm::KvmSregs, what: &str) -> Action {
-        match t.set_sregs(s) {
+    /// Writes control or segment-base registers ([`Target::set_system_regs`]); when KVM refuses
+    /// (a value the CPU does not allow), says why on stderr and answers an error.
+    fn set_system<T: Target + ?Sized>(&mut self, t: &T, s: &SystemRegs, what: &str) -> Action {
+        match t.set_system_regs(s) {
             Ok(()) => reply("OK"),
             Err(e) => {
                 self.notes.push(format!(
@@ -277,7 +279,7 @@ fn watch_reply(w: &Watch) -> String {
 }
 
 fn read_all_registers<T: Target + ?Sized>(t: &T) -> Action {
-    match (t.regs(), t.sregs()) {
+    match (t.regs(), t.system_regs()) {
         (Ok(r), Ok(s)) => Action::Reply(to_hex(&registers::encode_regs(&r, &s))),
         _ => reply(E_BAD),
     }
@@ -286,7 +288,7 @@ fn read_all_registers<T: Target + ?Sized>(t: &T) -> Action {
 fn read_register<T: Target + ?Sized>(t: &T, arg: &[u8]) -> Action {
     let value = parse_hex(arg).and_then(|n| {
         let n = usize::try_from(n).ok().filter(|&n| n < NUM_REGS)?;
-        Some(registers::reg_bytes(&t.regs().ok()?, &t.sregs().ok()?, n))
+        Some(registers::reg_bytes(&t.regs().ok()?, &t.system_regs().ok()?, n))
     });
     value.map_or_else(|| reply(E_BAD), |v| Action::Reply(to_hex(&v)))
 }
@@ -407,7 +409,7 @@ mod tests {
             "PacketSize=4000;qXfer:features:read+"
         );
         let mut xml = Vec::new();
-        loop {
+        for _ in 0..100 {
             let r = ask(&mut s, &t, &format!("qXfer:features:read:target.xml:{:x},200", xml.len()));
             xml.extend_from_slice(&r.as_bytes()[1..]);
             if r.starts_with('l') {
@@ -415,7 +417,7 @@ mod tests {
             }
             assert!(r.starts_with('m'), "{r}");
         }
-        assert_eq!(xml, registers::target_xml().as_bytes());
+        assert_eq!(xml, registers::target_xml().as_bytes(), "the whole description, in at most 100 chunks");
         assert_eq!(ask(&mut s, &t, "qXfer:features:read:target.xml:ffffffffffffffff,ffffffffffffffff"), "l");
         assert_eq!(ask(&mut s, &t, "qXfer:features:read:other.xml:0,10"), "E01");
         assert_eq!(ask(&mut s, &t, "qAttached"), "1");
@@ -455,15 +457,15 @@ mod tests {
         assert_eq!(t.regs.borrow().rip, 0xdead_beef);
         assert_eq!(ask(&mut s, &t, "P7=01"), "E01", "wrong size");
         assert_eq!(ask(&mut s, &t, "P12=10000000"), "OK", "segments are accepted and ignored");
-        // Control registers go through KVM_SET_SREGS; a refusal is an error and a note.
+        // Control registers go through set_system_regs; a refusal is an error and a note.
         assert_eq!(ask(&mut s, &t, "P2b=0010000000000000"), "OK", "cr2");
-        assert_eq!(t.sregs.borrow().cr2, 0x1000);
-        t.refuse_sregs.set(true);
+        assert_eq!(t.system.borrow().cr2, 0x1000);
+        t.refuse_system.set(true);
         assert_eq!(ask(&mut s, &t, "P2a=0000000000000000"), E_KVM, "cr0");
         assert_eq!(s.notes.len(), 1);
         assert!(s.notes[0].contains("KVM refused cr0 = 0x0"), "{:?}", s.notes);
-        assert_ne!(t.sregs.borrow().cr0, 0);
-        t.refuse_sregs.set(false);
+        assert_ne!(t.system.borrow().cr0, 0);
+        t.refuse_system.set(false);
         let g = ask(&mut s, &t, "g");
         assert_eq!(g.len(), 2 * registers::G_BYTES);
         assert_eq!(ask(&mut s, &t, &format!("G{g}")), "OK");

@@ -1,5 +1,8 @@
 //! Guest symbols: names and source lines for guest code addresses, read from the `NAME.elf`
-//! the guest Makefile leaves beside `NAME.img` (docs/REFERENCE.md §8).
+//! the guest build leaves beside `NAME.img`. [`SymbolFile`] is how the tools get them: it
+//! reads the ELF the first time a tool asks (a trace line, a crash report, a changed image at
+//! the VM's end), so that a run that never names an address never opens it; [`Symbols`] is
+//! what it read.
 //!
 //! The reader is written here, without a library: the ELF64 section and program headers,
 //! the symbol table (`.symtab`, `.strtab`) and the DWARF line table (`.debug_line`, with
@@ -10,7 +13,6 @@
 //! [`MAX_ELF_SIZE`] bytes, every offset and count is checked, every table is capped, and
 //! nothing recurses or loops without consuming input. Whatever is wrong with it gives one
 //! error, never a panic.
-#![forbid(unsafe_code)]
 
 mod elf;
 mod line;
@@ -22,7 +24,8 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use elf::{Load, SHF_ALLOC, SHF_COMPRESSED, SHF_EXECINSTR, SHT_SYMTAB, Section};
 use line::{END, Lines, Strings};
@@ -39,17 +42,27 @@ const STT_NOTYPE: u8 = 0;
 const STT_FUNC: u8 = 2;
 const STB_GLOBAL: u8 = 1;
 const SHN_LORESERVE: u16 = 0xff00;
+/// `open(2)` flags, as x86-64 Linux numbers them (std names neither): do not wait for a
+/// writer if the path is a FIFO after all, and do not make a terminal our controlling one.
+const O_NONBLOCK: i32 = 0o4000;
+const O_NOCTTY: i32 = 0o400;
 
 /// Why an ELF cannot be used for symbols.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SymbolError {
+    /// It does not start with the ELF magic number.
     NotElf,
+    /// An ELF, but not a 64-bit little-endian x86-64 one.
     NotX86_64,
+    /// Larger than [`MAX_ELF_SIZE`]: its size.
     TooLarge(u64),
     /// The structure is broken: what is wrong.
     Corrupt(&'static str),
+    /// No function symbols (stripped).
     NoSymbols,
+    /// No loadable segment with bytes in the file.
     NoLoadable,
+    /// Its loadable bytes are not the image's: another build.
     DiffersFromImage,
 }
 
@@ -114,11 +127,8 @@ impl Symbols {
         if meta.len() > MAX_ELF_SIZE {
             return Err(why(&SymbolError::TooLarge(meta.len())));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&path)
-            .map_err(|e| why(&e))?;
+        let file =
+            OpenOptions::new().read(true).custom_flags(O_NONBLOCK | O_NOCTTY).open(&path).map_err(|e| why(&e))?;
         match file.metadata() {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Err(why(&"not a regular file")),
@@ -187,6 +197,66 @@ impl Symbols {
     /// Where the image ends by the ELF (`_image_end`: code, data and `.bss`), if it says.
     pub fn image_end(&self) -> Option<u64> {
         self.image_end
+    }
+}
+
+/// The symbols of one guest image, from `NAME.elf` beside `NAME.img`, read the first time a
+/// tool asks for them and kept: shared by every tool and VM that runs the image
+/// (`Arc<SymbolFile>`), from any thread.
+pub struct SymbolFile {
+    image_path: PathBuf,
+    image: Arc<[u8]>,
+    read: OnceLock<Option<Symbols>>,
+    /// Where the one warning goes: stderr (unit tests catch it instead).
+    warn: fn(&str),
+}
+
+impl SymbolFile {
+    /// The symbols of the image at `image_path`, whose bytes are `image`, not read yet: this
+    /// opens nothing.
+    pub fn new(image_path: &Path, image: Arc<[u8]>) -> SymbolFile {
+        SymbolFile::warning_to(image_path, image, |line| diag!("{line}"))
+    }
+
+    /// [`SymbolFile::new`], with the warning given to `warn`.
+    fn warning_to(image_path: &Path, image: Arc<[u8]>, warn: fn(&str)) -> SymbolFile {
+        SymbolFile { image_path: image_path.to_owned(), image, read: OnceLock::new(), warn }
+    }
+
+    /// The symbols, if `NAME.elf` is there and matches the image. The first call reads the ELF
+    /// ([`Symbols::load`]); an ELF that cannot be used gives its one warning on stderr then
+    /// (`mini_hypervisor: warning: NAME.elf: not used for symbols: ...`), and addresses are
+    /// shown bare. Every later call gives the same answer without reading again; calls on
+    /// other threads meanwhile wait for the first.
+    pub fn get(&self) -> Option<&Symbols> {
+        let read = self.read.get_or_init(|| match Symbols::load(&self.image_path, &self.image) {
+            Ok(symbols) => symbols,
+            Err(warning) => {
+                (self.warn)(&format!("mini_hypervisor: warning: {warning}"));
+                None
+            }
+        });
+        read.as_ref()
+    }
+
+    /// Whether [`SymbolFile::get`] has run (the ELF was looked for).
+    pub fn is_read(&self) -> bool {
+        self.read.get().is_some()
+    }
+
+    /// The image's bytes, as loaded into guest RAM at 0.
+    pub(crate) fn image(&self) -> &[u8] {
+        &self.image
+    }
+}
+
+impl fmt::Debug for SymbolFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SymbolFile")
+            .field("image_path", &self.image_path)
+            .field("image_len", &self.image.len())
+            .field("read", &self.read.get().map(Option::is_some))
+            .finish_non_exhaustive()
     }
 }
 

@@ -5,26 +5,25 @@
 //!
 //! | numbers | registers | from |
 //! |---|---|---|
-//! | 0–15 | rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 (beware: `kvm_regs` has rsp before rbp) | `kvm_regs` |
-//! | 16, 17 | rip, eflags (32 bits) | `kvm_regs` |
-//! | 18–23 | cs ss ds es fs gs (selectors, 32 bits) | `kvm_sregs` |
+//! | 0–15 | rax rbx rcx rdx rsi rdi rbp rsp r8 … r15 (beware: [`Regs`] has rsp before rbp) | [`Regs`] |
+//! | 16, 17 | rip, eflags (32 bits) | [`Regs`] |
+//! | 18–23 | cs ss ds es fs gs (selectors, 32 bits) | [`SystemRegs`] |
 //! | 24–39 | the x87 registers, always zero (gdb 13 wants them to accept x86-64) | – |
-//! | 40, 41 | fs_base, gs_base (feature `org.gnu.gdb.i386.segments`, as gdb names them) | `kvm_sregs` |
-//! | 42–46 | cr0 cr2 cr3 cr4 efer (the names QEMU's x86-64 stub uses) | `kvm_sregs` |
+//! | 40, 41 | fs_base, gs_base (feature `org.gnu.gdb.i386.segments`, as gdb names them) | [`SystemRegs`] |
+//! | 42–46 | cr0 cr2 cr3 cr4 efer (the names QEMU's x86-64 stub uses) | [`SystemRegs`] |
 //!
 //! `info registers cr3` and `p/x $cr0` show one; `info registers` shows the core registers
 //! (not the x87 ones) and then these seven, as gdb does with QEMU: gdb 13 lists every x86
 //! register that is not a floating-point or vector one. cr0, cr4 and efer are shown with the
 //! names of their set bits (`[ PE MP ET NE WP AM PG ]`).
-#![forbid(unsafe_code)]
 
-use crate::kvm::{KvmRegs, KvmSregs};
+use crate::{Regs, SystemRegs};
 
 /// Number of registers in the target description.
 pub const NUM_REGS: usize = 47;
 /// Bytes of the `g` packet: 17 × 8 + 7 × 4 + 8 × 10 + 8 × 4 + 7 × 8.
 pub const G_BYTES: usize = 17 * 8 + 7 * 4 + 8 * 10 + 8 * 4 + 7 * 8;
-/// The first register that lives in `kvm_sregs` beyond the selectors (fs_base).
+/// The first register that lives in [`SystemRegs`] beyond the selectors (fs_base).
 pub const FIRST_SYSTEM_REG: usize = 40;
 
 /// Size in bytes of register `n` in the target description.
@@ -38,12 +37,12 @@ pub fn reg_size(n: usize) -> usize {
     }
 }
 
-/// gdb's x86-64 register numbers 0–15 in `kvm_regs` terms.
-fn gpr(r: &KvmRegs, n: usize) -> u64 {
+/// gdb's x86-64 register numbers 0–15 in [`Regs`] terms.
+fn gpr(r: &Regs, n: usize) -> u64 {
     [r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15][n]
 }
 
-fn gpr_mut(r: &mut KvmRegs, n: usize) -> &mut u64 {
+fn gpr_mut(r: &mut Regs, n: usize) -> &mut u64 {
     match n {
         0 => &mut r.rax,
         1 => &mut r.rbx,
@@ -64,11 +63,11 @@ fn gpr_mut(r: &mut KvmRegs, n: usize) -> &mut u64 {
     }
 }
 
-/// Registers 40–46 (fs_base … efer) in `kvm_sregs`.
-fn system_reg_mut(s: &mut KvmSregs, n: usize) -> Option<&mut u64> {
+/// Registers 40–46 (fs_base … efer) in [`SystemRegs`].
+fn system_reg_mut(s: &mut SystemRegs, n: usize) -> Option<&mut u64> {
     Some(match n {
-        40 => &mut s.fs.base,
-        41 => &mut s.gs.base,
+        40 => &mut s.fs_base,
+        41 => &mut s.gs_base,
         42 => &mut s.cr0,
         43 => &mut s.cr2,
         44 => &mut s.cr3,
@@ -78,10 +77,10 @@ fn system_reg_mut(s: &mut KvmSregs, n: usize) -> Option<&mut u64> {
     })
 }
 
-fn system_reg(s: &KvmSregs, n: usize) -> u64 {
+fn system_reg(s: &SystemRegs, n: usize) -> u64 {
     match n {
-        40 => s.fs.base,
-        41 => s.gs.base,
+        40 => s.fs_base,
+        41 => s.gs_base,
         42 => s.cr0,
         43 => s.cr2,
         44 => s.cr3,
@@ -101,12 +100,12 @@ pub fn reg_name(n: usize) -> &'static str {
 }
 
 /// Register `n`, little-endian, in its size (the x87 registers read as zero).
-pub fn reg_bytes(r: &KvmRegs, s: &KvmSregs, n: usize) -> Vec<u8> {
+pub fn reg_bytes(r: &Regs, s: &SystemRegs, n: usize) -> Vec<u8> {
     let value: u64 = match n {
         0..=15 => gpr(r, n),
         16 => r.rip,
         17 => r.rflags,
-        18..=23 => u64::from([s.cs, s.ss, s.ds, s.es, s.fs, s.gs][n - 18].selector),
+        18..=23 => u64::from([s.cs, s.ss, s.ds, s.es, s.fs, s.gs][n - 18]),
         FIRST_SYSTEM_REG..NUM_REGS => system_reg(s, n),
         _ => 0,
     };
@@ -116,7 +115,7 @@ pub fn reg_bytes(r: &KvmRegs, s: &KvmSregs, n: usize) -> Vec<u8> {
 }
 
 /// The `g` reply's bytes: every register in gdb's order.
-pub fn encode_regs(r: &KvmRegs, s: &KvmSregs) -> Vec<u8> {
+pub fn encode_regs(r: &Regs, s: &SystemRegs) -> Vec<u8> {
     let mut out = Vec::with_capacity(G_BYTES);
     for n in 0..NUM_REGS {
         out.extend_from_slice(&reg_bytes(r, s, n));
@@ -127,7 +126,7 @@ pub fn encode_regs(r: &KvmRegs, s: &KvmSregs) -> Vec<u8> {
 /// Writes register `n` from its little-endian bytes into `r` or `s`. Segment selectors and x87
 /// registers are accepted and ignored (the guest's segments are fixed by the machine); `false`
 /// for no such register or a wrong size.
-pub fn set_reg(r: &mut KvmRegs, s: &mut KvmSregs, n: usize, bytes: &[u8]) -> bool {
+pub fn set_reg(r: &mut Regs, s: &mut SystemRegs, n: usize, bytes: &[u8]) -> bool {
     if n >= NUM_REGS || bytes.len() != reg_size(n) {
         return false;
     }
@@ -149,7 +148,7 @@ pub fn set_reg(r: &mut KvmRegs, s: &mut KvmSregs, n: usize, bytes: &[u8]) -> boo
 }
 
 /// Applies a `G` packet's bytes (all registers in order; a shorter packet sets the first ones).
-pub fn decode_regs(r: &mut KvmRegs, s: &mut KvmSregs, bytes: &[u8]) -> bool {
+pub fn decode_regs(r: &mut Regs, s: &mut SystemRegs, bytes: &[u8]) -> bool {
     let mut at = 0;
     for n in 0..NUM_REGS {
         let size = reg_size(n);
@@ -284,8 +283,8 @@ pub fn target_xml() -> String {
 mod tests {
     use super::*;
 
-    fn regs() -> (KvmRegs, KvmSregs) {
-        let r = KvmRegs {
+    fn regs() -> (Regs, SystemRegs) {
+        let r = Regs {
             rax: 1,
             rbx: 2,
             rcx: 3,
@@ -298,15 +297,17 @@ mod tests {
             r15: 16,
             rip: 0x1234,
             rflags: 0x202,
-            ..KvmRegs::default()
+            ..Regs::default()
         };
-        let mut s = KvmSregs::default();
-        s.cs.selector = 0x8;
-        s.ss.selector = 0x10;
-        s.fs.base = 0xf5;
-        s.cr0 = 0x8000_0011;
-        s.cr3 = 0x1f_c000;
-        s.efer = 0x500;
+        let s = SystemRegs {
+            cs: 0x8,
+            ss: 0x10,
+            fs_base: 0xf5,
+            cr0: 0x8000_0011,
+            cr3: 0x1f_c000,
+            efer: 0x500,
+            ..SystemRegs::default()
+        };
         (r, s)
     }
 
@@ -327,10 +328,10 @@ mod tests {
         let sys = |i: usize| u64::from_le_bytes(g[276 + i * 8..284 + i * 8].try_into().unwrap());
         assert_eq!((0..7).map(sys).collect::<Vec<_>>(), [0xf5, 0, 0x8000_0011, 0, 0x1f_c000, 0, 0x500]);
         // G writes them back the same way.
-        let (mut back, mut back_s) = (KvmRegs::default(), KvmSregs::default());
+        let (mut back, mut back_s) = (Regs::default(), SystemRegs::default());
         assert!(decode_regs(&mut back, &mut back_s, &g));
         assert_eq!(back, r);
-        assert_eq!((back_s.cr0, back_s.cr3, back_s.efer, back_s.fs.base), (s.cr0, s.cr3, s.efer, s.fs.base));
+        assert_eq!((back_s.cr0, back_s.cr3, back_s.efer, back_s.fs_base), (s.cr0, s.cr3, s.efer, s.fs_base));
         assert!(!decode_regs(&mut back, &mut back_s, &g[..7]), "a torn register is refused");
         assert!(decode_regs(&mut back, &mut back_s, &g[..136]), "the first registers only");
     }
@@ -345,7 +346,7 @@ mod tests {
         assert!(!set_reg(&mut r, &mut s, 43, &[1, 2, 3, 4]), "cr2 has 8 bytes");
         assert!(!set_reg(&mut r, &mut s, NUM_REGS, &[0; 8]));
         assert!(set_reg(&mut r, &mut s, 18, &[0x10, 0, 0, 0]), "a selector: accepted, ignored");
-        assert_eq!(s.cs.selector, 8);
+        assert_eq!(s.cs, 8);
         assert_eq!((reg_name(42), reg_name(46), reg_name(3)), ("cr0", "efer", "register"));
     }
 

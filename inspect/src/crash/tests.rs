@@ -1,35 +1,112 @@
-//! Unit tests of the crash report: made-up registers over a made-up RAM (with the page tables
-//! the hypervisor writes), the instruction decoder against objdump on every guest, and the
-//! code comparison with a real guest's ELF.
+//! Unit tests of the crash report: made-up registers over a made-up RAM (with page tables laid
+//! out as the versions lay them out), the instruction decoder against objdump on every guest,
+//! the code comparison with a real guest's ELF, and [`Explain`] over a fake target.
 use super::*;
 
+use std::cell::RefCell;
+use std::io;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
-use crate::long_mode::{self, PageSize, TABLE_SIZE};
+use crate::page_walk::{PTE_LARGE, PTE_PRESENT, TABLE_SIZE};
+use crate::symbols::SymbolFile;
+use crate::{GuestDebug, Target};
 
-/// 2 MiB of RAM with 4 KiB pages: page tables at the top, `code` at 0.
+/// The page tables of an identity map of `[0, ram_size)` as the versions build them: at the
+/// top of RAM, the PML4 (lowest: CR3 and the initial RSP), the PDPT, the PD and, for 4 KiB
+/// pages, one page table per 2 MiB. The map, and the bytes of the table area
+/// `[tables_base, ram_size)`.
+fn identity_map(ram_size: u64, large_pages: bool) -> (MemoryMap, Vec<u8>) {
+    let regions = ram_size.div_ceil(2 * MIB);
+    let table_pages = if large_pages { 3 } else { 3 + regions };
+    let base = ram_size - table_pages * TABLE_SIZE;
+    let mut area = vec![0u8; (table_pages * TABLE_SIZE) as usize];
+    let mut set = |table: u64, index: u64, entry: u64| {
+        let at = (table - base + index * 8) as usize;
+        area[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+    };
+    let (pml4, pdpt, pd, first_pt) = (base, base + TABLE_SIZE, base + 2 * TABLE_SIZE, base + 3 * TABLE_SIZE);
+    let rw = PTE_PRESENT | PTE_WRITABLE;
+    set(pml4, 0, pdpt | rw);
+    set(pdpt, 0, pd | rw);
+    for region in 0..regions {
+        let region_base = region * 2 * MIB;
+        if large_pages {
+            set(pd, region, region_base | rw | PTE_LARGE);
+        } else {
+            let pt = first_pt + region * TABLE_SIZE;
+            set(pd, region, pt | rw);
+            for page in 0..512 {
+                set(pt, page, (region_base + page * TABLE_SIZE) | rw);
+            }
+        }
+    }
+    (MemoryMap { ram_size, large_pages, tables_base: base, image_len: 0 }, area)
+}
+
+/// RAM with the tables of [`identity_map`], and the system registers of long mode over them
+/// (what matters here: CR3, CR0.PG, EFER.LMA, and no interrupt table).
+fn long_mode(ram_size: u64, large_pages: bool) -> (MemoryMap, Vec<u8>, SystemRegs) {
+    let (map, tables) = identity_map(ram_size, large_pages);
+    let mut ram = vec![0u8; ram_size as usize];
+    ram[map.tables_base as usize..].copy_from_slice(&tables);
+    let sregs = SystemRegs {
+        cs: 0x8,
+        ss: 0x10,
+        cr0: 0x8005_0033, // PE MP ET NE WP AM PG
+        cr3: map.tables_base,
+        cr4: 0x620,  // PAE OSFXSR OSXMMEXCPT
+        efer: 0x500, // LME LMA
+        ..SystemRegs::default()
+    };
+    (map, ram, sregs)
+}
+
+#[test]
+fn the_test_tables_map_all_of_ram_and_nothing_else() {
+    for (ram_size, large) in [(2 * MIB, false), (4 * MIB, false), (2 * MIB, true), (8 * MIB, true)] {
+        let (map, ram, sregs) = long_mode(ram_size, large);
+        let read = |addr: u64, buf: &mut [u8]| match ram.get(addr as usize..addr as usize + buf.len()) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        };
+        let page = if large { 2 * MIB } else { TABLE_SIZE };
+        for va in (0..ram_size).step_by(TABLE_SIZE as usize) {
+            let want = WalkEnd::Page { pa: va + 8, page_size: page };
+            assert_eq!(page_walk::walk(&read, sregs.cr3, va + 8, |_| {}), want, "{ram_size:#x} {large} {va:#x}");
+        }
+        assert_eq!(page_walk::walk(&read, sregs.cr3, ram_size, |_| {}), WalkEnd::NotPresent);
+        assert_eq!(map.tables_base, ram_size - if large { 3 } else { 3 + ram_size / (2 * MIB) } * TABLE_SIZE);
+    }
+}
+
+/// 2 MiB of RAM with 4 KiB pages (or 2 MiB ones): page tables at the top, `code` at 0.
 struct Machine {
-    layout: Layout,
+    map: MemoryMap,
     ram: Vec<u8>,
-    regs: KvmRegs,
-    sregs: KvmSregs,
+    regs: Regs,
+    sregs: SystemRegs,
 }
 
 impl Machine {
     fn new(code: &[u8]) -> Machine {
-        let layout = Layout::new(2 * MIB, PageSize::Small4K);
-        let mut ram = vec![0u8; layout.mem_size as usize];
-        ram[layout.tables_base() as usize..].copy_from_slice(&layout.page_tables());
+        Machine::with_pages(code, false)
+    }
+
+    fn with_pages(code: &[u8], large_pages: bool) -> Machine {
+        let (map, mut ram, sregs) = long_mode(2 * MIB, large_pages);
         ram[..code.len()].copy_from_slice(code);
-        let sregs = long_mode::long_mode_sregs(KvmSregs::default(), &layout);
-        let regs = KvmRegs { rsp: layout.tables_base() - 0x40, rflags: 2, ..KvmRegs::default() };
-        Machine { layout, ram, regs, sregs }
+        let regs = Regs { rsp: map.tables_base - 0x40, rflags: 2, ..Regs::default() };
+        Machine { map, ram, regs, sregs }
     }
 
     /// The entry of the (only) page table for the 4 KiB page at `addr`.
     fn pte(&mut self, addr: u64) -> &mut [u8] {
-        let at = (self.layout.tables_base() + 3 * TABLE_SIZE + (addr >> 12) * 8) as usize;
+        let at = (self.map.tables_base + 3 * TABLE_SIZE + (addr >> 12) * 8) as usize;
         &mut self.ram[at..at + 8]
     }
 
@@ -45,15 +122,8 @@ impl Machine {
             }
             None => false,
         };
-        explain(&Evidence {
-            regs: &self.regs,
-            sregs: &self.sregs,
-            layout: &self.layout,
-            image_len,
-            symbols,
-            failure,
-            read: &read,
-        })
+        let map = MemoryMap { image_len, ..self.map };
+        explain(&Evidence { regs: &self.regs, sregs: &self.sregs, map: &map, symbols, failure, read: &read })
     }
 }
 
@@ -87,8 +157,8 @@ fn ud2_is_named_and_the_missing_interrupt_table_explained() {
     );
     let store = Machine::new(&[0x88, 0x10]); // mov %dl,(%rax)
     assert_eq!(store.explain_failure(2, None, Failure::Mmio), "  - the instruction at RIP: 88 10 (it accesses memory)");
-    m.sregs.idt.limit = 0x6f;
-    m.sregs.idt.base = 0x1000;
+    m.sregs.idt_limit = 0x6f;
+    m.sregs.idt_base = 0x1000;
     assert!(m.explain(4, None).ends_with(
         "  - the guest's own interrupt table (IDTR base 0x1000, limit 0x6f) did not handle the exception: delivering it \
          failed too (a missing or bad gate, a bad GDT entry for the handler, or a fault in the handler)"
@@ -121,7 +191,7 @@ fn a_page_fault_inside_ram_says_whether_the_guest_mapped_it() {
     assert!(m.explain(3, None).contains(
         "page fault at 0x5008 (CR2): in RAM but not mapped by the guest's page tables (did the guest change them?)"
     ));
-    (m.sregs.cr2, m.regs.rsp) = (m.layout.tables_base() + 0x10, 0x10_0000);
+    (m.sregs.cr2, m.regs.rsp) = (m.map.tables_base + 0x10, 0x10_0000);
     assert!(m.explain(3, None).contains("page fault at 0x1fc010 (CR2): inside the page tables (0x1fc000..0x1fffff)"));
     // A null pointer: page 0 unmapped by the guest itself, an access at 8.
     let mut m = Machine::new(&[0x90; 0x20]);
@@ -151,11 +221,11 @@ fn a_runaway_stack_is_called_an_overflow() {
         "  - RSP 0x800 is below the end of the image (0x1000): the stack overflowed into the guest's code and data \
          (a runaway recursion, a large local array?)"
     ));
-    m.regs.rsp = m.layout.tables_base() + 8;
+    m.regs.rsp = m.map.tables_base + 8;
     assert!(m.explain(4, None).contains(
         "  - RSP 0x1fc008 is above where the stack starts (0x1fc000), inside the page tables: the stack was corrupted"
     ));
-    m.regs.rsp = m.layout.tables_base();
+    m.regs.rsp = m.map.tables_base;
     assert!(!m.explain(4, None).contains("RSP"), "an empty stack is fine");
 }
 
@@ -302,7 +372,10 @@ fn common_instructions_are_named() {
     for (bytes, len, name) in cases {
         let i = insn::decode(bytes);
         assert_eq!(i.len, Some(len), "{bytes:02x?}");
-        assert!(i.name.unwrap_or("").starts_with(name), "{bytes:02x?}: {:?}", i.name);
+        match name {
+            "" => assert_eq!(i.name, None, "{bytes:02x?}: no name"),
+            name => assert!(i.name.is_some_and(|n| n.starts_with(name)), "{bytes:02x?}: {:?}", i.name),
+        }
     }
     // Cut short, or prefixes only: no length, no panic.
     assert_eq!(insn::decode(&[0x48, 0xc7]).len, None);
@@ -317,4 +390,106 @@ fn common_instructions_are_named() {
             }
         }
     }
+}
+
+#[test]
+fn with_2_mib_pages_a_read_only_page_is_found_in_the_pd() {
+    let mut m = Machine::with_pages(&[0x48, 0x89, 0x07], true); // mov %rax,(%rdi)
+    m.sregs.cr2 = 0x5008;
+    assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): in RAM and mapped\n"));
+    let pd = (m.map.tables_base + 2 * TABLE_SIZE) as usize;
+    m.ram[pd] &= !(PTE_WRITABLE as u8);
+    assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): mapped read-only by the guest's page tables"));
+    (m.sregs.cr2, m.regs.rsp) = (m.map.tables_base + 0x10, 0x10_0000);
+    assert!(m.explain(3, None).contains("page fault at 0x1fd010 (CR2): inside the page tables (0x1fd000..0x1fffff)"));
+}
+
+/// A [`Target`] over a [`Machine`], counting the bytes read from its RAM.
+struct Fake {
+    m: RefCell<Machine>,
+    read_bytes: RefCell<usize>,
+}
+
+impl Fake {
+    fn new(m: Machine) -> Fake {
+        Fake { m: RefCell::new(m), read_bytes: RefCell::new(0) }
+    }
+}
+
+impl Target for Fake {
+    fn regs(&self) -> io::Result<Regs> {
+        Ok(self.m.borrow().regs)
+    }
+    fn set_regs(&self, regs: &Regs) -> io::Result<()> {
+        self.m.borrow_mut().regs = *regs;
+        Ok(())
+    }
+    fn system_regs(&self) -> io::Result<SystemRegs> {
+        Ok(self.m.borrow().sregs)
+    }
+    fn set_system_regs(&self, _: &SystemRegs) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        let m = self.m.borrow();
+        let bytes = m.ram.get(gpa as usize..(gpa as usize).saturating_add(buf.len()));
+        buf.copy_from_slice(bytes.ok_or(io::ErrorKind::InvalidInput)?);
+        *self.read_bytes.borrow_mut() += buf.len();
+        Ok(())
+    }
+    fn write_phys(&self, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn set_debug(&self, _: &GuestDebug) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// An [`Explain`] of the built guest `name` in a 2 MiB machine, its image loaded at 0, with
+/// the guest's ELF beside its image (not read yet).
+fn explain_guest(name: &str) -> (Explain, Arc<SymbolFile>, Fake) {
+    let (elf, _, image) = guest(name);
+    let symbols = Arc::new(SymbolFile::new(&elf.with_extension("img"), image.clone().into()));
+    let machine = Machine::new(&image);
+    let map = MemoryMap { image_len: image.len() as u64, ..machine.map };
+    (Explain::new(map, Arc::clone(&symbols)), symbols, Fake::new(machine))
+}
+
+#[test]
+fn at_the_end_an_unchanged_image_reads_no_elf() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Explain>();
+    let (explain, symbols, t) = explain_guest("crash");
+    let image_len = symbols.image().len();
+    assert_eq!(explain.overwritten(&t), None);
+    assert!(!symbols.is_read(), "RAM holds the image: the ELF is not read");
+    assert_eq!(*t.read_bytes.borrow(), image_len, "the image's bytes compared once");
+    // Data after the code changed: the ELF is read, and says that no code changed.
+    t.m.borrow_mut().ram[image_len - 1] ^= 0xff;
+    assert_eq!(explain.overwritten(&t), None);
+    assert!(symbols.is_read());
+    // Code changed.
+    t.m.borrow_mut().ram[8..16].copy_from_slice(&[0xaa; 8]);
+    assert_eq!(
+        explain.overwritten(&t).as_deref(),
+        Some("the guest overwrote its own code at 0x8..0xf, in _start: a write through a null pointer?")
+    );
+}
+
+#[test]
+fn the_failure_report_names_rip_and_dumps_the_registers() {
+    let (explain, symbols, t) = explain_guest("crash");
+    t.m.borrow_mut().regs.rip = 0xd;
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    assert!(symbols.is_read(), "a report names places: the ELF is read");
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines[0], "mini_hypervisor: vm0 (crash.img): failed at RIP 0xd in _start+0xd: triple fault");
+    assert_eq!(
+        lines[1],
+        "     rip 0x000000000000000d    rsp 0x00000000001fbfc0    rbp 0x0000000000000000 rflags 0x0000000000000002"
+    );
+    assert_eq!(lines[6], register_dump(&t.m.borrow().regs, &t.m.borrow().sregs).lines().nth(5).unwrap());
+    assert!(lines[6].ends_with("    cs 0x0000000000000008"), "{}", lines[6]);
+    assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count());
+    assert_eq!(*lines.last().unwrap(), NO_TABLE);
 }

@@ -1,12 +1,11 @@
 //! The connection to gdb: the listening socket, one reader thread per connection, and the one
-//! place where the stub touches the vCPU's kick (gdb's Ctrl-C pauses the running guest).
+//! place where the stub uses the version's [`Pause`] (gdb's Ctrl-C pauses the running guest).
 //!
 //! The stub serves gdb on the VM's own thread while the vCPU is stopped, so guest memory is
 //! never touched by two threads. The reader thread decodes what gdb sends and passes it on
 //! through a bounded channel; only gdb's interrupt byte (0x03) acts across threads: while the
-//! guest runs, it pauses the vCPU ([`Kick::pause`]), and the run loop then calls the stub with
-//! `Stop::Interrupt`.
-#![forbid(unsafe_code)]
+//! guest runs, it pauses the vCPU ([`Pause::pause`]), and the run loop then calls the stub
+//! with [`Stop::Interrupt`](super::Stop::Interrupt).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -16,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
+use super::Pause;
 use super::protocol::{Decoder, Input, frame};
-use crate::signals::Kick;
 
 /// How often a waiting VM thread looks for a stop request (timeout, Ctrl-C of the hypervisor).
 const POLL: Duration = Duration::from_millis(100);
@@ -25,7 +24,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// client that gets this far ahead is not gdb, and loses the connection.
 const QUEUE: usize = 64;
 
-/// Binds 127.0.0.1:`port` (loopback only) for `--gdb`; the error is the one startup line.
+/// Binds 127.0.0.1:`port` (loopback only) for `--gdb`, before the VM is created; the error is
+/// the one startup line. The socket goes to [`Debugger::new`](super::Debugger::new).
 pub fn listen(port: u16) -> Result<TcpListener, String> {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).map_err(|e| {
         let why = match e.kind() {
@@ -39,6 +39,7 @@ pub fn listen(port: u16) -> Result<TcpListener, String> {
 
 /// What waiting for gdb brought.
 pub enum Wait {
+    /// Something gdb sent.
     Input(Input),
     /// The connection is gone.
     Closed,
@@ -78,6 +79,7 @@ impl Conn {
         let _ = self.stream.write_all(&self.last);
     }
 
+    /// Sends bytes as they are (an acknowledgement).
     pub fn write_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
     }
@@ -87,16 +89,17 @@ impl Conn {
         let _ = self.stream.write_all(&self.last);
     }
 
+    /// Ends the connection (the reader thread then ends too).
     pub fn close(self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
-/// The vCPU's kick and whether the guest runs, shared with the reader thread: gdb's 0x03
-/// pauses the vCPU only while the guest runs, and the lock orders a pause against the stub's
-/// taking over.
+/// The version's [`Pause`] and whether the guest runs, shared with the reader thread: gdb's
+/// 0x03 pauses the vCPU only while the guest runs, and the lock orders a pause against the
+/// stub's taking over.
 pub struct Link {
-    kick: Kick,
+    pause: Arc<dyn Pause>,
     running: Arc<Mutex<bool>>,
 }
 
@@ -106,10 +109,12 @@ fn lock(m: &Mutex<bool>) -> MutexGuard<'_, bool> {
 }
 
 impl Link {
-    pub fn new(kick: Kick) -> Link {
-        Link { kick, running: Arc::new(Mutex::new(false)) }
+    /// A link with the guest stopped.
+    pub fn new(pause: Arc<dyn Pause>) -> Link {
+        Link { pause, running: Arc::new(Mutex::new(false)) }
     }
 
+    /// Whether the guest runs (it was resumed and has not stopped since).
     pub fn is_running(&self) -> bool {
         *lock(&self.running)
     }
@@ -123,11 +128,11 @@ impl Link {
         *running = true;
         loop {
             match conn.inputs.try_recv() {
-                Ok(Input::Interrupt) => self.kick.pause(),
+                Ok(Input::Interrupt) => self.pause.pause(),
                 Ok(input) => conn.pending.push_back(input),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    self.kick.pause();
+                    self.pause.pause();
                     break;
                 }
             }
@@ -140,7 +145,7 @@ impl Link {
     pub fn hold(&self) {
         let mut running = lock(&self.running);
         *running = false;
-        let _ = self.kick.take(); // drops a pause; a stop stays
+        self.pause.forget_pause(); // a stop stays
     }
 
     /// Waits for gdb on the listening socket (on a thread: std's accept retries on EINTR),
@@ -156,9 +161,9 @@ impl Link {
             }
         };
         let (tx, inputs) = mpsc::sync_channel(QUEUE);
-        let (kick, running) = (self.kick.clone(), Arc::clone(&self.running));
+        let (pause, running) = (Arc::clone(&self.pause), Arc::clone(&self.running));
         let spawned =
-            thread::Builder::new().name("gdb-reader".to_owned()).spawn(move || read_loop(reader, tx, kick, running));
+            thread::Builder::new().name("gdb-reader".to_owned()).spawn(move || read_loop(reader, tx, pause, running));
         if let Err(e) = spawned {
             diag!("mini_hypervisor: --gdb: cannot start a thread: {e}; the guest runs without a debugger");
             return None;
@@ -194,14 +199,14 @@ fn accept_stream(listener: TcpListener, stop_requested: &dyn Fn() -> bool) -> Op
 /// The reader thread: decodes everything gdb sends and passes it on; 0x03 also pauses the
 /// running guest. Ends at end of file, on an error, when the session is gone, or when the
 /// client floods the queue.
-fn read_loop(mut stream: TcpStream, tx: SyncSender<Input>, kick: Kick, running: Arc<Mutex<bool>>) {
+fn read_loop(mut stream: TcpStream, tx: SyncSender<Input>, pause: Arc<dyn Pause>, running: Arc<Mutex<bool>>) {
     let mut decoder = Decoder::default();
     let mut buf = [0u8; 4096];
     loop {
         let n = match stream.read(&mut buf) {
             Ok(n) if n > 0 => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            _ => return gone(&kick, &running),
+            _ => return gone(&*pause, &running),
         };
         for input in buf[..n].iter().filter_map(|&b| decoder.push(b)) {
             if input == Input::Ack {
@@ -211,14 +216,14 @@ fn read_loop(mut stream: TcpStream, tx: SyncSender<Input>, kick: Kick, running: 
             // already or in the channel (`Link::run`).
             let guard = lock(&running);
             if input == Input::Interrupt && *guard {
-                kick.pause();
+                pause.pause();
             }
             match tx.try_send(input) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     drop(guard);
                     let _ = stream.shutdown(Shutdown::Both);
-                    return gone(&kick, &running);
+                    return gone(&*pause, &running);
                 }
                 Err(TrySendError::Disconnected(_)) => return,
             }
@@ -228,8 +233,8 @@ fn read_loop(mut stream: TcpStream, tx: SyncSender<Input>, kick: Kick, running: 
 
 /// gdb is gone: a running guest is stopped, so that the stub notices and detaches (its
 /// breakpoints and any single-stepping go with it).
-fn gone(kick: &Kick, running: &Mutex<bool>) {
+fn gone(pause: &dyn Pause, running: &Mutex<bool>) {
     if *lock(running) {
-        kick.pause();
+        pause.pause();
     }
 }
