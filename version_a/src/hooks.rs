@@ -1,4 +1,4 @@
-//! Where version A meets the toolbox (`inspect`, the crate of what the C never had: the GDB
+//! Where this version meets the toolbox (`inspect`, the crate of what the C never had: the GDB
 //! stub, guest symbols, the crash report in words, `--trace`, `--stats`).
 //!
 //! The toolbox sees a stopped VM only through its own trait, [`inspect::Target`], implemented
@@ -12,17 +12,17 @@ use std::io;
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 
+use crate::kvm::{
+    GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, Machine, Vcpu, VcpuExit,
+};
+use crate::signals::Kick;
 use inspect::crash::Explain;
 use inspect::gdb::{self, Debugger, Pause};
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
 use inspect::trace::Trace;
 use inspect::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};
-use version_a::kvm::{
-    GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, Machine, Vcpu, VcpuExit,
-};
-use version_a::signals::Kick;
 
 use crate::image::Image;
 use crate::long_mode::{self, Layout, MIB, PageSize};

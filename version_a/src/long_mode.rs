@@ -15,7 +15,7 @@
 //! table per 2 MiB of RAM. Only `[0, M)` is mapped, identity (virtual = physical).
 #![forbid(unsafe_code)]
 
-use version_a::kvm::{KvmDtable, KvmSegment, KvmSregs};
+use crate::kvm::{KvmDtable, KvmSegment, KvmSregs};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;

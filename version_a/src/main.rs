@@ -35,8 +35,11 @@ use std::sync::{Arc, OnceLock};
 
 use inspect::stats::Stats;
 use inspect::trace::Trace;
-use version_a::kvm::Kvm;
-use version_a::signals::{self, Interruptible, Interrupts, Kick, Listener};
+// The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`.
+use version_a::{kvm, signals};
+
+use kvm::Kvm;
+use signals::{Interruptible, Interrupts, Kick, Listener};
 
 use args::{Command, Config};
 use hooks::Tools;

@@ -13,6 +13,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use crate::signals::Interruptible;
+
 pub const SERIAL_PORT: u16 = 0xE9;
 /// Output is written in blocks of this size (C's `BUFSIZ`) when stdout is not a terminal.
 const BLOCK: usize = 8192;
@@ -54,10 +56,10 @@ impl fmt::Display for GuestError {
     }
 }
 
-/// The ports of the VM: the serial port on stdout `W` and stdin `R`, and the unknown ports it
-/// warned about.
+/// The ports of the VM: the serial port on stdout `W` and stdin `R` (the program's own, each
+/// [`Interruptible`]; the unit tests' fakes), and the unknown ports it warned about.
 #[derive(Debug)]
-pub struct Ports<W: Write, R: Read> {
+pub struct Ports<W: Write = Interruptible, R: Read = Interruptible> {
     /// `vm0 (image)`, for warnings.
     label: String,
     out: W,

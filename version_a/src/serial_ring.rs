@@ -14,9 +14,8 @@
 
 use std::time::Duration;
 
+use crate::kvm::{Machine, RING_MAX, Vcpu};
 use inspect::stats::Stats;
-use version_a::kvm::{Machine, RING_MAX, Vcpu};
-use version_a::signals::Interruptible;
 
 use crate::serial::{GuestError, IoError, Ports, SERIAL_PORT};
 
@@ -64,7 +63,7 @@ impl SerialRing {
     pub fn drain(
         &mut self,
         vcpu: &Vcpu,
-        ports: &mut Ports<Interruptible, Interruptible>,
+        ports: &mut Ports,
         stats: Option<&mut Stats>,
         label: &str,
         stop: &dyn Fn() -> bool,

@@ -20,11 +20,11 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::kvm::{self, IoExit, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SIGNAL_MASK, KVM_SET_SREGS, Kvm, VcpuExit};
+use crate::signals::{Interrupts, StopReason, Wake};
 use inspect::crash;
 use inspect::gdb::{Debugger, Resume, Stop};
 use inspect::stats::Stats;
-use version_a::kvm::{self, IoExit, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SIGNAL_MASK, KVM_SET_SREGS, Kvm, VcpuExit};
-use version_a::signals::{Interrupts, StopReason, Wake};
 
 use crate::args::Timeout;
 use crate::hooks::{self, Stopped, Tools};
@@ -32,7 +32,6 @@ use crate::image::Image;
 use crate::long_mode::{self, Layout};
 use crate::serial::{IoError, Ports, SERIAL_PORT};
 use crate::serial_ring::{DRAIN_EVERY, SerialRing};
-use version_a::signals::Interruptible;
 
 /// How long a stopped VM's last output may wait for a stdout that takes nothing.
 const GRACE: Duration = Duration::from_millis(100);
@@ -78,7 +77,7 @@ pub struct Report {
 pub struct Setup {
     /// `vm0 (image path)`, for messages.
     pub label: String,
-    pub ports: Ports<Interruptible, Interruptible>,
+    pub ports: Ports,
     pub interrupts: Interrupts,
     /// stdout is a terminal (the serial ring then needs draining now and then).
     pub line_buffered: bool,
@@ -94,7 +93,7 @@ pub struct Vm {
     /// The VM fd, guest RAM and the vCPU with its run area (`kvm/`).
     machine: kvm::Machine,
     /// The ports the guest sees.
-    ports: Ports<Interruptible, Interruptible>,
+    ports: Ports,
     label: String,
     line_buffered: bool,
     timeout: Option<Timeout>,

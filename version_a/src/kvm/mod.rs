@@ -9,42 +9,16 @@
 //!   [`GuestRam`], the [`Vcpu`] and its run area, each [`Mapping`] reached only by
 //!   bounds-checked copies), decoding `kvm_run` into a [`VcpuExit`].
 //!
-//! What the types rule out, so that safe code cannot break what the `unsafe` blocks rely on:
+//! What the types rule out, so that safe code cannot break what the `unsafe` blocks rely on
+//! (the crate root shows each as a `compile_fail` example):
 //! - a request takes only its own argument type (`Ioctl<Write, KvmRegs>` takes a `KvmRegs`);
 //!   registering host memory is no safe call at all;
 //! - a [`Machine`] owns its parts privately and drops them in the one safe order: the vCPU and
 //!   its run area, then the memory slot is removed (KVM forgets the RAM's address), then the
 //!   RAM is unmapped, then the VM fd is closed. No safe code can free, move out or replace the
-//!   RAM while KVM maps it:
-//!
-//! ```compile_fail,E0616
-//! fn steal(machine: version_a::kvm::Machine) -> version_a::kvm::GuestRam {
-//!     machine.ram // private: RAM never leaves its machine
-//! }
-//! ```
-//! ```compile_fail,E0308
-//! fn wrong(vcpu: &version_a::kvm::Vcpu, s: &version_a::kvm::KvmSregs) {
-//!     vcpu.set(version_a::kvm::KVM_SET_REGS, s).unwrap(); // KVM_SET_REGS takes a KvmRegs
-//! }
-//! ```
-//! ```compile_fail,E0277
-//! fn leak(vcpu: &version_a::kvm::Vcpu, r: &version_a::kvm::KvmUserspaceMemoryRegion) {
-//!     vcpu.set(version_a::kvm::KVM_SET_USER_MEMORY_REGION, r).unwrap(); // not Pod: no safe call
-//! }
-//! ```
+//!   RAM while KVM maps it;
 //! - guest RAM and the run area are reached only through bounds-checked copies, on the one
 //!   thread that runs the vCPU: neither a [`Vcpu`] nor [`GuestRam`] can go to another thread.
-//!
-//! ```compile_fail,E0277
-//! fn send(machine: version_a::kvm::Machine) {
-//!     std::thread::spawn(move || drop(machine));
-//! }
-//! ```
-//! ```compile_fail,E0277
-//! fn share(ram: &version_a::kvm::GuestRam) {
-//!     std::thread::scope(|s| { s.spawn(|| ram.read(0, &mut [0u8; 1])); });
-//! }
-//! ```
 #![allow(unsafe_code)]
 
 mod sys;
