@@ -116,6 +116,7 @@ test: guests
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory -C guest check
 	scripts/check-same-files
+	scripts/check-guest-flags
 	scripts/check-build-progress
 	$(MAKE) --no-print-directory demo-check
 
