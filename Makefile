@@ -49,9 +49,8 @@ else
   progress = scripts/progress $(call quote,$(1))
 endif
 SAY_GUESTS := Building the guest images in guest/ (a few seconds)
-SAY_BUILD  := Building the three hypervisors and the tools (cargo build --release, each program \
-              optimised whole with LTO): about 1 to 2 minutes the first time
-SAY_TESTS  := Building the tests (cargo test, a debug build): about 1 to 2 minutes the first time
+SAY_BUILD  := Building the three hypervisors with cargo: about 1 to 2 minutes the first time
+SAY_TESTS  := Building the tests with cargo: about 1 to 2 minutes the first time
 
 .PHONY: all guests build run-a run-b run-c demo-check test lint bench beside diff-ab diff-bc gdb clean
 
