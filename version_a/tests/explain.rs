@@ -218,11 +218,15 @@ fn debug_builds_at_o0_and_cflags_adds_to_the_required_flags() {
     // The ELF says so itself (gcc records its options in the debug info).
     let elf = std::fs::read(dir.join("ud2.elf")).unwrap();
     assert!(contains(&elf, b" -g -O0 ") && contains(&elf, b"-mgeneral-regs-only"));
-    // Nothing changed: nothing rebuilt. DEBUG off again: rebuilt at -O2.
+    // Nothing changed: nothing rebuilt, also without DEBUG (the image keeps its flags, and make
+    // says so). DEBUG=0: rebuilt at -O2.
     let (status, out) = make(&dir, &["ud2.img", "DEBUG=1", "V=1"]);
     assert_eq!(status, 0, "{out}");
     assert!(!out.contains(" -c "), "nothing to compile again:\n{out}");
     let (status, out) = make(&dir, &["ud2.img", "V=1"]);
+    assert_eq!(status, 0, "{out}");
+    assert!(!out.contains(" -c ") && out.contains("ud2.img: kept as built with DEBUG=1"), "{out}");
+    let (status, out) = make(&dir, &["ud2.img", "DEBUG=0", "V=1"]);
     assert_eq!(status, 0, "{out}");
     assert!(compile_line(&out, "ud2.o").contains(" -O2 -g"), "{out}");
     // CFLAGS on the command line comes last and replaces nothing.
