@@ -76,12 +76,28 @@ pub fn startup(env: &Env) -> Result<Vec<Row>, String> {
         "startup: {} binaries × {ROUNDS} runs of guest.img, then {RSS_RUNS} traced runs each",
         all.len()
     ));
+    // guest.img as it lies in guest/, with guest.elf beside it, and a copy alone in a directory:
+    // with no crash, no --trace and no --gdb, our hypervisors never open the ELF, so the two
+    // start alike.
+    let alone = env.root.join("target/bench/alone");
+    fs::create_dir_all(&alone).map_err(|e| format!("{}: {e}", alone.display()))?;
+    fs::copy(env.root.join("guest/guest.img"), alone.join("guest.img")).map_err(|e| format!("guest.img: {e}"))?;
+    let alone_arg = format!("{START_ARGS} -g {}", alone.join("guest.img").display());
     let mut walls = vec![vec![]; all.len()];
-    for _ in 0..ROUNDS {
-        for (hv, wall) in all.iter().zip(&mut walls) {
-            wall.push(ms(env
-                .run(hv, &args_for(hv, &format!("{START_ARGS} -g guest/guest.img")), Stdout::Discard, false)?
-                .wall));
+    let mut walls_alone = vec![vec![]; all.len()];
+    for round in 0..ROUNDS {
+        for ((hv, wall), wall_alone) in all.iter().zip(&mut walls).zip(&mut walls_alone) {
+            let beside = || env.run(hv, &args_for(hv, &format!("{START_ARGS} -g guest/guest.img")), Stdout::Discard, false);
+            if !hv.ours {
+                wall.push(ms(beside()?.wall));
+                continue;
+            }
+            // One round the image with its ELF first, the next the image alone first.
+            let alone = || env.run(hv, &args_for(hv, &alone_arg), Stdout::Discard, false);
+            let (first, second) = if round % 2 == 0 { (beside()?, alone()?) } else { (alone()?, beside()?) };
+            let (with_elf, without) = if round % 2 == 0 { (first, second) } else { (second, first) };
+            wall.push(ms(with_elf.wall));
+            wall_alone.push(ms(without.wall));
         }
     }
     let mut rss = vec![vec![]; all.len()];
@@ -102,6 +118,12 @@ pub fn startup(env: &Env) -> Result<Vec<Row>, String> {
         let w = if hv.ours { &other_walls[..] } else { &[] };
         let what = format!("Startup: `guest.img` `{START_ARGS}`, spawn to exit: {}", hv.name);
         rows.push(Row::new(what, ROUNDS, with_ratios(walls[i], fmt_ms(walls[i]), w)));
+        if hv.ours {
+            let alone = median(&walls_alone[i]);
+            let what = format!("Startup, `guest.elf` beside the image / the image alone: {}", hv.name);
+            let value = format!("{} / {}: {:.3}×", fmt_ms(walls[i]), fmt_ms(alone), walls[i] / alone);
+            rows.push(Row::new(what, ROUNDS, value).target("≤ 1.02×", walls[i] / alone <= 1.02));
+        }
     }
     for (i, hv) in all.iter().enumerate() {
         let r = if hv.ours { &other_rss[..] } else { &[] };
