@@ -87,7 +87,8 @@ pub fn startup(env: &Env) -> Result<Vec<Row>, String> {
     let mut walls_alone = vec![vec![]; all.len()];
     for round in 0..ROUNDS {
         for ((hv, wall), wall_alone) in all.iter().zip(&mut walls).zip(&mut walls_alone) {
-            let beside = || env.run(hv, &args_for(hv, &format!("{START_ARGS} -g guest/guest.img")), Stdout::Discard, false);
+            let beside =
+                || env.run(hv, &args_for(hv, &format!("{START_ARGS} -g guest/guest.img")), Stdout::Discard, false);
             if !hv.ours {
                 wall.push(ms(beside()?.wall));
                 continue;

@@ -120,3 +120,34 @@ pub enum Exit {
     /// An exit reason the version does not know: its number.
     Unknown(u32),
 }
+
+impl Exit {
+    /// The one-line reason of a VM that this exit ended (its failure line on stderr).
+    pub fn reason(&self) -> String {
+        match *self {
+            Exit::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN): the guest crashed".to_owned(),
+            Exit::Mmio { phys_addr, len, is_write } => format!(
+                "MMIO {} of {len} byte{} at guest-physical {phys_addr:#x}, outside RAM (KVM_EXIT_MMIO)",
+                if is_write { "write" } else { "read" },
+                if len == 1 { "" } else { "s" }
+            ),
+            Exit::FailEntry { reason, cpu } => {
+                format!("VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason {reason:#x} on cpu {cpu}")
+            }
+            Exit::InternalError { suberror } => format!(
+                "KVM internal error (KVM_EXIT_INTERNAL_ERROR), suberror {suberror}{}",
+                if suberror == 1 {
+                    ": instruction emulation failed: an instruction this host's KVM cannot emulate \
+                     (SSE arithmetic, int3, ...)"
+                } else {
+                    ""
+                }
+            ),
+            Exit::BadIo { size, count, data_offset } => {
+                format!("malformed I/O exit from KVM: size {size}, count {count}, data offset {data_offset:#x}")
+            }
+            Exit::Unknown(reason) => format!("unhandled KVM exit reason {reason}"),
+            Exit::Io { .. } | Exit::Hlt | Exit::Intr | Exit::Debug { .. } => format!("unexpected exit {self:?}"),
+        }
+    }
+}

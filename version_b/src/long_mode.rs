@@ -1,7 +1,8 @@
 //! The guest machine's starting state, as plain data (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `setup_long_mode` (page tables, CR3, CR4.PAE, CR0.PE|PG, EFER.LME|LMA) and
-//! `setup_segments_64` (flat 64-bit code and data segments) in `Version_A/mini_hypervisor.c`.
+//! `setup_segments_64` (flat 64-bit code and data segments), the same in every version of the
+//! C's `mini_hypervisor.c`.
 //!
 //! Unlike the C, which puts the tables at a fixed 0x11000 that a large image overwrites, the
 //! tables take the last pages below the top of RAM, M:

@@ -335,7 +335,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Exit(exit) => f.write_str(&describe_exit(exit)),
+            Failure::Exit(exit) => f.write_str(&hooks::exit(exit).reason()),
             Failure::Kvm(message) => f.write_str(message),
             Failure::Io(IoError::Guest(e)) => write!(f, "guest error: {e}"),
             Failure::Io(IoError::Host(message)) => f.write_str(message),
@@ -361,37 +361,6 @@ fn signal_name(signal: libc::c_int) -> String {
         libc::SIGUSR1 => "SIGUSR1".to_owned(),
         libc::SIGUSR2 => "SIGUSR2".to_owned(),
         n => format!("signal {n}"),
-    }
-}
-
-/// The one-line reason for an exit that ends the VM.
-pub fn describe_exit(exit: &VcpuExit) -> String {
-    match *exit {
-        VcpuExit::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN): the guest crashed".to_owned(),
-        VcpuExit::Mmio { phys_addr, len, is_write } => format!(
-            "MMIO {} of {len} byte{} at guest-physical {phys_addr:#x}, outside RAM (KVM_EXIT_MMIO)",
-            if is_write { "write" } else { "read" },
-            if len == 1 { "" } else { "s" }
-        ),
-        VcpuExit::FailEntry { reason, cpu } => {
-            format!("VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason {reason:#x} on cpu {cpu}")
-        }
-        VcpuExit::InternalError { suberror } => format!(
-            "KVM internal error (KVM_EXIT_INTERNAL_ERROR), suberror {suberror}{}",
-            if suberror == 1 {
-                ": instruction emulation failed: an instruction this host's KVM cannot emulate \
-                 (SSE arithmetic, int3, ...)"
-            } else {
-                ""
-            }
-        ),
-        VcpuExit::BadIo { size, count, data_offset } => {
-            format!("malformed I/O exit from KVM: size {size}, count {count}, data offset {data_offset:#x}")
-        }
-        VcpuExit::Unknown(reason) => format!("unhandled KVM exit reason {reason}"),
-        VcpuExit::Io(_) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::Debug { .. } => {
-            format!("unexpected exit {exit:?}")
-        }
     }
 }
 
