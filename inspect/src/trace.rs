@@ -1,5 +1,5 @@
 //! `--trace`: one line per VM exit on stderr, with RIP (and its symbol, when the image's ELF
-//! gives one) and, for I/O, the first bytes moved. The version makes a [`Trace`] only when
+//! gives one) and, for I/O, the first bytes moved, in hex and as escaped text. The version makes a [`Trace`] only when
 //! `--trace` is on, and calls it after handling each exit.
 
 use std::fmt::Display;
@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::symbols::SymbolFile;
-use crate::{Exit, Target, crash};
+use crate::{Exit, Target, crash, text};
 
 /// The most bytes of an I/O exit a trace line shows.
 const MAX_DATA: usize = 8;
@@ -48,9 +48,12 @@ impl Trace {
         let rip = self.rip(t);
         match exit {
             Ok(Exit::Io { out, port, size, count }) => {
-                let data = data.iter().take(MAX_DATA).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+                let shown = &data[..data.len().min(MAX_DATA)];
+                let hex = shown.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+                // The same bytes as text, escaped as names are: `data=[48 0a] "H\n"`.
+                let text = if shown.is_empty() { String::new() } else { format!(" \"{}\"", text::escape(shown)) };
                 format!(
-                    "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{data}] rip={rip}",
+                    "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{hex}]{text} rip={rip}",
                     if *out { "out" } else { "in" },
                 )
             }
@@ -142,16 +145,27 @@ mod tests {
         assert!(symbols.is_read(), "read for the first line");
         let rip = crash::address(0x15, symbols.get());
         assert!(rip.starts_with("0x15 in guest_main+0x5 (hello.c:") && rip.ends_with(')'), "{rip}");
-        assert_eq!(line, format!("trace: vm0 (guest.img) exit 1: io out port=0xe9 size=1 count=1 data=[48] rip={rip}"));
+        assert_eq!(
+            line,
+            format!("trace: vm0 (guest.img) exit 1: io out port=0xe9 size=1 count=1 data=[48] \"H\" rip={rip}")
+        );
         // An `in` of 4 bytes 3 times: at most 8 bytes shown.
         let read = Exit::Io { out: false, port: 0x278, size: 4, count: 3 };
         let line = trace.exit_line(&AtRip(Some(0x100_000)), 7, Ok(&read), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(
             line,
-            "trace: vm0 (guest.img) exit 7: io in port=0x278 size=4 count=3 data=[01 02 03 04 05 06 07 08] rip=0x100000"
+            "trace: vm0 (guest.img) exit 7: io in port=0x278 size=4 count=3 data=[01 02 03 04 05 06 07 08] \
+             \"\\x01\\x02\\x03\\x04\\x05\\x06\\x07\\x08\" rip=0x100000"
         );
         let line = trace.exit_line(&AtRip(None), 8, Ok(&read), &[]);
         assert_eq!(line, "trace: vm0 (guest.img) exit 8: io in port=0x278 size=4 count=3 data=[] rip=?");
+        // Serial bytes read as text; a control byte cannot reach the terminal.
+        let line = trace.exit_line(&AtRip(None), 9, Ok(&out), b"Hel\n\x1b[2J");
+        assert_eq!(
+            line,
+            "trace: vm0 (guest.img) exit 9: io out port=0xe9 size=1 count=1 data=[48 65 6c 0a 1b 5b 32 4a] \
+             \"Hel\\n\\x1b[2J\" rip=?"
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! `.debug_line_str` and `.debug_str`), read once into sorted tables. The ELF is used only
 //! if its loadable bytes are exactly the image's, so that stale names never show up.
 //!
+//! Every name read (function names, source file names) is escaped as it is read
+//! ([`crate::text::escape`]): whatever prints one prints printable ASCII only.
+//!
 //! The file is untrusted: it is read only if it is a regular file of at most
 //! [`MAX_ELF_SIZE`] bytes, every offset and count is checked, every table is capped, and
 //! nothing recurses or loops without consuming input. Whatever is wrong with it gives one
@@ -89,6 +92,7 @@ impl fmt::Display for SymbolError {
 struct Function {
     start: u64,
     end: u64,
+    /// Escaped ([`crate::text::escape`]): printable ASCII only.
     name: Box<str>,
 }
 
@@ -325,7 +329,7 @@ fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Functio
             let section_end = sections.get(shndx).map_or(0, |s| s.addr.saturating_add(s.data.len() as u64));
             next.min(section_end)
         };
-        functions.push(Function { start, end, name: name.into() });
+        functions.push(Function { start, end, name: crate::text::escape(name.as_bytes()).into() });
     }
     (functions, image_end)
 }
