@@ -14,6 +14,10 @@ use common::{Guarded, Run, guest, kvm_available, run, temp_dir};
 const NO_IDT: &str = "the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
                       with RIP on the instruction that raised it";
 
+const UD2: &str = "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\") or __builtin_trap() in \
+                   the source, or put there by the compiler where it proved that the code cannot go on, after an \
+                   access through a NULL pointer or where a function declared not to return returned";
+
 /// The stderr line that starts with `start`.
 fn line<'a>(run: &'a Run, start: &str) -> &'a str {
     run.stderr.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line {start:?} in:\n{}", run.stderr))
@@ -96,13 +100,54 @@ fn ud2_is_named_with_its_function() {
     assert_eq!(
         words,
         [
-            "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)",
+            &format!("  - the instruction at RIP: 0f 0b ({UD2})"),
             &format!("  - {NO_IDT}"),
         ]
     );
     // The words come right after the register dump.
     let dump_end = r.stderr.find("     cr3 ").unwrap();
     assert!(r.stderr[dump_end..].lines().nth(1).unwrap().starts_with("  - the instruction at RIP"));
+}
+
+#[test]
+fn a_ud2_the_compiler_put_after_a_null_store_is_said_so() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("nulltrap.img")]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "linking a node\n"), "{}", r.stderr);
+    assert!(failed(&r).contains(" in link_after"), "{}", r.stderr);
+    let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+    assert_eq!(words[0], format!("  - the instruction at RIP: 0f 0b ({UD2})"), "{}", r.stderr);
+    assert!(
+        words[1].starts_with("  - the instruction before it, at 0x")
+            && words[1].ends_with(
+                ", accesses address 0x8 through a NULL pointer: the compiler saw that the pointer is always NULL \
+                 there, kept the access, and put the ud2 after it"
+            ),
+        "{}",
+        r.stderr
+    );
+    // The store itself went to RAM, over _start.
+    let overwritten = line(&r, "mini_hypervisor: warning: ");
+    assert!(overwritten.ends_with("own code at 0x8..0xf, in _start: a write through a null pointer?"), "{overwritten}");
+}
+
+#[test]
+fn a_guest_spinning_on_a_jump_to_itself_is_called_an_endless_loop() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("spin.img"), "--timeout", "0.2"]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "spinning\n"), "{}", r.stderr);
+    assert!(failed(&r).contains(" in guest_main+0x") && failed(&r).ends_with(": timed out after 0.2 s"), "{}", r.stderr);
+    assert!(
+        r.stderr.lines().any(|l| l
+            == "  - the instruction at RIP: eb fe (jmp to itself: an endless loop, such as for (;;); or a wait for \
+                something that never comes)"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -133,7 +133,39 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
     if let Some(line) = outside_code(e, rip) {
         lines.push(line);
     }
+    if decoded.name.is_some_and(|n| n.starts_with("ud2")) {
+        lines.extend(e.symbols.and_then(|s| null_before_ud2(s, rip)));
+    }
     Some(decoded)
+}
+
+/// A line if the instruction before the `ud2` at `rip` (in the ELF's code) accesses an address
+/// below 0x1000 that it holds whole: gcc -O2 keeps such an access through a pointer it proved
+/// NULL, and puts a `ud2` right after it.
+fn null_before_ud2(symbols: &Symbols, rip: u64) -> Option<String> {
+    let (at, before) = previous_instruction(symbols, rip)?;
+    let addr = before.absolute.filter(|&a| a < 0x1000)?;
+    Some(format!(
+        "the instruction before it, at {at:#x}, accesses address {addr:#x} through a NULL pointer: the compiler \
+         saw that the pointer is always NULL there, kept the access, and put the ud2 after it"
+    ))
+}
+
+/// The instruction that ends right at `addr`, decoded from the start of its function in the
+/// ELF's code (not guest RAM, which the guest may have changed): its address and decoding.
+fn previous_instruction(symbols: &Symbols, addr: u64) -> Option<(u64, insn::Insn)> {
+    let (_, offset) = symbols.function(addr)?;
+    let start = addr.checked_sub(offset)?;
+    let (base, code) = symbols.code().find(|&(base, code)| start >= base && addr - base <= code.len() as u64)?;
+    let (mut at, mut previous) = (start, None);
+    while at < addr {
+        let from = usize::try_from(at - base).ok()?;
+        let decoded = insn::decode(code.get(from..(from + insn::MAX_LEN).min(code.len()))?);
+        let len = decoded.len? as u64; // at least 1: every step moves on
+        previous = Some((at, decoded));
+        at += len;
+    }
+    previous.filter(|_| at == addr)
 }
 
 /// A line if RIP, although in RAM, is not in the guest's code.

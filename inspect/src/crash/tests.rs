@@ -127,6 +127,10 @@ impl Machine {
     }
 }
 
+const UD2: &str = "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\") or __builtin_trap() in \
+                   the source, or put there by the compiler where it proved that the code cannot go on, after an \
+                   access through a NULL pointer or where a function declared not to return returned";
+
 const NO_TABLE: &str = "  - the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
                         with RIP on the instruction that raised it";
 
@@ -134,20 +138,14 @@ const NO_TABLE: &str = "  - the guest has no interrupt table (IDTR limit 0), so 
 fn ud2_is_named_and_the_missing_interrupt_table_explained() {
     let mut m = Machine::new(&[0x90, 0x0f, 0x0b, 0xc3]);
     m.regs.rip = 1;
-    assert_eq!(
-        m.explain(4, None),
-        format!(
-            "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)\n{NO_TABLE}"
-        )
-    );
+    assert_eq!(m.explain(4, None), format!("  - the instruction at RIP: 0f 0b ({UD2})\n{NO_TABLE}"));
     // Not a triple fault: nothing about the interrupt table.
-    assert_eq!(
-        m.explain_failure(4, None, Failure::Other),
-        "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)"
-    );
+    assert_eq!(m.explain_failure(4, None, Failure::Other), format!("  - the instruction at RIP: 0f 0b ({UD2})"));
     // After an I/O or MMIO exit: RIP on the instruction that made the access, or past it.
-    let past = "  - RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
-                the next one, at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)";
+    let past = format!(
+        "  - RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
+         the next one, at RIP: 0f 0b ({UD2})"
+    );
     assert_eq!(m.explain_failure(4, None, Failure::Mmio), past);
     assert_eq!(m.explain_failure(4, None, Failure::Io), past);
     let out = Machine::new(&[0x66, 0xe7, 0xe9]); // out %ax,$0xe9
@@ -353,7 +351,7 @@ fn instruction_lengths_agree_with_objdump() {
 
 #[test]
 fn common_instructions_are_named() {
-    let cases: [(&[u8], usize, &str); 14] = [
+    let cases: [(&[u8], usize, &str); 27] = [
         (&[0xcc], 1, "int3"),
         (&[0xcd, 0x80], 2, "int n"),
         (&[0xf4], 1, "hlt"),
@@ -368,6 +366,19 @@ fn common_instructions_are_named() {
         (&[0xfa], 1, "cli"),
         (&[0x0f, 0x58, 0xc1], 3, "an SSE"),
         (&[0xf3, 0x0f, 0x1e, 0xfa], 4, ""), // endbr64: decoded, not named
+        (&[0xeb, 0xfe], 2, "jmp to itself: an endless loop"),
+        (&[0xe9, 0xfb, 0xff, 0xff, 0xff], 5, "jmp to itself"),
+        (&[0xeb, 0xfd], 2, ""), // a jump back, not to itself
+        (&[0xf3, 0x90], 2, "pause"),
+        (&[0x90], 1, ""),
+        (&[0xc3], 1, "ret: returns to the address on top of the stack"),
+        (&[0xe8, 0, 0, 0, 0], 5, "call: pushes the return address"),
+        (&[0xff, 0xd0], 2, "an indirect call"),
+        (&[0xff, 0xe0], 2, "an indirect jump"),
+        (&[0xf3, 0xa4], 2, "movs: copies memory"),
+        (&[0xf3, 0x48, 0xab], 3, "stos: fills memory"),
+        (&[0x8e, 0xd8], 2, "mov to a segment register"),
+        (&[0x0f, 0x0b], 2, "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\")"),
     ];
     for (bytes, len, name) in cases {
         let i = insn::decode(bytes);
@@ -382,6 +393,13 @@ fn common_instructions_are_named() {
     assert_eq!(insn::decode(&[0x66; 15]).len, None);
     assert_eq!(insn::decode(&[]).len, None);
     assert_eq!(insn::decode(&[0xc5, 0xf8, 0x77]).name, Some("an AVX instruction (VEX or EVEX prefix)"));
+    // The address of a memory operand the instruction holds whole: mov %rdi,0x8 (what gcc -O2
+    // keeps of a store through a NULL pointer), movabs %al,0x1122334455667788; not [rip+8].
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x3c, 0x25, 8, 0, 0, 0]).absolute, Some(8));
+    assert_eq!(insn::decode(&[0x89, 0x04, 0x25, 0xf0, 0xff, 0xff, 0xff]).absolute, Some(0xffff_ffff_ffff_fff0));
+    assert_eq!(insn::decode(&[0xa2, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]).absolute, Some(0x1122_3344_5566_7788));
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x05, 8, 0, 0, 0]).absolute, None);
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x04, 0x05, 8, 0, 0, 0]).absolute, None, "an index register");
     // Every byte string of up to 3 bytes: never a panic.
     for a in 0..=255u8 {
         for b in 0..=255u8 {
@@ -492,4 +510,30 @@ fn the_failure_report_names_rip_and_dumps_the_registers() {
     assert!(lines[6].ends_with("    cs 0x0000000000000008"), "{}", lines[6]);
     assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count());
     assert_eq!(*lines.last().unwrap(), NO_TABLE);
+}
+
+#[test]
+fn a_ud2_the_compiler_put_after_a_null_access_is_said_so() {
+    let (_, elf, image) = guest("nulltrap");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    let ud2 = image.windows(2).position(|w| w == [0x0f, 0x0b]).expect("gcc -O2 put a ud2 in nulltrap") as u64;
+    assert!(symbols.function(ud2).is_some_and(|(name, _)| name.starts_with("link_after")), "{:?}", symbols.function(ud2));
+    let mut m = Machine::new(&image);
+    m.regs.rip = ud2;
+    let words = m.explain(image.len() as u64, Some(&symbols));
+    let store = ud2 - 8; // mov %rax,0x8
+    assert!(
+        words.contains(&format!(
+            "  - the instruction before it, at {store:#x}, accesses address 0x8 through a NULL pointer: the compiler saw \
+             that the pointer is always NULL there, kept the access, and put the ud2 after it\n"
+        )),
+        "{words}"
+    );
+    // A ud2 written in the source, after a call: nothing more.
+    let (_, elf, image) = guest("crash");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    let mut m = Machine::new(&image);
+    m.regs.rip = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let words = m.explain(image.len() as u64, Some(&symbols));
+    assert!(words.contains(UD2) && !words.contains("before it"), "{words}");
 }
