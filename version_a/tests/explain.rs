@@ -52,6 +52,69 @@ fn a_store_beyond_ram_names_the_function_the_line_and_the_address() {
 }
 
 #[test]
+fn a_load_from_the_first_address_past_ram_is_beyond_it() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("edge.img")]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "loading from 0x200000\n"), "{}", r.stderr);
+    assert!(failed(&r).contains(" in load_end+0x0 (edge.c:"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l == "  - page fault at 0x200000 (CR2): beyond the 2 MiB of RAM, where nothing is mapped"),
+        "{}",
+        r.stderr
+    );
+    // With 4 MiB, 0x200000 is RAM: the load works.
+    let r = run(&["-q", "-m", "4", "-p", "4", "-g", &guest("edge.img")]);
+    assert_eq!((r.status, r.stdout().as_str(), r.stderr.as_str()), (0, "loading from 0x200000\nloaded\n", ""));
+}
+
+#[test]
+fn a_stray_write_into_the_page_tables_is_said_first() {
+    if !kvm_available() {
+        return;
+    }
+    for (pages, entry) in [
+        ("4", "at 0x1ff000 (PT 0, entry 0, for 0x0..0xfff: 0x3 before, 0x0 now)"),
+        ("2", "at 0x1ff000 (PD, entry 0, for 0x0..0x1fffff: 0x83 before, 0x0 now)"),
+    ] {
+        let r = run(&["-q", "-m", "2", "-p", pages, "-g", &guest("tables.img")]);
+        assert_eq!(
+            (r.status, r.stdout().as_str()),
+            (1, "clearing the page-table entry of my own code\n"),
+            "{}",
+            r.stderr
+        );
+        let failed = failed(&r);
+        assert!(failed.contains(" in clear_code_mapping+0x") && failed.contains(" (tables.c:"), "{failed}");
+        let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+        assert_eq!(words[0], format!("  - the guest overwrote the page tables the hypervisor built {entry}"));
+        assert!(
+            words[1].starts_with("  - RIP 0x")
+                && words[1].ends_with(
+                    " is in RAM but not mapped by the guest's page tables, which the guest changed (see above)"
+                ),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("the guest jumped there"), "{}", r.stderr);
+    }
+    // A guest that changes its tables on purpose is told so as well, first.
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("mmio.img")]);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    let first = r.stderr.lines().find(|l| l.starts_with("  - ")).unwrap();
+    assert!(
+        first.starts_with(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1fd008 (PDPT, entry 1, for \
+             0x40000000..0x7fffffff: 0x0 before, 0x"
+        ),
+        "{first}"
+    );
+}
+
+#[test]
 fn a_null_write_over_start_halts_with_one_warning() {
     if !kvm_available() {
         return;
@@ -97,13 +160,7 @@ fn ud2_is_named_with_its_function() {
     assert_eq!((r.status, r.stdout().as_str()), (1, "running ud2\n"), "{}", r.stderr);
     assert!(failed(&r).contains("ud2.img): failed at RIP 0x10 in bad_opcode+0x0 (ud2.c:"), "{}", r.stderr);
     let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
-    assert_eq!(
-        words,
-        [
-            &format!("  - the instruction at RIP: 0f 0b ({UD2})"),
-            &format!("  - {NO_IDT}"),
-        ]
-    );
+    assert_eq!(words, [&format!("  - the instruction at RIP: 0f 0b ({UD2})"), &format!("  - {NO_IDT}"),]);
     // The words come right after the register dump.
     let dump_end = r.stderr.find("     cr3 ").unwrap();
     assert!(r.stderr[dump_end..].lines().nth(1).unwrap().starts_with("  - the instruction at RIP"));
@@ -140,7 +197,11 @@ fn a_guest_spinning_on_a_jump_to_itself_is_called_an_endless_loop() {
     }
     let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("spin.img"), "--timeout", "0.2"]);
     assert_eq!((r.status, r.stdout().as_str()), (1, "spinning\n"), "{}", r.stderr);
-    assert!(failed(&r).contains(" in guest_main+0x") && failed(&r).ends_with(": timed out after 0.2 s"), "{}", r.stderr);
+    assert!(
+        failed(&r).contains(" in guest_main+0x") && failed(&r).ends_with(": timed out after 0.2 s"),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stderr.lines().any(|l| l
             == "  - the instruction at RIP: eb fe (jmp to itself: an endless loop, such as for (;;); or a wait for \

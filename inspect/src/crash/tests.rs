@@ -90,6 +90,9 @@ struct Machine {
     ram: Vec<u8>,
     regs: Regs,
     sregs: SystemRegs,
+    /// The tables as built, for the comparison with RAM (empty: none, as if the hypervisor did
+    /// not say).
+    built_tables: Vec<u8>,
 }
 
 impl Machine {
@@ -101,7 +104,8 @@ impl Machine {
         let (map, mut ram, sregs) = long_mode(2 * MIB, large_pages);
         ram[..code.len()].copy_from_slice(code);
         let regs = Regs { rsp: map.tables_base - 0x40, rflags: 2, ..Regs::default() };
-        Machine { map, ram, regs, sregs }
+        let built_tables = ram[map.tables_base as usize..].to_vec();
+        Machine { map, ram, regs, sregs, built_tables }
     }
 
     /// The entry of the (only) page table for the 4 KiB page at `addr`.
@@ -123,7 +127,10 @@ impl Machine {
             None => false,
         };
         let map = MemoryMap { image_len, ..self.map };
-        explain(&Evidence { regs: &self.regs, sregs: &self.sregs, map: &map, symbols, failure, read: &read })
+        let built = &self.built_tables;
+        let changed = TablesChanged::find(built, &self.ram[map.tables_base as usize..], map.tables_base);
+        let tables = changed.as_ref().filter(|_| !built.is_empty());
+        explain(&Evidence { regs: &self.regs, sregs: &self.sregs, map: &map, symbols, failure, read: &read, tables })
     }
 }
 
@@ -184,11 +191,27 @@ fn a_page_fault_inside_ram_says_whether_the_guest_mapped_it() {
     m.sregs.cr2 = 0x5008;
     assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): in RAM and mapped\n"));
     m.pte(0x5000)[0] &= !(PTE_WRITABLE as u8);
-    assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): mapped read-only by the guest's page tables"));
+    let words = m.explain(3, None);
+    assert!(
+        words.starts_with(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1ff028 (PT 0, entry 5, for \
+             0x5000..0x5fff: 0x5003 before, 0x5001 now)\n"
+        ),
+        "{words}"
+    );
+    assert!(words.contains("page fault at 0x5008 (CR2): mapped read-only by the guest's page tables"));
     m.pte(0x5000)[0] = 0;
     assert!(m.explain(3, None).contains(
+        "page fault at 0x5008 (CR2): in RAM but not mapped by the guest's page tables, which the guest changed (see above)"
+    ));
+    // Without the tables as built (the hypervisor did not say): a question.
+    let built = std::mem::take(&mut m.built_tables);
+    let words = m.explain(3, None);
+    assert!(!words.contains("the hypervisor built"), "{words}");
+    assert!(words.contains(
         "page fault at 0x5008 (CR2): in RAM but not mapped by the guest's page tables (did the guest change them?)"
     ));
+    m.built_tables = built;
     (m.sregs.cr2, m.regs.rsp) = (m.map.tables_base + 0x10, 0x10_0000);
     assert!(m.explain(3, None).contains("page fault at 0x1fc010 (CR2): inside the page tables (0x1fc000..0x1fffff)"));
     // A null pointer: page 0 unmapped by the guest itself, an access at 8.
@@ -196,6 +219,11 @@ fn a_page_fault_inside_ram_says_whether_the_guest_mapped_it() {
     m.ram[0x1000..0x1003].copy_from_slice(&[0x48, 0x89, 0x07]);
     (m.regs.rip, m.sregs.cr2) = (0x1000, 8);
     m.pte(0)[0] = 0;
+    assert!(m.explain(0x1003, None).contains(
+        "page fault at 0x8 (CR2): in RAM but not mapped by the guest's page tables, which the guest changed (see above): \
+         a null pointer?"
+    ));
+    m.built_tables.clear();
     assert!(m.explain(0x1003, None).contains(
         "page fault at 0x8 (CR2): in RAM but not mapped by the guest's page tables (did the guest change them?): a null pointer?"
     ));
@@ -397,7 +425,10 @@ fn common_instructions_are_named() {
     // keeps of a store through a NULL pointer), movabs %al,0x1122334455667788; not [rip+8].
     assert_eq!(insn::decode(&[0x48, 0x89, 0x3c, 0x25, 8, 0, 0, 0]).absolute, Some(8));
     assert_eq!(insn::decode(&[0x89, 0x04, 0x25, 0xf0, 0xff, 0xff, 0xff]).absolute, Some(0xffff_ffff_ffff_fff0));
-    assert_eq!(insn::decode(&[0xa2, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]).absolute, Some(0x1122_3344_5566_7788));
+    assert_eq!(
+        insn::decode(&[0xa2, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]).absolute,
+        Some(0x1122_3344_5566_7788)
+    );
     assert_eq!(insn::decode(&[0x48, 0x89, 0x05, 8, 0, 0, 0]).absolute, None);
     assert_eq!(insn::decode(&[0x48, 0x89, 0x04, 0x05, 8, 0, 0, 0]).absolute, None, "an index register");
     // Every byte string of up to 3 bytes: never a panic.
@@ -470,7 +501,8 @@ fn explain_guest(name: &str) -> (Explain, Arc<SymbolFile>, Fake) {
     let symbols = Arc::new(SymbolFile::new(&elf.with_extension("img"), image.clone().into()));
     let machine = Machine::new(&image);
     let map = MemoryMap { image_len: image.len() as u64, ..machine.map };
-    (Explain::new(map, Arc::clone(&symbols)), symbols, Fake::new(machine))
+    let tables = machine.built_tables.clone();
+    (Explain::new(map, Arc::clone(&symbols), tables), symbols, Fake::new(machine))
 }
 
 #[test]
@@ -517,7 +549,11 @@ fn a_ud2_the_compiler_put_after_a_null_access_is_said_so() {
     let (_, elf, image) = guest("nulltrap");
     let symbols = Symbols::parse(&elf, &image).unwrap();
     let ud2 = image.windows(2).position(|w| w == [0x0f, 0x0b]).expect("gcc -O2 put a ud2 in nulltrap") as u64;
-    assert!(symbols.function(ud2).is_some_and(|(name, _)| name.starts_with("link_after")), "{:?}", symbols.function(ud2));
+    assert!(
+        symbols.function(ud2).is_some_and(|(name, _)| name.starts_with("link_after")),
+        "{:?}",
+        symbols.function(ud2)
+    );
     let mut m = Machine::new(&image);
     m.regs.rip = ud2;
     let words = m.explain(image.len() as u64, Some(&symbols));
@@ -536,4 +572,114 @@ fn a_ud2_the_compiler_put_after_a_null_access_is_said_so() {
     m.regs.rip = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
     let words = m.explain(image.len() as u64, Some(&symbols));
     assert!(words.contains(UD2) && !words.contains("before it"), "{words}");
+}
+
+#[test]
+fn the_end_of_ram_is_beyond_it_and_the_byte_below_is_not() {
+    // A load from 0x200000, the first byte past 2 MiB: mov (%rdi),%al.
+    let mut m = Machine::new(&[0x8a, 0x07]);
+    m.sregs.cr2 = 2 * MIB;
+    assert!(
+        m.explain(2, None).contains("page fault at 0x200000 (CR2): beyond the 2 MiB of RAM, where nothing is mapped")
+    );
+    m.sregs.cr2 = 2 * MIB - 1;
+    let words = m.explain(2, None);
+    assert!(words.contains("page fault at 0x1fffff (CR2): inside the page tables (0x1fc000..0x1fffff)"), "{words}");
+    assert!(!words.contains("beyond"), "{words}");
+    // RIP at the end of RAM, and one byte below (whose byte reads: it is mapped).
+    let mut m = Machine::new(&[0xc3]);
+    m.regs.rip = 2 * MIB;
+    assert!(m.explain(1, None).starts_with("  - RIP 0x200000 is beyond the 2 MiB of RAM, where nothing is mapped"));
+    m.regs.rip = 2 * MIB - 1;
+    let words = m.explain(1, None);
+    assert!(words.starts_with("  - the instruction at RIP: 00") && !words.contains("beyond"), "{words}");
+    // RSP at the end of RAM is the top of the table area; above it, beyond RAM.
+    m.regs.rip = 0;
+    m.regs.rsp = 2 * MIB;
+    assert!(
+        m.explain(1, None).contains("RSP 0x200000 is above where the stack starts (0x1fc000), inside the page tables")
+    );
+    m.regs.rsp = 2 * MIB + 8;
+    assert!(m.explain(1, None).contains("RSP 0x200008 is beyond the 2 MiB of RAM, where nothing is mapped: the stack"));
+}
+
+#[test]
+fn rip_in_ram_but_unmapped_is_a_jump_or_the_guests_own_change_to_the_tables() {
+    // The guest unmapped the page of its code at 0x3000 and jumped there.
+    let mut m = Machine::new(&[0xc3]);
+    m.ram[0x3000] = 0x90;
+    m.pte(0x3000).fill(0);
+    (m.regs.rip, m.sregs.cr2) = (0x3000, 0x3000);
+    assert_eq!(
+        m.explain(0x3001, None),
+        format!(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1ff018 (PT 0, entry 3, for 0x3000..0x3fff: \
+             0x3003 before, 0x0 now)\n\
+             \x20 - RIP 0x3000 is in RAM but not mapped by the guest's page tables, which the guest changed (see above)\n\
+             \x20 - page fault at 0x3000 (CR2) fetching the instruction at RIP: in RAM but not mapped by the guest's page \
+             tables, which the guest changed (see above)\n{NO_TABLE}"
+        )
+    );
+    // On tables of its own (CR3 elsewhere, the hypervisor's unchanged): the jump is the guess.
+    let mut own = Machine::new(&[0xc3]);
+    let (pml4, pt) = (0x10_0000, 0x10_3000);
+    own.ram.copy_within(own.map.tables_base as usize..2 * MIB as usize, pml4);
+    for (table, next) in [(pml4, pml4 + 0x1000), (pml4 + 0x1000, pml4 + 0x2000), (pml4 + 0x2000, pt)] {
+        own.ram[table..table + 8].copy_from_slice(&(next as u64 | PTE_PRESENT | PTE_WRITABLE).to_le_bytes());
+    }
+    own.ram[pt + 3 * 8..pt + 4 * 8].fill(0);
+    own.sregs.cr3 = pml4 as u64;
+    (own.regs.rip, own.sregs.cr2) = (0x3000, 0x3000);
+    let words = own.explain(1, None);
+    assert!(
+        words.starts_with(
+            "  - RIP 0x3000 is in RAM but not mapped by the guest's page tables: the guest jumped there (a bad function \
+             pointer or a corrupted return address?)\n"
+        ),
+        "{words}"
+    );
+}
+
+#[test]
+fn changed_tables_are_named_by_table_and_entry_without_the_cpus_own_bits() {
+    let (map, built) = identity_map(4 * MIB, false); // PML4, PDPT, PD, PT 0, PT 1
+    let base = map.tables_base;
+    let find = |now: &[u8]| TablesChanged::find(&built, now, base).map(|c| tables_changed(&c));
+    assert_eq!(find(&built), None);
+    // The CPU sets Accessed and Dirty bits as it walks: not a change.
+    let mut now = built.clone();
+    for entry in now.chunks_exact_mut(8) {
+        entry[0] |= 0x60;
+    }
+    assert_eq!(find(&now), None);
+    let set = |now: &mut Vec<u8>, page: u64, index: u64, value: u64| {
+        let at = (page * TABLE_SIZE + index * 8) as usize;
+        now[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    };
+    let cases = [
+        (0, 0, 0, "at 0x3fb000 (PML4, entry 0, for 0x0..0x7fffffffff: 0x3fc003 before, 0x0 now)"),
+        (0, 256, 1, "at 0x3fb800 (PML4, entry 256, for 0xffff800000000000..0xffff807fffffffff: 0x0 before, 0x1 now)"),
+        (1, 1, 0x1023, "at 0x3fc008 (PDPT, entry 1, for 0x40000000..0x7fffffff: 0x0 before, 0x1023 now)"),
+        (2, 1, 0, "at 0x3fd008 (PD, entry 1, for 0x200000..0x3fffff: 0x3ff003 before, 0x0 now)"),
+        (4, 511, 0x4141, "at 0x3ffff8 (PT 1, entry 511, for 0x3ff000..0x3fffff: 0x3ff003 before, 0x4141 now)"),
+    ];
+    for (page, index, value, words) in cases {
+        let mut now = built.clone();
+        set(&mut now, page, index, value);
+        assert_eq!(find(&now), Some(format!("the guest overwrote the page tables the hypervisor built {words}")));
+    }
+    let mut now = built.clone();
+    set(&mut now, 3, 7, 0);
+    set(&mut now, 3, 8, 0);
+    set(&mut now, 4, 0, 0);
+    assert!(find(&now).unwrap().ends_with("0x7003 before, 0x0 now) (and 2 more entries)"));
+    set(&mut now, 4, 0, built_entry(&built, 4, 0));
+    assert!(find(&now).unwrap().ends_with(" (and 1 more entry)"));
+    // Not comparable: nothing said.
+    assert_eq!(TablesChanged::find(&built, &now[8..], base), None);
+}
+
+fn built_entry(built: &[u8], page: u64, index: u64) -> u64 {
+    let at = (page * TABLE_SIZE + index * 8) as usize;
+    u64::from_le_bytes(built[at..at + 8].try_into().unwrap())
 }
