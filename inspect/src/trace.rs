@@ -1,13 +1,16 @@
 //! `--trace`: one line per VM exit on stderr, with RIP (and its symbol, when the image's ELF
-//! gives one) and, for I/O, the first bytes moved, in hex and as escaped text. The version makes a [`Trace`] only when
+//! gives one; in the guest library, `hv.c` and `hv.h`, also the first caller outside it, found
+//! with the crash report's backtrace) and, for I/O, the first bytes moved, in hex and as
+//! escaped text. The version makes a [`Trace`] only when
 //! `--trace` is on, and calls it after handling each exit.
 
 use std::fmt::Display;
 use std::io;
 use std::sync::Arc;
 
+use crate::crash::{self, backtrace};
 use crate::symbols::SymbolFile;
-use crate::{Exit, Target, crash, text};
+use crate::{Exit, Target, text};
 
 /// The most bytes of an I/O exit a trace line shows.
 const MAX_DATA: usize = 8;
@@ -27,11 +30,21 @@ impl Trace {
         Trace { label: label.to_owned(), symbols }
     }
 
-    /// The guest's RIP, with its symbol when known.
+    /// The guest's RIP, with its symbol when known, and, when RIP is in the guest library
+    /// (`hv.c`, `hv.h`), the first caller outside it: `0xce in puts_e9+0xe (hv.c:46) via
+    /// guest_main+0x13 (hello.c:7)`.
     fn rip(&self, t: &dyn Target) -> String {
-        match t.regs() {
-            Ok(regs) => crash::address(regs.rip, self.symbols.get()),
-            Err(_) => "?".to_owned(),
+        let Ok(regs) = t.regs() else { return "?".to_owned() };
+        let symbols = self.symbols.get();
+        let rip = crash::address(regs.rip, symbols);
+        let via = symbols.zip(t.system_regs().ok()).and_then(|(symbols, sregs)| {
+            let read = |addr: u64, buf: &mut [u8]| t.read_phys(addr, buf).is_ok();
+            let stack = backtrace::Stack { regs: &regs, cr3: sregs.cr3, read: &read };
+            backtrace::first_outside_library(&stack, symbols)
+        });
+        match via {
+            Some(caller) => format!("{rip} via {caller}"),
+            None => rip,
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Guarded, Run, guest, kvm_available, run, temp_dir};
+use common::{Guarded, Run, guest, kvm_available, run, run_with_input, temp_dir};
 
 const NO_IDT: &str = "the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
                       with RIP on the instruction that raised it";
@@ -112,6 +112,95 @@ fn a_stray_write_into_the_page_tables_is_said_first() {
         ),
         "{first}"
     );
+}
+
+/// The backtrace lines of a report: from `  backtrace:` to the end of the report.
+fn backtrace(run: &Run) -> Vec<&str> {
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let start =
+        lines.iter().position(|l| *l == "  backtrace:").unwrap_or_else(|| panic!("no backtrace:\n{}", run.stderr));
+    lines[start + 1..].iter().copied().take_while(|l| l.starts_with("    ")).collect()
+}
+
+/// Each backtrace line is `#N 0xADDR in ` + what starts with the `expected` part, in order.
+fn assert_frames(run: &Run, expected: &[&str]) {
+    let frames = backtrace(run);
+    assert_eq!(frames.len(), expected.len(), "{}", run.stderr);
+    for (n, (frame, want)) in frames.iter().zip(expected).enumerate() {
+        let (head, rest) = frame.split_once(" in ").unwrap_or((frame, ""));
+        assert!(head.starts_with(&format!("    #{n} 0x")), "{frame}");
+        assert!(
+            rest.starts_with(want.split('*').next().unwrap()) && rest.ends_with(want.rsplit('*').next().unwrap()),
+            "{frame} is not {want}:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn the_backtrace_names_each_caller_by_the_line_of_its_call_at_o2_and_o0() {
+    if !kvm_available() {
+        return;
+    }
+    // -O2: store_far keeps no frame pointer; the call-frame information still gives its caller.
+    let expected = ["store_far+0x*(beyond.c:17)", "guest_main+0x*(beyond.c:23)", "_start+0xd"];
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("beyond.img")]);
+    assert_frames(&r, &expected);
+    // -O0 (DEBUG=1), built in a copy of guest/: other addresses, the same functions and lines.
+    let dir = guest_copy("backtrace_o0");
+    let (status, out) = make(&dir, &["beyond.img", "DEBUG=1"]);
+    assert_eq!(status, 0, "{out}");
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", dir.join("beyond.img").to_str().unwrap()]);
+    assert_frames(&r, &expected);
+    let _ = std::fs::remove_dir_all(dir);
+    // A call through a bad pointer: RIP has no name, and its caller is found on the stack.
+    let r = run_with_input(&["-q", "-m", "2", "-p", "4", "-g", &guest("debugme.img")], b"c");
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert_eq!(backtrace(&r)[0], "    #0 0xc0000000");
+    assert!(backtrace(&r)[1].ends_with(" in guest_main+0xba (debugme.c:57)"), "{}", r.stderr);
+    // Without the ELF: no backtrace.
+    let (dir, img) = alone("no_elf_backtrace", "beyond.img", None);
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &img]);
+    assert!(!r.stderr.lines().any(|l| l == "  backtrace:"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_recursion_and_a_stack_below_zero_stop_the_backtrace_with_a_reason() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("recurse.img")]);
+    assert_eq!(
+        backtrace(&r)[1],
+        "    (the chain stops here: the caller's frame would be at 0xffffffffffffff20 + 0x110, past the top of the \
+         address space: a stack overflow below address 0?)"
+    );
+    let dir = guest_copy("backtrace_recurse_o0");
+    let (status, out) = make(&dir, &["recurse.img", "DEBUG=1"]);
+    assert_eq!(status, 0, "{out}");
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", dir.join("recurse.img").to_str().unwrap()]);
+    let frames = backtrace(&r);
+    assert!(frames[1].contains(" in sum_to+0x") && frames[1].ends_with(" (recurse.c:19)"), "{}", r.stderr);
+    assert_eq!(frames[2], "    #2..#31: the same call, 30 more times (a recursion)");
+    assert_eq!(frames[3], "    (the chain stops here: more frames not shown (at most 32))");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn trace_names_the_first_caller_outside_the_guest_library() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "--trace", "-m", "2", "-p", "4", "-g", &guest("crash.img")]);
+    let outs: Vec<&str> = r.stderr.lines().filter(|l| l.contains(" io out port=0xe9 ")).collect();
+    assert_eq!(outs.len(), "crashing now\n".len(), "{}", r.stderr);
+    for line in outs {
+        assert!(line.contains(" in puts_e9+0x") && line.ends_with(" via guest_main+0xe (crash.c:8)"), "{line}");
+    }
+    // hello.c's guest_main jumps to puts_e9 (a tail call): no caller of its own to name.
+    let r = run(&["-q", "--trace", "-m", "2", "-p", "4", "-g", &guest("guest.img")]);
+    assert!(r.stderr.contains(" in puts_e9+0x") && !r.stderr.contains(" via "), "{}", r.stderr);
 }
 
 #[test]

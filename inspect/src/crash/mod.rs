@@ -1,6 +1,7 @@
-//! A failed guest explained in words: where RIP is, what the instruction there is, where a
-//! page fault went, whether the stack overflowed, and, at the VM's end, whether the guest
-//! overwrote its own code. The version calls [`Explain`] when a VM ends; [`address`] and
+//! A failed guest explained in words: whether it overwrote the page tables the hypervisor
+//! built, where RIP is, what the instruction there is, where a page fault went, whether the
+//! stack overflowed, then its call chain ([`backtrace`]), and, at the VM's end, whether the
+//! guest overwrote its own code. The version calls [`Explain`] when a VM ends; [`address`] and
 //! [`register_dump`] are for its own messages too.
 //!
 //! The words are pure: they read the registers they are given and guest memory through a
@@ -8,6 +9,7 @@
 //! a triple fault with RIP still on the instruction that raised it: the evidence is in the
 //! registers.
 
+pub(crate) mod backtrace;
 mod insn;
 mod report;
 #[cfg(test)]
@@ -265,7 +267,7 @@ fn previous_instruction(symbols: &Symbols, addr: u64) -> Option<(u64, insn::Insn
 /// A line if RIP, although in RAM, is not in the guest's code.
 fn outside_code(e: &Evidence, rip: u64) -> Option<String> {
     let in_code = match e.symbols {
-        Some(s) => s.code().any(|(start, bytes)| rip >= start && rip - start < bytes.len() as u64),
+        Some(s) => s.in_code(rip),
         None => rip < image_end(e),
     };
     (!in_code).then(|| {

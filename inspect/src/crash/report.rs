@@ -5,7 +5,7 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
-use super::{Evidence, Failure, TablesChanged};
+use super::{Evidence, Failure, TablesChanged, backtrace};
 use crate::symbols::SymbolFile;
 use crate::{MemoryMap, Regs, SystemRegs, Target};
 
@@ -58,9 +58,22 @@ impl Explain {
             tables: tables.as_ref(),
         };
         let rip = super::address(regs.rip, symbols);
-        let words = super::explain(&evidence);
-        let sep = if words.is_empty() { "" } else { "\n" };
-        format!("mini_hypervisor: {label}: failed at RIP {rip}: {reason}\n{}{sep}{words}", register_dump(&regs, &sregs))
+        let mut report =
+            format!("mini_hypervisor: {label}: failed at RIP {rip}: {reason}\n{}", register_dump(&regs, &sregs));
+        for part in [super::explain(&evidence), self.backtrace(&evidence)] {
+            if !part.is_empty() {
+                report = report + "\n" + &part;
+            }
+        }
+        report
+    }
+
+    /// The backtrace lines, when the ELF gives the call-frame information.
+    fn backtrace(&self, e: &Evidence) -> String {
+        match e.symbols {
+            Some(symbols) => backtrace::lines(&backtrace::Stack::of(e), symbols),
+            None => String::new(),
+        }
     }
 
     /// Whether the page tables in RAM are still the ones the hypervisor built.

@@ -540,8 +540,53 @@ fn the_failure_report_names_rip_and_dumps_the_registers() {
     );
     assert_eq!(lines[6], register_dump(&t.m.borrow().regs, &t.m.borrow().sregs).lines().nth(5).unwrap());
     assert!(lines[6].ends_with("    cs 0x0000000000000008"), "{}", lines[6]);
-    assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count());
-    assert_eq!(*lines.last().unwrap(), NO_TABLE);
+    assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count() + 2);
+    // The words, then the backtrace: RIP in _start, which has no caller.
+    assert_eq!(lines[lines.len() - 3..], [NO_TABLE, "  backtrace:", "    #0 0xd in _start+0xd"]);
+}
+
+#[test]
+fn the_backtrace_follows_the_call_frame_information_and_stops_at_a_bad_return_address() {
+    let (explain, _, t) = explain_guest("crash");
+    let (_, elf, image) = guest("crash");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    // RIP on crash.c's ud2 in guest_main, called by _start (the return address 0xd).
+    let rip = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let row = symbols.frame_row(rip).expect("gcc's .debug_frame covers guest_main");
+    let (reg, offset) = row.cfa.unwrap();
+    assert_eq!(usize::from(reg), crate::symbols::frame::RSP);
+    let rsp = t.m.borrow().regs.rsp;
+    let ra_slot = (rsp as i64 + offset - 8) as usize;
+    let set_ra = |ra: u64| t.m.borrow_mut().ram[ra_slot..ra_slot + 8].copy_from_slice(&ra.to_le_bytes());
+    t.m.borrow_mut().regs.rip = rip;
+    set_ra(0xd);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    let main = symbols.describe(rip).unwrap();
+    assert!(
+        report.ends_with(&format!("  backtrace:\n    #0 {rip:#x} in {main}\n    #1 0xd in _start+0xd")),
+        "{report}"
+    );
+    // A return address outside the code: the chain stops, and says why.
+    set_ra(0x4141_4141_4141_4141);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    assert!(
+        report.ends_with(&format!(
+            "    #0 {rip:#x} in {main}\n    (the chain stops here: the return address on the stack, 0x4141414141414141, \
+             is not in the guest's code: a corrupted stack?)"
+        )),
+        "{report}"
+    );
+    // The stack unmapped by the guest: nothing is read from it.
+    set_ra(0xd);
+    let slot_page = ra_slot as u64 & !0xfff;
+    t.m.borrow_mut().pte(slot_page).fill(0);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    assert!(
+        report.ends_with(&format!(
+            "(the chain stops here: the return address at {ra_slot:#x} cannot be read through the guest's page tables)"
+        )),
+        "{report}"
+    );
 }
 
 #[test]
@@ -682,4 +727,79 @@ fn changed_tables_are_named_by_table_and_entry_without_the_cpus_own_bits() {
 fn built_entry(built: &[u8], page: u64, index: u64) -> u64 {
     let at = (page * TABLE_SIZE + index * 8) as usize;
     u64::from_le_bytes(built[at..at + 8].try_into().unwrap())
+}
+
+/// Random and hostile stacks and registers under real guests' call-frame information (`-O2`
+/// guests, and debugme, always `-O0`, whose frames go through RBP): the walk never panics,
+/// never shows more than [`backtrace::MAX_FRAMES`] frames, and every caller it shows is in the
+/// guest's code. The seed is printed; `MH_BACKTRACE_SEED=N` repeats a run.
+#[test]
+fn random_and_hostile_stacks_give_a_bounded_backtrace_and_no_panic() {
+    use crate::test_rng::Rng;
+    let seed = match std::env::var("MH_BACKTRACE_SEED") {
+        Ok(s) => s.parse().expect("MH_BACKTRACE_SEED: a decimal number"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    let guests: Vec<(Symbols, Vec<u8>)> = ["crash", "debugme", "recurse", "tables", "nulltrap"]
+        .iter()
+        .map(|name| {
+            let (_, elf, image) = guest(name);
+            (Symbols::parse(&elf, &image).unwrap(), image)
+        })
+        .collect();
+    let mut rng = Rng::new(seed);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for _ in 0..3000 {
+            let (symbols, image) = rng.pick(&guests);
+            let mut m = Machine::with_pages(image, rng.chance(30));
+            let top = m.map.tables_base;
+            let code: Vec<u64> = symbols.code().flat_map(|(a, b)| [a, a + b.len() as u64 - 1]).collect();
+            // A value a hostile stack or register could hold.
+            let value = |rng: &mut Rng| match rng.below(8) {
+                0 => *rng.pick(&code) + rng.below(0x40),
+                1 => top - rng.below(0x400),
+                2 => top - 8 * rng.below(0x80),
+                3 => rng.next(),
+                4 => 0,
+                5 => u64::MAX - rng.below(0x100),
+                6 => 0xd,
+                _ => 2 * MIB + rng.below(0x100),
+            };
+            let from = (top - 0x800) as usize;
+            for at in (from..top as usize).step_by(8) {
+                let word = if rng.chance(50) { value(&mut rng) } else { rng.next() };
+                m.ram[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
+            m.regs.rip = if rng.chance(70) { *rng.pick(&code) + rng.below(0x20) } else { value(&mut rng) };
+            m.regs.rsp = if rng.chance(70) { top - rng.below(0x800) } else { value(&mut rng) };
+            m.regs.rbp = if rng.chance(50) { top - rng.below(0x800) } else { value(&mut rng) };
+            m.regs.rbx = value(&mut rng);
+            if rng.chance(10) {
+                m.sregs.cr3 = value(&mut rng);
+            }
+            if rng.chance(10) && !m.map.large_pages {
+                m.pte(top - 0x1000).fill(0); // the stack's page unmapped
+            }
+            let read =
+                |addr: u64, buf: &mut [u8]| match m.ram.get(addr as usize..(addr as usize).saturating_add(buf.len())) {
+                    Some(bytes) => {
+                        buf.copy_from_slice(bytes);
+                        true
+                    }
+                    None => false,
+                };
+            let stack = backtrace::Stack { regs: &m.regs, cr3: m.sregs.cr3, read: &read };
+            let trace = backtrace::unwind(&stack, symbols, backtrace::MAX_FRAMES);
+            assert!(trace.frames.len() <= backtrace::MAX_FRAMES);
+            assert!(trace.frames[1..].iter().all(|&ret| symbols.in_code(ret)), "{trace:?}");
+            let text = backtrace::lines(&stack, symbols);
+            assert!(text.lines().count() <= backtrace::MAX_FRAMES + 2, "{text}");
+            assert!(text.lines().all(crate::text::is_printable), "{text}");
+            let _ = backtrace::first_outside_library(&stack, symbols);
+        }
+    }));
+    if let Err(panic) = result {
+        eprintln!("backtrace fuzz: failed: repeat with MH_BACKTRACE_SEED={seed}");
+        std::panic::resume_unwind(panic);
+    }
 }
