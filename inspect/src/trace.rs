@@ -56,7 +56,7 @@ impl Trace {
     }
 
     /// The text of [`Trace::exit`].
-    fn exit_line(&self, t: &dyn Target, n: u64, exit: Result<&Exit, &io::Error>, data: &[u8]) -> String {
+    pub(crate) fn exit_line(&self, t: &dyn Target, n: u64, exit: Result<&Exit, &io::Error>, data: &[u8]) -> String {
         let label = &self.label;
         let rip = self.rip(t);
         match exit {

@@ -803,3 +803,136 @@ fn random_and_hostile_stacks_give_a_bounded_backtrace_and_no_panic() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Where section `name` is in the ELF at `path` (file offset, size), by readelf.
+fn section_of(path: &std::path::Path, name: &str) -> (usize, usize) {
+    let out = Command::new("readelf").arg("-SW").arg(path).output().expect("readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("no {name}"));
+    let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    (usize::from_str_radix(f[3], 16).unwrap(), usize::from_str_radix(f[4], 16).unwrap())
+}
+
+/// Bytes a hostile name could hold: control characters, escape sequences (7- and 8-bit),
+/// DEL, newlines, and UTF-8 that reorders or hides text.
+fn hostile_name(rng: &mut crate::test_rng::Rng, len: usize, utf8: bool) -> Vec<u8> {
+    const PIECES: [&[u8]; 12] = [
+        b"\x1b[2J",
+        b"\x1b]0;owned\x07",
+        b"\n",
+        b"\r",
+        b"\x7f",
+        b"\x08",
+        b"\t",
+        "\u{202e}".as_bytes(),
+        "\u{9b}".as_bytes(), // an 8-bit CSI
+        "é".as_bytes(),
+        b"mini_hypervisor: vm0: failed",
+        b"a",
+    ];
+    let mut name = Vec::new();
+    while name.len() < len {
+        let piece: Vec<u8> = if !utf8 && rng.chance(30) { vec![rng.byte().max(1)] } else { rng.pick(&PIECES).to_vec() };
+        if name.len() + piece.len() <= len {
+            name.extend(piece);
+        } else {
+            name.push(b'a' + rng.below(26) as u8);
+        }
+    }
+    name
+}
+
+/// Every path that prints a name from the ELF, with ELFs whose symbol and file names are
+/// hostile bytes: the crash report (RIP, words, backtrace), `describe`, `--trace` lines with
+/// their caller, and the code-overwritten warning. Nothing below 0x20 but the lines' own
+/// newlines, no DEL, and no more lines than with the clean ELF. `MH_NAMES_SEED=N` repeats a run.
+#[test]
+fn hostile_names_in_the_elf_reach_stderr_as_printable_text_only() {
+    use crate::test_rng::Rng;
+    use crate::trace::Trace;
+    let seed = match std::env::var("MH_NAMES_SEED") {
+        Ok(s) => s.parse().expect("MH_NAMES_SEED: a decimal number"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    let (path, elf, image) = guest("crash");
+    let sections = [(section_of(&path, ".strtab"), true), (section_of(&path, ".debug_line_str"), false)];
+    let clean = Symbols::parse(&elf, &image).unwrap();
+    let ud2 = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let puts = (0..image.len() as u64).find(|&a| clean.function(a) == Some(("puts_e9", 0))).unwrap();
+    let ok = |text: &str| text.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b));
+    // Runs every printing path over `symbols`: the texts, and the report's line count.
+    let texts = |symbols: Symbols| -> (Vec<String>, usize) {
+        let file = Arc::new(SymbolFile::preloaded(&path.with_extension("img"), image.clone().into(), Some(symbols)));
+        let s = file.get().unwrap();
+        let mut out: Vec<String> = (0..image.len() as u64).filter_map(|a| s.describe(a)).collect();
+        out.extend((1..image.len() as u64).filter_map(|a| s.describe_return(a)));
+        let machine = Machine::new(&image);
+        let map = MemoryMap { image_len: image.len() as u64, ..machine.map };
+        let explain = Explain::new(map, Arc::clone(&file), machine.built_tables.clone());
+        let t = Fake::new(machine);
+        {
+            let mut m = t.m.borrow_mut();
+            m.regs.rip = ud2;
+            let slot = (m.regs.rsp + 8) as usize; // guest_main's return address (sub $8,%rsp)
+            m.ram[slot..slot + 8].copy_from_slice(&0xdu64.to_le_bytes());
+        }
+        let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+        let lines = report.lines().count();
+        out.push(report);
+        // --trace, in puts_e9 called from guest_main (its return address on the stack).
+        {
+            let mut m = t.m.borrow_mut();
+            m.regs.rip = puts + 1;
+            let (rsp, ret) = (m.regs.rsp as usize, ud2);
+            m.ram[rsp..rsp + 8].copy_from_slice(&ret.to_le_bytes());
+        }
+        let trace = Trace::new("vm0 (crash.img)", Arc::clone(&file));
+        let exit = crate::Exit::Io { out: true, port: 0xe9, size: 1, count: 1 };
+        out.push(trace.exit_line(&t, 1, Ok(&exit), b"\x1b[2J"));
+        t.m.borrow_mut().ram[0x10..0x18].fill(0xcc);
+        out.extend(explain.overwritten(&t));
+        (out, lines)
+    };
+    let (clean_texts, clean_lines) = texts(clean);
+    assert!(clean_texts.iter().all(|t| ok(t)));
+    assert!(clean_texts.iter().any(|t| t.contains(" via guest_main+")), "the trace path names a caller");
+    let mut rng = Rng::new(seed);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut used = 0;
+        for _ in 0..150 {
+            let mut hostile = elf.clone();
+            for ((offset, size), utf8) in sections {
+                let table = &mut hostile[offset..offset + size];
+                let mut start = 1;
+                while start < table.len() {
+                    let len = table[start..].iter().position(|&b| b == 0).unwrap_or(table.len() - start);
+                    if len > 0 && rng.chance(70) {
+                        table[start..start + len].copy_from_slice(&hostile_name(&mut rng, len, utf8));
+                    }
+                    start += len + 1;
+                }
+            }
+            let Ok(symbols) = Symbols::parse(&hostile, &image) else { continue };
+            used += 1;
+            let (texts, lines) = texts(symbols);
+            for text in &texts {
+                assert!(ok(text), "{text:?}");
+            }
+            // The report: as many lines as with clean names (one more when `_start` is renamed:
+            // then the backtrace says that its callers are unknown), each of a known kind.
+            let report = texts.iter().find(|t| t.starts_with("mini_hypervisor: vm0")).unwrap();
+            assert!(lines == clean_lines || lines == clean_lines + 1, "{report}");
+            let kinds = ["mini_hypervisor: vm0 (crash.img): failed at RIP ", "     ", "  - ", "  backtrace:", "    #"];
+            for line in report.lines() {
+                let known =
+                    kinds.iter().any(|k| line.starts_with(k)) || line.starts_with("    (the chain stops here: ");
+                assert!(known, "{line}");
+            }
+        }
+        assert!(used > 100, "only {used} hostile ELFs were usable");
+    }));
+    if let Err(panic) = result {
+        eprintln!("hostile names: failed: repeat with MH_NAMES_SEED={seed}");
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -276,6 +276,14 @@ impl SymbolFile {
         read.as_ref()
     }
 
+    /// A symbol file already read, as `symbols` (for tests of what prints names).
+    #[cfg(test)]
+    pub(crate) fn preloaded(image_path: &Path, image: Arc<[u8]>, symbols: Option<Symbols>) -> SymbolFile {
+        let file = SymbolFile::new(image_path, image);
+        let _ = file.read.set(symbols);
+        file
+    }
+
     /// Whether [`SymbolFile::get`] has run (the ELF was looked for).
     pub fn is_read(&self) -> bool {
         self.read.get().is_some()
