@@ -4,6 +4,7 @@
 //! - [`symbols`]: guest symbols and source lines from `NAME.elf` (ELF and DWARF, read here);
 //! - [`crash`]: the crash report in words, and the code-overwritten check;
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
+//! - [`text`]: how a name from a guest's ELF is escaped before it is shown;
 //! - [`test_rng`]: the seeded generator of every crate's fuzz tests.
 //!
 //! The toolbox sees a VM only through [`Target`], a trait of its own that each version
@@ -27,6 +28,7 @@ pub mod stats;
 pub mod symbols;
 mod target;
 pub mod test_rng;
+pub mod text;
 pub mod trace;
 
 pub use target::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};

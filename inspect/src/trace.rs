@@ -1,13 +1,16 @@
 //! `--trace`: one line per VM exit on stderr, with RIP (and its symbol, when the image's ELF
-//! gives one) and, for I/O, the first bytes moved. The version makes a [`Trace`] only when
+//! gives one; in the guest library, `hv.c` and `hv.h`, also the first caller outside it, found
+//! with the crash report's backtrace) and, for I/O, the first bytes moved, in hex and as
+//! escaped text. The version makes a [`Trace`] only when
 //! `--trace` is on, and calls it after handling each exit.
 
 use std::fmt::Display;
 use std::io;
 use std::sync::Arc;
 
+use crate::crash::{self, backtrace};
 use crate::symbols::SymbolFile;
-use crate::{Exit, Target, crash};
+use crate::{Exit, Target, text};
 
 /// The most bytes of an I/O exit a trace line shows.
 const MAX_DATA: usize = 8;
@@ -27,11 +30,21 @@ impl Trace {
         Trace { label: label.to_owned(), symbols }
     }
 
-    /// The guest's RIP, with its symbol when known.
+    /// The guest's RIP, with its symbol when known, and, when RIP is in the guest library
+    /// (`hv.c`, `hv.h`), the first caller outside it: `0xce in puts_e9+0xe (hv.c:46) via
+    /// guest_main+0x13 (hello.c:7)`.
     fn rip(&self, t: &dyn Target) -> String {
-        match t.regs() {
-            Ok(regs) => crash::address(regs.rip, self.symbols.get()),
-            Err(_) => "?".to_owned(),
+        let Ok(regs) = t.regs() else { return "?".to_owned() };
+        let symbols = self.symbols.get();
+        let rip = crash::address(regs.rip, symbols);
+        let via = symbols.zip(t.system_regs().ok()).and_then(|(symbols, sregs)| {
+            let read = |addr: u64, buf: &mut [u8]| t.read_phys(addr, buf).is_ok();
+            let stack = backtrace::Stack { regs: &regs, cr3: sregs.cr3, read: &read };
+            backtrace::first_outside_library(&stack, symbols)
+        });
+        match via {
+            Some(caller) => format!("{rip} via {caller}"),
+            None => rip,
         }
     }
 
@@ -43,14 +56,17 @@ impl Trace {
     }
 
     /// The text of [`Trace::exit`].
-    fn exit_line(&self, t: &dyn Target, n: u64, exit: Result<&Exit, &io::Error>, data: &[u8]) -> String {
+    pub(crate) fn exit_line(&self, t: &dyn Target, n: u64, exit: Result<&Exit, &io::Error>, data: &[u8]) -> String {
         let label = &self.label;
         let rip = self.rip(t);
         match exit {
             Ok(Exit::Io { out, port, size, count }) => {
-                let data = data.iter().take(MAX_DATA).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+                let shown = &data[..data.len().min(MAX_DATA)];
+                let hex = shown.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+                // The same bytes as text, escaped as names are: `data=[48 0a] "H\n"`.
+                let text = if shown.is_empty() { String::new() } else { format!(" \"{}\"", text::escape(shown)) };
                 format!(
-                    "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{data}] rip={rip}",
+                    "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{hex}]{text} rip={rip}",
                     if *out { "out" } else { "in" },
                 )
             }
@@ -142,16 +158,27 @@ mod tests {
         assert!(symbols.is_read(), "read for the first line");
         let rip = crash::address(0x15, symbols.get());
         assert!(rip.starts_with("0x15 in guest_main+0x5 (hello.c:") && rip.ends_with(')'), "{rip}");
-        assert_eq!(line, format!("trace: vm0 (guest.img) exit 1: io out port=0xe9 size=1 count=1 data=[48] rip={rip}"));
+        assert_eq!(
+            line,
+            format!("trace: vm0 (guest.img) exit 1: io out port=0xe9 size=1 count=1 data=[48] \"H\" rip={rip}")
+        );
         // An `in` of 4 bytes 3 times: at most 8 bytes shown.
         let read = Exit::Io { out: false, port: 0x278, size: 4, count: 3 };
         let line = trace.exit_line(&AtRip(Some(0x100_000)), 7, Ok(&read), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(
             line,
-            "trace: vm0 (guest.img) exit 7: io in port=0x278 size=4 count=3 data=[01 02 03 04 05 06 07 08] rip=0x100000"
+            "trace: vm0 (guest.img) exit 7: io in port=0x278 size=4 count=3 data=[01 02 03 04 05 06 07 08] \
+             \"\\x01\\x02\\x03\\x04\\x05\\x06\\x07\\x08\" rip=0x100000"
         );
         let line = trace.exit_line(&AtRip(None), 8, Ok(&read), &[]);
         assert_eq!(line, "trace: vm0 (guest.img) exit 8: io in port=0x278 size=4 count=3 data=[] rip=?");
+        // Serial bytes read as text; a control byte cannot reach the terminal.
+        let line = trace.exit_line(&AtRip(None), 9, Ok(&out), b"Hel\n\x1b[2J");
+        assert_eq!(
+            line,
+            "trace: vm0 (guest.img) exit 9: io out port=0xe9 size=1 count=1 data=[48 65 6c 0a 1b 5b 32 4a] \
+             \"Hel\\n\\x1b[2J\" rip=?"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Just enough of an x86-64 decoder for a crash report: the length of the instruction at RIP
-//! (prefixes, opcode, ModRM, SIB, displacement, immediate), whether it has a memory operand,
-//! and a name for the instructions that typically end a guest (`ud2`, `int3`, privileged and
-//! I/O instructions, divisions, SSE). Anything it does not know gets no length and no name.
+//! (prefixes, opcode, ModRM, SIB, displacement, immediate), whether it has a memory operand
+//! (and its address, when the instruction holds it whole), and a name for the instructions a
+//! guest's crash typically lands on (`ud2`, `int3`, a jump to itself, privileged and I/O
+//! instructions, divisions, `ret` and calls, the string copies of `memcpy`/`memset`, SSE).
+//! Anything it does not know gets no length and no name.
 
 /// The longest x86 instruction.
 pub const MAX_LEN: usize = 15;
@@ -18,6 +20,9 @@ pub struct Insn {
     pub io: bool,
     /// What it is, for the instructions that end guests.
     pub name: Option<&'static str>,
+    /// The address of its memory operand when the instruction holds it whole (`[disp32]`
+    /// with no register, or `moffs`), such as a store through a pointer the compiler knew.
+    pub absolute: Option<u64>,
 }
 
 /// The immediate after the opcode (and ModRM).
@@ -78,6 +83,8 @@ struct Prefixes {
     opsize16: bool,
     addr32: bool,
     rex_w: bool,
+    /// `f3` (`rep`; with `90`, `pause`).
+    rep: bool,
 }
 
 /// Skips the prefixes: where the opcode starts, and what they say.
@@ -87,7 +94,8 @@ fn prefixes(bytes: &[u8]) -> Option<(usize, Prefixes)> {
         match b {
             0x66 => p.opsize16 = true,
             0x67 => p.addr32 = true,
-            0xf0 | 0xf2 | 0xf3 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            0xf3 => p.rep = true,
+            0xf0 | 0xf2 | 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
             0x40..=0x4f => p.rex_w = b & 8 != 0, // REX: the last prefix
             _ => return Some((at, p)),
         }
@@ -112,20 +120,36 @@ fn opcode(bytes: &[u8], at: usize) -> Result<([u8; 2], bool, Imm, usize), Option
     }
 }
 
-/// The ModRM operand at `bytes[at..]` (with its SIB and displacement): its length, whether it
-/// is in memory, and the reg field (which selects the instruction in opcode groups).
-fn operand(bytes: &[u8], at: usize) -> Option<(usize, bool, u8)> {
+/// The ModRM operand at `bytes[at..]`.
+struct Operand {
+    /// With its SIB and displacement.
+    len: usize,
+    in_memory: bool,
+    /// The reg field (which selects the instruction in opcode groups).
+    reg: u8,
+    /// `[disp32]` alone (SIB with no base and no index): that address.
+    absolute: Option<u64>,
+}
+
+/// The ModRM operand at `bytes[at..]` (with its SIB and displacement).
+fn operand(bytes: &[u8], at: usize) -> Option<Operand> {
     let m = *bytes.get(at)?;
     let (mode, reg, rm) = (m >> 6, (m >> 3) & 7, m & 7);
     if mode == 3 {
-        return Some((1, false, reg));
+        return Some(Operand { len: 1, in_memory: false, reg, absolute: None });
     }
     let mut len = 1;
+    let mut absolute = None;
     if rm == 4 {
         let sib = *bytes.get(at + 1)?;
         len += 1;
         if mode == 0 && sib & 7 == 5 {
-            len += 4; // no base register: disp32
+            // No base register: disp32, and with no index (4) that is the whole address.
+            if (sib >> 3) & 7 == 4 {
+                let disp = bytes.get(at + 2..at + 6).and_then(|d| <[u8; 4]>::try_from(d).ok());
+                absolute = disp.map(|d| i64::from(i32::from_le_bytes(d)) as u64);
+            }
+            len += 4;
         }
     }
     len += match (mode, rm) {
@@ -133,12 +157,12 @@ fn operand(bytes: &[u8], at: usize) -> Option<(usize, bool, u8)> {
         (1, _) => 1,
         _ => 0,
     };
-    Some((len, true, reg))
+    Some(Operand { len, in_memory: true, reg, absolute })
 }
 
 /// Decodes the instruction at the start of `bytes` (at most [`MAX_LEN`] of them).
 pub fn decode(bytes: &[u8]) -> Insn {
-    let unknown = |name| Insn { len: None, memory: false, io: false, name };
+    let unknown = |name| Insn { len: None, memory: false, io: false, name, absolute: None };
     let Some((mut at, p)) = prefixes(bytes) else { return unknown(None) };
     let (opcode, modrm, imm, opcode_len) = match opcode(bytes, at) {
         Ok(found) => found,
@@ -148,10 +172,12 @@ pub fn decode(bytes: &[u8]) -> Insn {
     at += opcode_len;
     let mut memory = matches!(imm, Imm::Moffs) || matches!(op, 0x6c..=0x6f | 0xa4..=0xa7 | 0xaa..=0xaf);
     let mut reg = 0;
+    let mut absolute = None;
     if modrm {
-        let Some((len, in_memory, field)) = operand(bytes, at) else { return unknown(None) };
-        (at, memory, reg) = (at + len, in_memory, field);
+        let Some(o) = operand(bytes, at) else { return unknown(None) };
+        (at, memory, reg, absolute) = (at + o.len, o.in_memory, o.reg, o.absolute);
     }
+    let imm_at = at;
     let z = if p.opsize16 { 2 } else { 4 };
     at += match imm {
         Imm::None if matches!(op, 0xf6 | 0xf7) && reg < 2 => {
@@ -177,13 +203,32 @@ pub fn decode(bytes: &[u8]) -> Insn {
     };
     let len = (at <= bytes.len()).then_some(at);
     let io = matches!(op, 0x6c..=0x6f | 0xe4..=0xe7 | 0xec..=0xef);
-    Insn { len, memory, io, name: name(opcode, reg, memory, p.rex_w) }
+    if matches!(imm, Imm::Moffs) {
+        absolute = bytes.get(imm_at..at).map(|b| b.iter().rev().fold(0u64, |v, &byte| v << 8 | u64::from(byte)));
+    }
+    let name = if jumps_to_itself(opcode, bytes.get(imm_at..at)) {
+        Some("jmp to itself: an endless loop, such as for (;;); or a wait for something that never comes")
+    } else if p.rep && opcode == [0x90, 0] {
+        Some("pause: a spin-wait hint, in a busy-wait loop")
+    } else {
+        name(opcode, reg, memory, p.rex_w)
+    };
+    Insn { len, memory, io, name, absolute }
+}
+
+/// `jmp .`: `eb fe`, or `e9` with a displacement of -5 (its own length).
+fn jumps_to_itself(opcode: [u8; 2], imm: Option<&[u8]>) -> bool {
+    matches!((opcode, imm), ([0xeb, 0], Some([0xfe])) | ([0xe9, 0], Some([0xfb, 0xff, 0xff, 0xff])))
 }
 
 /// Names for the instructions that end guests, by opcode and ModRM reg field.
 fn name(opcode: [u8; 2], reg: u8, memory: bool, rex_w: bool) -> Option<&'static str> {
     Some(match (opcode, reg) {
-        ([0x0f, 0x0b], _) => "ud2: the undefined instruction, which raises #UD on purpose",
+        ([0x0f, 0x0b], _) => {
+            "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\") or __builtin_trap() in \
+             the source, or put there by the compiler where it proved that the code cannot go on, after an \
+             access through a NULL pointer or where a function declared not to return returned"
+        }
         ([0x0f, 0xb9 | 0xff], _) => "ud1/ud0: an undefined instruction (#UD)",
         ([0xcc, _], _) => "int3: a breakpoint (#BP)",
         ([0xcd, _], _) => "int n: a software interrupt, through the interrupt table",
@@ -197,6 +242,18 @@ fn name(opcode: [u8; 2], reg: u8, memory: bool, rex_w: bool) -> Option<&'static 
         ([0xe6 | 0xe7 | 0xee | 0xef, _], _) => "out: an I/O port write",
         ([0x6c | 0x6d, _], _) => "ins: a string read from an I/O port",
         ([0x6e | 0x6f, _], _) => "outs: a string write to an I/O port",
+        ([0xc3 | 0xc2, _], _) => {
+            "ret: returns to the address on top of the stack (it faults there if that address is not canonical: \
+             a corrupted return address?)"
+        }
+        ([0xca | 0xcb, _], _) => "lret: a far return (#GP for a bad code segment on the stack)",
+        ([0xe8, _], _) => "call: pushes the return address (it faults if the stack is not mapped: an overflow?)",
+        ([0xff, _], 2 | 3) => "an indirect call, through a register or memory",
+        ([0xff, _], 4 | 5) => "an indirect jump, through a register or memory",
+        ([0x8e, _], _) => "mov to a segment register (#GP for a bad selector)",
+        ([0xa4 | 0xa5, _], _) => "movs: copies memory from [RSI] to [RDI] (memcpy: a bad pointer or length?)",
+        ([0xaa | 0xab, _], _) => "stos: fills memory at [RDI] (memset: a bad pointer or length?)",
+        ([0xa6 | 0xa7, _], _) => "cmps: compares memory at [RSI] and [RDI] (memcmp: a bad pointer or length?)",
         ([0xf6 | 0xf7, _], 6) => "div: #DE if the divisor is 0 or the quotient does not fit",
         ([0xf6 | 0xf7, _], 7) => "idiv: #DE if the divisor is 0 or the quotient does not fit",
         ([0x0f, 0x20], _) => "mov from a control register (privileged)",

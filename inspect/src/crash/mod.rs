@@ -1,6 +1,7 @@
-//! A failed guest explained in words: where RIP is, what the instruction there is, where a
-//! page fault went, whether the stack overflowed, and, at the VM's end, whether the guest
-//! overwrote its own code. The version calls [`Explain`] when a VM ends; [`address`] and
+//! A failed guest explained in words: whether it overwrote the page tables the hypervisor
+//! built, where RIP is, what the instruction there is, where a page fault went, whether the
+//! stack overflowed, then its call chain ([`backtrace`]), and, at the VM's end, whether the
+//! guest overwrote its own code. The version calls [`Explain`] when a VM ends; [`address`] and
 //! [`register_dump`] are for its own messages too.
 //!
 //! The words are pure: they read the registers they are given and guest memory through a
@@ -8,6 +9,7 @@
 //! a triple fault with RIP still on the instruction that raised it: the evidence is in the
 //! registers.
 
+pub(crate) mod backtrace;
 mod insn;
 mod report;
 #[cfg(test)]
@@ -43,6 +45,90 @@ pub(crate) struct Evidence<'a> {
     pub symbols: Option<&'a Symbols>,
     pub failure: Failure,
     pub read: ReadPhys<'a>,
+    /// How the page tables the hypervisor built differ from what RAM holds now, if they do.
+    pub tables: Option<&'a TablesChanged>,
+}
+
+/// Bits the CPU itself sets in page-table entries as it uses them: Accessed (5), Dirty (6).
+const PTE_CPU_BITS: u64 = 0x60;
+
+/// The page tables the hypervisor built, changed by the guest: the first changed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TablesChanged {
+    /// Guest-physical address of the entry.
+    pub entry_addr: u64,
+    /// 3 (PML4) down to 0 (PT).
+    pub level: u32,
+    /// Which page table, for level 0 (one per 2 MiB of RAM).
+    pub table: u64,
+    pub index: u64,
+    pub before: u64,
+    pub now: u64,
+    /// How many more entries changed.
+    pub more: usize,
+}
+
+impl TablesChanged {
+    /// Compares `built`, the bytes of the table area `[tables_base, ram_size)` as the hypervisor
+    /// wrote them, with `now`, what it holds now, entry by entry, without the bits the CPU sets
+    /// itself. With 2 MiB pages the area is PML4, PDPT, PD; with 4 KiB pages, then one PT per
+    /// 2 MiB. `None` if they are the same (or not comparable).
+    pub fn find(built: &[u8], now: &[u8], tables_base: u64) -> Option<TablesChanged> {
+        if built.len() != now.len() {
+            return None;
+        }
+        let entry = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+        let mut changed = built
+            .chunks_exact(8)
+            .zip(now.chunks_exact(8))
+            .enumerate()
+            .filter(|(_, (b, n))| (entry(b) ^ entry(n)) & !PTE_CPU_BITS != 0);
+        let (at, (before, now)) = changed.next()?;
+        let more = changed.count();
+        let page = at as u64 * 8 / page_walk::TABLE_SIZE;
+        let (level, table) = match page {
+            0..=2 => (3 - page as u32, 0),
+            n => (0, n - 3),
+        };
+        let index = at as u64 % 512;
+        Some(TablesChanged {
+            entry_addr: tables_base + at as u64 * 8,
+            level,
+            table,
+            index,
+            before: entry(before),
+            now: entry(now),
+            more,
+        })
+    }
+
+    /// The virtual addresses the entry is for, in the hypervisor's identity map.
+    fn covers(&self) -> (u64, u64) {
+        let shift = 12 + 9 * self.level;
+        let start = (self.table << 21) + (self.index << shift);
+        // PML4 entries 256 and up are for the upper half: bit 47 is copied up.
+        let start = if start >> 47 & 1 == 1 { start | 0xffff_0000_0000_0000 } else { start };
+        (start, start.wrapping_add((1 << shift) - 1))
+    }
+}
+
+/// The line that says the guest overwrote the hypervisor's page tables.
+fn tables_changed(c: &TablesChanged) -> String {
+    let name = match c.level {
+        0 => format!("PT {}", c.table),
+        level => page_walk::TABLE_NAMES[level as usize].to_owned(),
+    };
+    let (start, end) = c.covers();
+    let more = match c.more {
+        0 => String::new(),
+        1 => " (and 1 more entry)".to_owned(),
+        n => format!(" (and {n} more entries)"),
+    };
+    format!(
+        "the guest overwrote the page tables the hypervisor built at {:#x} ({name}, entry {}, for {start:#x}..{end:#x}: \
+         {:#x} before, {:#x} now){more}",
+        c.entry_addr, c.index, c.before, c.now
+    )
 }
 
 /// A guest address with its symbol when known: `0x1e in guest_main+0xe (crash.c:9)`, or `0x1e`
@@ -58,6 +144,9 @@ pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {
 /// (none when there is nothing to say).
 pub(crate) fn explain(e: &Evidence) -> String {
     let mut lines = Vec::new();
+    if let Some(changed) = e.tables {
+        lines.push(tables_changed(changed));
+    }
     let insn = instruction(e, &mut lines);
     if e.sregs.cr2 != 0 {
         lines.push(page_fault(e, insn.as_ref()));
@@ -75,6 +164,9 @@ pub(crate) fn explain(e: &Evidence) -> String {
 fn image_end(e: &Evidence) -> u64 {
     e.symbols.and_then(Symbols::image_end).unwrap_or(e.map.image_len)
 }
+
+/// After "not mapped by the guest's page tables", when the hypervisor's tables were changed.
+const CHANGED: &str = "which the guest changed (see above)";
 
 /// `beyond the 2 MiB of RAM`-style words for an address outside RAM.
 fn outside_ram(addr: u64, map: &MemoryMap) -> String {
@@ -101,6 +193,10 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
         got += 1;
     }
     if got == 0 {
+        if rip < e.map.ram_size && e.tables.is_some() {
+            lines.push(format!("RIP {rip:#x} is in RAM but not mapped by the guest's page tables, {CHANGED}"));
+            return None;
+        }
         let place = if rip >= e.map.ram_size {
             outside_ram(rip, e.map)
         } else {
@@ -133,13 +229,45 @@ fn instruction(e: &Evidence, lines: &mut Vec<String>) -> Option<insn::Insn> {
     if let Some(line) = outside_code(e, rip) {
         lines.push(line);
     }
+    if decoded.name.is_some_and(|n| n.starts_with("ud2")) {
+        lines.extend(e.symbols.and_then(|s| null_before_ud2(s, rip)));
+    }
     Some(decoded)
+}
+
+/// A line if the instruction before the `ud2` at `rip` (in the ELF's code) accesses an address
+/// below 0x1000 that it holds whole: gcc -O2 keeps such an access through a pointer it proved
+/// NULL, and puts a `ud2` right after it.
+fn null_before_ud2(symbols: &Symbols, rip: u64) -> Option<String> {
+    let (at, before) = previous_instruction(symbols, rip)?;
+    let addr = before.absolute.filter(|&a| a < 0x1000)?;
+    Some(format!(
+        "the instruction before it, at {at:#x}, accesses address {addr:#x} through a NULL pointer: the compiler \
+         saw that the pointer is always NULL there, kept the access, and put the ud2 after it"
+    ))
+}
+
+/// The instruction that ends right at `addr`, decoded from the start of its function in the
+/// ELF's code (not guest RAM, which the guest may have changed): its address and decoding.
+fn previous_instruction(symbols: &Symbols, addr: u64) -> Option<(u64, insn::Insn)> {
+    let (_, offset) = symbols.function(addr)?;
+    let start = addr.checked_sub(offset)?;
+    let (base, code) = symbols.code().find(|&(base, code)| start >= base && addr - base <= code.len() as u64)?;
+    let (mut at, mut previous) = (start, None);
+    while at < addr {
+        let from = usize::try_from(at - base).ok()?;
+        let decoded = insn::decode(code.get(from..(from + insn::MAX_LEN).min(code.len()))?);
+        let len = decoded.len? as u64; // at least 1: every step moves on
+        previous = Some((at, decoded));
+        at += len;
+    }
+    previous.filter(|_| at == addr)
 }
 
 /// A line if RIP, although in RAM, is not in the guest's code.
 fn outside_code(e: &Evidence, rip: u64) -> Option<String> {
     let in_code = match e.symbols {
-        Some(s) => s.code().any(|(start, bytes)| rip >= start && rip - start < bytes.len() as u64),
+        Some(s) => s.in_code(rip),
         None => rip < image_end(e),
     };
     (!in_code).then(|| {
@@ -164,6 +292,7 @@ fn page_fault(e: &Evidence, insn: Option<&insn::Insn>) -> String {
         format!("inside the page tables ({tables:#x}..{:#x})", map.ram_size - 1)
     } else {
         match translate(e, cr2) {
+            None if e.tables.is_some() => format!("in RAM but not mapped by the guest's page tables, {CHANGED}"),
             None => "in RAM but not mapped by the guest's page tables (did the guest change them?)".to_owned(),
             Some(m) if !m.writable => "mapped read-only by the guest's page tables (a write to it faults)".to_owned(),
             Some(_) => "in RAM and mapped".to_owned(),

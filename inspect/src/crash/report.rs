@@ -5,25 +5,30 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
-use super::{Evidence, Failure};
+use super::{Evidence, Failure, TablesChanged, backtrace};
 use crate::symbols::SymbolFile;
 use crate::{MemoryMap, Regs, SystemRegs, Target};
 
 /// Bytes of guest RAM compared with the image at a time, at the VM's end.
 const CHUNK: usize = 4096;
 
-/// What explaining a VM's end needs: where things are in its RAM, and the image's symbols
-/// (read only when a report needs them).
+/// What explaining a VM's end needs: where things are in its RAM, the image's symbols (read
+/// only when a report needs them), and the page tables as the hypervisor built them.
 #[derive(Debug)]
 pub struct Explain {
     map: MemoryMap,
     symbols: Arc<SymbolFile>,
+    /// The bytes the hypervisor wrote at `[map.tables_base, map.ram_size)`.
+    tables: Vec<u8>,
 }
 
 impl Explain {
-    /// The explainer of a VM whose RAM is laid out as `map`, running the image of `symbols`.
-    pub fn new(map: MemoryMap, symbols: Arc<SymbolFile>) -> Explain {
-        Explain { map, symbols }
+    /// The explainer of a VM whose RAM is laid out as `map`, running the image of `symbols`,
+    /// whose page tables the hypervisor built as `tables`: the bytes it wrote at
+    /// `[map.tables_base, map.ram_size)` (the failure report compares them with RAM, entry by
+    /// entry, without the Accessed and Dirty bits the CPU sets; empty: no comparison).
+    pub fn new(map: MemoryMap, symbols: Arc<SymbolFile>, tables: Vec<u8>) -> Explain {
+        Explain { map, symbols, tables }
     }
 
     /// The diagnostic of a failed VM, on stderr: one line naming the VM, the reason and RIP
@@ -42,11 +47,43 @@ impl Explain {
         };
         let read = |addr: u64, buf: &mut [u8]| t.read_phys(addr, buf).is_ok();
         let symbols = self.symbols.get();
-        let evidence = Evidence { regs: &regs, sregs: &sregs, map: &self.map, symbols, failure: kind, read: &read };
+        let tables = self.tables_changed(t);
+        let evidence = Evidence {
+            regs: &regs,
+            sregs: &sregs,
+            map: &self.map,
+            symbols,
+            failure: kind,
+            read: &read,
+            tables: tables.as_ref(),
+        };
         let rip = super::address(regs.rip, symbols);
-        let words = super::explain(&evidence);
-        let sep = if words.is_empty() { "" } else { "\n" };
-        format!("mini_hypervisor: {label}: failed at RIP {rip}: {reason}\n{}{sep}{words}", register_dump(&regs, &sregs))
+        let mut report =
+            format!("mini_hypervisor: {label}: failed at RIP {rip}: {reason}\n{}", register_dump(&regs, &sregs));
+        for part in [super::explain(&evidence), self.backtrace(&evidence)] {
+            if !part.is_empty() {
+                report = report + "\n" + &part;
+            }
+        }
+        report
+    }
+
+    /// The backtrace lines, when the ELF gives the call-frame information.
+    fn backtrace(&self, e: &Evidence) -> String {
+        match e.symbols {
+            Some(symbols) => backtrace::lines(&backtrace::Stack::of(e), symbols),
+            None => String::new(),
+        }
+    }
+
+    /// Whether the page tables in RAM are still the ones the hypervisor built.
+    fn tables_changed(&self, t: &dyn Target) -> Option<TablesChanged> {
+        if self.tables.is_empty() {
+            return None;
+        }
+        let mut now = vec![0u8; self.tables.len()];
+        t.read_phys(self.map.tables_base, &mut now).ok()?;
+        TablesChanged::find(&self.tables, &now, self.map.tables_base)
     }
 
     /// At the VM's end, halted or not: one warning on stderr if the guest overwrote its own

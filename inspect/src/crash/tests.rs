@@ -90,6 +90,9 @@ struct Machine {
     ram: Vec<u8>,
     regs: Regs,
     sregs: SystemRegs,
+    /// The tables as built, for the comparison with RAM (empty: none, as if the hypervisor did
+    /// not say).
+    built_tables: Vec<u8>,
 }
 
 impl Machine {
@@ -101,7 +104,8 @@ impl Machine {
         let (map, mut ram, sregs) = long_mode(2 * MIB, large_pages);
         ram[..code.len()].copy_from_slice(code);
         let regs = Regs { rsp: map.tables_base - 0x40, rflags: 2, ..Regs::default() };
-        Machine { map, ram, regs, sregs }
+        let built_tables = ram[map.tables_base as usize..].to_vec();
+        Machine { map, ram, regs, sregs, built_tables }
     }
 
     /// The entry of the (only) page table for the 4 KiB page at `addr`.
@@ -123,9 +127,16 @@ impl Machine {
             None => false,
         };
         let map = MemoryMap { image_len, ..self.map };
-        explain(&Evidence { regs: &self.regs, sregs: &self.sregs, map: &map, symbols, failure, read: &read })
+        let built = &self.built_tables;
+        let changed = TablesChanged::find(built, &self.ram[map.tables_base as usize..], map.tables_base);
+        let tables = changed.as_ref().filter(|_| !built.is_empty());
+        explain(&Evidence { regs: &self.regs, sregs: &self.sregs, map: &map, symbols, failure, read: &read, tables })
     }
 }
+
+const UD2: &str = "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\") or __builtin_trap() in \
+                   the source, or put there by the compiler where it proved that the code cannot go on, after an \
+                   access through a NULL pointer or where a function declared not to return returned";
 
 const NO_TABLE: &str = "  - the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
                         with RIP on the instruction that raised it";
@@ -134,20 +145,14 @@ const NO_TABLE: &str = "  - the guest has no interrupt table (IDTR limit 0), so 
 fn ud2_is_named_and_the_missing_interrupt_table_explained() {
     let mut m = Machine::new(&[0x90, 0x0f, 0x0b, 0xc3]);
     m.regs.rip = 1;
-    assert_eq!(
-        m.explain(4, None),
-        format!(
-            "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)\n{NO_TABLE}"
-        )
-    );
+    assert_eq!(m.explain(4, None), format!("  - the instruction at RIP: 0f 0b ({UD2})\n{NO_TABLE}"));
     // Not a triple fault: nothing about the interrupt table.
-    assert_eq!(
-        m.explain_failure(4, None, Failure::Other),
-        "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)"
-    );
+    assert_eq!(m.explain_failure(4, None, Failure::Other), format!("  - the instruction at RIP: 0f 0b ({UD2})"));
     // After an I/O or MMIO exit: RIP on the instruction that made the access, or past it.
-    let past = "  - RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
-                the next one, at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)";
+    let past = format!(
+        "  - RIP is past the instruction that made the access (this host's KVM finished it before it exited); \
+         the next one, at RIP: 0f 0b ({UD2})"
+    );
     assert_eq!(m.explain_failure(4, None, Failure::Mmio), past);
     assert_eq!(m.explain_failure(4, None, Failure::Io), past);
     let out = Machine::new(&[0x66, 0xe7, 0xe9]); // out %ax,$0xe9
@@ -186,11 +191,27 @@ fn a_page_fault_inside_ram_says_whether_the_guest_mapped_it() {
     m.sregs.cr2 = 0x5008;
     assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): in RAM and mapped\n"));
     m.pte(0x5000)[0] &= !(PTE_WRITABLE as u8);
-    assert!(m.explain(3, None).contains("page fault at 0x5008 (CR2): mapped read-only by the guest's page tables"));
+    let words = m.explain(3, None);
+    assert!(
+        words.starts_with(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1ff028 (PT 0, entry 5, for \
+             0x5000..0x5fff: 0x5003 before, 0x5001 now)\n"
+        ),
+        "{words}"
+    );
+    assert!(words.contains("page fault at 0x5008 (CR2): mapped read-only by the guest's page tables"));
     m.pte(0x5000)[0] = 0;
     assert!(m.explain(3, None).contains(
+        "page fault at 0x5008 (CR2): in RAM but not mapped by the guest's page tables, which the guest changed (see above)"
+    ));
+    // Without the tables as built (the hypervisor did not say): a question.
+    let built = std::mem::take(&mut m.built_tables);
+    let words = m.explain(3, None);
+    assert!(!words.contains("the hypervisor built"), "{words}");
+    assert!(words.contains(
         "page fault at 0x5008 (CR2): in RAM but not mapped by the guest's page tables (did the guest change them?)"
     ));
+    m.built_tables = built;
     (m.sregs.cr2, m.regs.rsp) = (m.map.tables_base + 0x10, 0x10_0000);
     assert!(m.explain(3, None).contains("page fault at 0x1fc010 (CR2): inside the page tables (0x1fc000..0x1fffff)"));
     // A null pointer: page 0 unmapped by the guest itself, an access at 8.
@@ -198,6 +219,11 @@ fn a_page_fault_inside_ram_says_whether_the_guest_mapped_it() {
     m.ram[0x1000..0x1003].copy_from_slice(&[0x48, 0x89, 0x07]);
     (m.regs.rip, m.sregs.cr2) = (0x1000, 8);
     m.pte(0)[0] = 0;
+    assert!(m.explain(0x1003, None).contains(
+        "page fault at 0x8 (CR2): in RAM but not mapped by the guest's page tables, which the guest changed (see above): \
+         a null pointer?"
+    ));
+    m.built_tables.clear();
     assert!(m.explain(0x1003, None).contains(
         "page fault at 0x8 (CR2): in RAM but not mapped by the guest's page tables (did the guest change them?): a null pointer?"
     ));
@@ -353,7 +379,7 @@ fn instruction_lengths_agree_with_objdump() {
 
 #[test]
 fn common_instructions_are_named() {
-    let cases: [(&[u8], usize, &str); 14] = [
+    let cases: [(&[u8], usize, &str); 27] = [
         (&[0xcc], 1, "int3"),
         (&[0xcd, 0x80], 2, "int n"),
         (&[0xf4], 1, "hlt"),
@@ -368,6 +394,19 @@ fn common_instructions_are_named() {
         (&[0xfa], 1, "cli"),
         (&[0x0f, 0x58, 0xc1], 3, "an SSE"),
         (&[0xf3, 0x0f, 0x1e, 0xfa], 4, ""), // endbr64: decoded, not named
+        (&[0xeb, 0xfe], 2, "jmp to itself: an endless loop"),
+        (&[0xe9, 0xfb, 0xff, 0xff, 0xff], 5, "jmp to itself"),
+        (&[0xeb, 0xfd], 2, ""), // a jump back, not to itself
+        (&[0xf3, 0x90], 2, "pause"),
+        (&[0x90], 1, ""),
+        (&[0xc3], 1, "ret: returns to the address on top of the stack"),
+        (&[0xe8, 0, 0, 0, 0], 5, "call: pushes the return address"),
+        (&[0xff, 0xd0], 2, "an indirect call"),
+        (&[0xff, 0xe0], 2, "an indirect jump"),
+        (&[0xf3, 0xa4], 2, "movs: copies memory"),
+        (&[0xf3, 0x48, 0xab], 3, "stos: fills memory"),
+        (&[0x8e, 0xd8], 2, "mov to a segment register"),
+        (&[0x0f, 0x0b], 2, "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\")"),
     ];
     for (bytes, len, name) in cases {
         let i = insn::decode(bytes);
@@ -382,6 +421,16 @@ fn common_instructions_are_named() {
     assert_eq!(insn::decode(&[0x66; 15]).len, None);
     assert_eq!(insn::decode(&[]).len, None);
     assert_eq!(insn::decode(&[0xc5, 0xf8, 0x77]).name, Some("an AVX instruction (VEX or EVEX prefix)"));
+    // The address of a memory operand the instruction holds whole: mov %rdi,0x8 (what gcc -O2
+    // keeps of a store through a NULL pointer), movabs %al,0x1122334455667788; not [rip+8].
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x3c, 0x25, 8, 0, 0, 0]).absolute, Some(8));
+    assert_eq!(insn::decode(&[0x89, 0x04, 0x25, 0xf0, 0xff, 0xff, 0xff]).absolute, Some(0xffff_ffff_ffff_fff0));
+    assert_eq!(
+        insn::decode(&[0xa2, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]).absolute,
+        Some(0x1122_3344_5566_7788)
+    );
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x05, 8, 0, 0, 0]).absolute, None);
+    assert_eq!(insn::decode(&[0x48, 0x89, 0x04, 0x05, 8, 0, 0, 0]).absolute, None, "an index register");
     // Every byte string of up to 3 bytes: never a panic.
     for a in 0..=255u8 {
         for b in 0..=255u8 {
@@ -452,7 +501,8 @@ fn explain_guest(name: &str) -> (Explain, Arc<SymbolFile>, Fake) {
     let symbols = Arc::new(SymbolFile::new(&elf.with_extension("img"), image.clone().into()));
     let machine = Machine::new(&image);
     let map = MemoryMap { image_len: image.len() as u64, ..machine.map };
-    (Explain::new(map, Arc::clone(&symbols)), symbols, Fake::new(machine))
+    let tables = machine.built_tables.clone();
+    (Explain::new(map, Arc::clone(&symbols), tables), symbols, Fake::new(machine))
 }
 
 #[test]
@@ -490,6 +540,399 @@ fn the_failure_report_names_rip_and_dumps_the_registers() {
     );
     assert_eq!(lines[6], register_dump(&t.m.borrow().regs, &t.m.borrow().sregs).lines().nth(5).unwrap());
     assert!(lines[6].ends_with("    cs 0x0000000000000008"), "{}", lines[6]);
-    assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count());
-    assert_eq!(*lines.last().unwrap(), NO_TABLE);
+    assert_eq!(lines.len(), 7 + lines.iter().filter(|l| l.starts_with("  - ")).count() + 2);
+    // The words, then the backtrace: RIP in _start, which has no caller.
+    assert_eq!(lines[lines.len() - 3..], [NO_TABLE, "  backtrace:", "    #0 0xd in _start+0xd"]);
+}
+
+#[test]
+fn the_backtrace_follows_the_call_frame_information_and_stops_at_a_bad_return_address() {
+    let (explain, _, t) = explain_guest("crash");
+    let (_, elf, image) = guest("crash");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    // RIP on crash.c's ud2 in guest_main, called by _start (the return address 0xd).
+    let rip = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let row = symbols.frame_row(rip).expect("gcc's .debug_frame covers guest_main");
+    let (reg, offset) = row.cfa.unwrap();
+    assert_eq!(usize::from(reg), crate::symbols::frame::RSP);
+    let rsp = t.m.borrow().regs.rsp;
+    let ra_slot = (rsp as i64 + offset - 8) as usize;
+    let set_ra = |ra: u64| t.m.borrow_mut().ram[ra_slot..ra_slot + 8].copy_from_slice(&ra.to_le_bytes());
+    t.m.borrow_mut().regs.rip = rip;
+    set_ra(0xd);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    let main = symbols.describe(rip).unwrap();
+    assert!(
+        report.ends_with(&format!("  backtrace:\n    #0 {rip:#x} in {main}\n    #1 0xd in _start+0xd")),
+        "{report}"
+    );
+    // A return address outside the code: the chain stops, and says why.
+    set_ra(0x4141_4141_4141_4141);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    assert!(
+        report.ends_with(&format!(
+            "    #0 {rip:#x} in {main}\n    (the chain stops here: the return address on the stack, 0x4141414141414141, \
+             is not in the guest's code: a corrupted stack?)"
+        )),
+        "{report}"
+    );
+    // The stack unmapped by the guest: nothing is read from it.
+    set_ra(0xd);
+    let slot_page = ra_slot as u64 & !0xfff;
+    t.m.borrow_mut().pte(slot_page).fill(0);
+    let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+    assert!(
+        report.ends_with(&format!(
+            "(the chain stops here: the return address at {ra_slot:#x} cannot be read through the guest's page tables)"
+        )),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_ud2_the_compiler_put_after_a_null_access_is_said_so() {
+    let (_, elf, image) = guest("nulltrap");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    let ud2 = image.windows(2).position(|w| w == [0x0f, 0x0b]).expect("gcc -O2 put a ud2 in nulltrap") as u64;
+    assert!(
+        symbols.function(ud2).is_some_and(|(name, _)| name.starts_with("link_after")),
+        "{:?}",
+        symbols.function(ud2)
+    );
+    let mut m = Machine::new(&image);
+    m.regs.rip = ud2;
+    let words = m.explain(image.len() as u64, Some(&symbols));
+    let store = ud2 - 8; // mov %rax,0x8
+    assert!(
+        words.contains(&format!(
+            "  - the instruction before it, at {store:#x}, accesses address 0x8 through a NULL pointer: the compiler saw \
+             that the pointer is always NULL there, kept the access, and put the ud2 after it\n"
+        )),
+        "{words}"
+    );
+    // A ud2 written in the source, after a call: nothing more.
+    let (_, elf, image) = guest("crash");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    let mut m = Machine::new(&image);
+    m.regs.rip = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let words = m.explain(image.len() as u64, Some(&symbols));
+    assert!(words.contains(UD2) && !words.contains("before it"), "{words}");
+}
+
+#[test]
+fn the_end_of_ram_is_beyond_it_and_the_byte_below_is_not() {
+    // A load from 0x200000, the first byte past 2 MiB: mov (%rdi),%al.
+    let mut m = Machine::new(&[0x8a, 0x07]);
+    m.sregs.cr2 = 2 * MIB;
+    assert!(
+        m.explain(2, None).contains("page fault at 0x200000 (CR2): beyond the 2 MiB of RAM, where nothing is mapped")
+    );
+    m.sregs.cr2 = 2 * MIB - 1;
+    let words = m.explain(2, None);
+    assert!(words.contains("page fault at 0x1fffff (CR2): inside the page tables (0x1fc000..0x1fffff)"), "{words}");
+    assert!(!words.contains("beyond"), "{words}");
+    // RIP at the end of RAM, and one byte below (whose byte reads: it is mapped).
+    let mut m = Machine::new(&[0xc3]);
+    m.regs.rip = 2 * MIB;
+    assert!(m.explain(1, None).starts_with("  - RIP 0x200000 is beyond the 2 MiB of RAM, where nothing is mapped"));
+    m.regs.rip = 2 * MIB - 1;
+    let words = m.explain(1, None);
+    assert!(words.starts_with("  - the instruction at RIP: 00") && !words.contains("beyond"), "{words}");
+    // RSP at the end of RAM is the top of the table area; above it, beyond RAM.
+    m.regs.rip = 0;
+    m.regs.rsp = 2 * MIB;
+    assert!(
+        m.explain(1, None).contains("RSP 0x200000 is above where the stack starts (0x1fc000), inside the page tables")
+    );
+    m.regs.rsp = 2 * MIB + 8;
+    assert!(m.explain(1, None).contains("RSP 0x200008 is beyond the 2 MiB of RAM, where nothing is mapped: the stack"));
+}
+
+#[test]
+fn rip_in_ram_but_unmapped_is_a_jump_or_the_guests_own_change_to_the_tables() {
+    // The guest unmapped the page of its code at 0x3000 and jumped there.
+    let mut m = Machine::new(&[0xc3]);
+    m.ram[0x3000] = 0x90;
+    m.pte(0x3000).fill(0);
+    (m.regs.rip, m.sregs.cr2) = (0x3000, 0x3000);
+    assert_eq!(
+        m.explain(0x3001, None),
+        format!(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1ff018 (PT 0, entry 3, for 0x3000..0x3fff: \
+             0x3003 before, 0x0 now)\n\
+             \x20 - RIP 0x3000 is in RAM but not mapped by the guest's page tables, which the guest changed (see above)\n\
+             \x20 - page fault at 0x3000 (CR2) fetching the instruction at RIP: in RAM but not mapped by the guest's page \
+             tables, which the guest changed (see above)\n{NO_TABLE}"
+        )
+    );
+    // On tables of its own (CR3 elsewhere, the hypervisor's unchanged): the jump is the guess.
+    let mut own = Machine::new(&[0xc3]);
+    let (pml4, pt) = (0x10_0000, 0x10_3000);
+    own.ram.copy_within(own.map.tables_base as usize..2 * MIB as usize, pml4);
+    for (table, next) in [(pml4, pml4 + 0x1000), (pml4 + 0x1000, pml4 + 0x2000), (pml4 + 0x2000, pt)] {
+        own.ram[table..table + 8].copy_from_slice(&(next as u64 | PTE_PRESENT | PTE_WRITABLE).to_le_bytes());
+    }
+    own.ram[pt + 3 * 8..pt + 4 * 8].fill(0);
+    own.sregs.cr3 = pml4 as u64;
+    (own.regs.rip, own.sregs.cr2) = (0x3000, 0x3000);
+    let words = own.explain(1, None);
+    assert!(
+        words.starts_with(
+            "  - RIP 0x3000 is in RAM but not mapped by the guest's page tables: the guest jumped there (a bad function \
+             pointer or a corrupted return address?)\n"
+        ),
+        "{words}"
+    );
+}
+
+#[test]
+fn changed_tables_are_named_by_table_and_entry_without_the_cpus_own_bits() {
+    let (map, built) = identity_map(4 * MIB, false); // PML4, PDPT, PD, PT 0, PT 1
+    let base = map.tables_base;
+    let find = |now: &[u8]| TablesChanged::find(&built, now, base).map(|c| tables_changed(&c));
+    assert_eq!(find(&built), None);
+    // The CPU sets Accessed and Dirty bits as it walks: not a change.
+    let mut now = built.clone();
+    for entry in now.chunks_exact_mut(8) {
+        entry[0] |= 0x60;
+    }
+    assert_eq!(find(&now), None);
+    let set = |now: &mut Vec<u8>, page: u64, index: u64, value: u64| {
+        let at = (page * TABLE_SIZE + index * 8) as usize;
+        now[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    };
+    let cases = [
+        (0, 0, 0, "at 0x3fb000 (PML4, entry 0, for 0x0..0x7fffffffff: 0x3fc003 before, 0x0 now)"),
+        (0, 256, 1, "at 0x3fb800 (PML4, entry 256, for 0xffff800000000000..0xffff807fffffffff: 0x0 before, 0x1 now)"),
+        (1, 1, 0x1023, "at 0x3fc008 (PDPT, entry 1, for 0x40000000..0x7fffffff: 0x0 before, 0x1023 now)"),
+        (2, 1, 0, "at 0x3fd008 (PD, entry 1, for 0x200000..0x3fffff: 0x3ff003 before, 0x0 now)"),
+        (4, 511, 0x4141, "at 0x3ffff8 (PT 1, entry 511, for 0x3ff000..0x3fffff: 0x3ff003 before, 0x4141 now)"),
+    ];
+    for (page, index, value, words) in cases {
+        let mut now = built.clone();
+        set(&mut now, page, index, value);
+        assert_eq!(find(&now), Some(format!("the guest overwrote the page tables the hypervisor built {words}")));
+    }
+    let mut now = built.clone();
+    set(&mut now, 3, 7, 0);
+    set(&mut now, 3, 8, 0);
+    set(&mut now, 4, 0, 0);
+    assert!(find(&now).unwrap().ends_with("0x7003 before, 0x0 now) (and 2 more entries)"));
+    set(&mut now, 4, 0, built_entry(&built, 4, 0));
+    assert!(find(&now).unwrap().ends_with(" (and 1 more entry)"));
+    // Not comparable: nothing said.
+    assert_eq!(TablesChanged::find(&built, &now[8..], base), None);
+}
+
+fn built_entry(built: &[u8], page: u64, index: u64) -> u64 {
+    let at = (page * TABLE_SIZE + index * 8) as usize;
+    u64::from_le_bytes(built[at..at + 8].try_into().unwrap())
+}
+
+/// Random and hostile stacks and registers under real guests' call-frame information (`-O2`
+/// guests, and debugme, always `-O0`, whose frames go through RBP): the walk never panics,
+/// never shows more than [`backtrace::MAX_FRAMES`] frames, and every caller it shows is in the
+/// guest's code. The seed is printed; `MH_BACKTRACE_SEED=N` repeats a run.
+#[test]
+fn random_and_hostile_stacks_give_a_bounded_backtrace_and_no_panic() {
+    use crate::test_rng::Rng;
+    let seed = match std::env::var("MH_BACKTRACE_SEED") {
+        Ok(s) => s.parse().expect("MH_BACKTRACE_SEED: a decimal number"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    let guests: Vec<(Symbols, Vec<u8>)> = ["crash", "debugme", "recurse", "tables", "nulltrap"]
+        .iter()
+        .map(|name| {
+            let (_, elf, image) = guest(name);
+            (Symbols::parse(&elf, &image).unwrap(), image)
+        })
+        .collect();
+    let mut rng = Rng::new(seed);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for _ in 0..3000 {
+            let (symbols, image) = rng.pick(&guests);
+            let mut m = Machine::with_pages(image, rng.chance(30));
+            let top = m.map.tables_base;
+            let code: Vec<u64> = symbols.code().flat_map(|(a, b)| [a, a + b.len() as u64 - 1]).collect();
+            // A value a hostile stack or register could hold.
+            let value = |rng: &mut Rng| match rng.below(8) {
+                0 => *rng.pick(&code) + rng.below(0x40),
+                1 => top - rng.below(0x400),
+                2 => top - 8 * rng.below(0x80),
+                3 => rng.next(),
+                4 => 0,
+                5 => u64::MAX - rng.below(0x100),
+                6 => 0xd,
+                _ => 2 * MIB + rng.below(0x100),
+            };
+            let from = (top - 0x800) as usize;
+            for at in (from..top as usize).step_by(8) {
+                let word = if rng.chance(50) { value(&mut rng) } else { rng.next() };
+                m.ram[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
+            m.regs.rip = if rng.chance(70) { *rng.pick(&code) + rng.below(0x20) } else { value(&mut rng) };
+            m.regs.rsp = if rng.chance(70) { top - rng.below(0x800) } else { value(&mut rng) };
+            m.regs.rbp = if rng.chance(50) { top - rng.below(0x800) } else { value(&mut rng) };
+            m.regs.rbx = value(&mut rng);
+            if rng.chance(10) {
+                m.sregs.cr3 = value(&mut rng);
+            }
+            if rng.chance(10) && !m.map.large_pages {
+                m.pte(top - 0x1000).fill(0); // the stack's page unmapped
+            }
+            let read =
+                |addr: u64, buf: &mut [u8]| match m.ram.get(addr as usize..(addr as usize).saturating_add(buf.len())) {
+                    Some(bytes) => {
+                        buf.copy_from_slice(bytes);
+                        true
+                    }
+                    None => false,
+                };
+            let stack = backtrace::Stack { regs: &m.regs, cr3: m.sregs.cr3, read: &read };
+            let trace = backtrace::unwind(&stack, symbols, backtrace::MAX_FRAMES);
+            assert!(trace.frames.len() <= backtrace::MAX_FRAMES);
+            assert!(trace.frames[1..].iter().all(|&ret| symbols.in_code(ret)), "{trace:?}");
+            let text = backtrace::lines(&stack, symbols);
+            assert!(text.lines().count() <= backtrace::MAX_FRAMES + 2, "{text}");
+            assert!(text.lines().all(crate::text::is_printable), "{text}");
+            let _ = backtrace::first_outside_library(&stack, symbols);
+        }
+    }));
+    if let Err(panic) = result {
+        eprintln!("backtrace fuzz: failed: repeat with MH_BACKTRACE_SEED={seed}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Where section `name` is in the ELF at `path` (file offset, size), by readelf.
+fn section_of(path: &std::path::Path, name: &str) -> (usize, usize) {
+    let out = Command::new("readelf").arg("-SW").arg(path).output().expect("readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&format!(" {name} "))).unwrap_or_else(|| panic!("no {name}"));
+    let f: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    (usize::from_str_radix(f[3], 16).unwrap(), usize::from_str_radix(f[4], 16).unwrap())
+}
+
+/// Bytes a hostile name could hold: control characters, escape sequences (7- and 8-bit),
+/// DEL, newlines, and UTF-8 that reorders or hides text.
+fn hostile_name(rng: &mut crate::test_rng::Rng, len: usize, utf8: bool) -> Vec<u8> {
+    const PIECES: [&[u8]; 12] = [
+        b"\x1b[2J",
+        b"\x1b]0;owned\x07",
+        b"\n",
+        b"\r",
+        b"\x7f",
+        b"\x08",
+        b"\t",
+        "\u{202e}".as_bytes(),
+        "\u{9b}".as_bytes(), // an 8-bit CSI
+        "é".as_bytes(),
+        b"mini_hypervisor: vm0: failed",
+        b"a",
+    ];
+    let mut name = Vec::new();
+    while name.len() < len {
+        let piece: Vec<u8> = if !utf8 && rng.chance(30) { vec![rng.byte().max(1)] } else { rng.pick(&PIECES).to_vec() };
+        if name.len() + piece.len() <= len {
+            name.extend(piece);
+        } else {
+            name.push(b'a' + rng.below(26) as u8);
+        }
+    }
+    name
+}
+
+/// Every path that prints a name from the ELF, with ELFs whose symbol and file names are
+/// hostile bytes: the crash report (RIP, words, backtrace), `describe`, `--trace` lines with
+/// their caller, and the code-overwritten warning. Nothing below 0x20 but the lines' own
+/// newlines, no DEL, and no more lines than with the clean ELF. `MH_NAMES_SEED=N` repeats a run.
+#[test]
+fn hostile_names_in_the_elf_reach_stderr_as_printable_text_only() {
+    use crate::test_rng::Rng;
+    use crate::trace::Trace;
+    let seed = match std::env::var("MH_NAMES_SEED") {
+        Ok(s) => s.parse().expect("MH_NAMES_SEED: a decimal number"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    let (path, elf, image) = guest("crash");
+    let sections = [(section_of(&path, ".strtab"), true), (section_of(&path, ".debug_line_str"), false)];
+    let clean = Symbols::parse(&elf, &image).unwrap();
+    let ud2 = image.windows(2).position(|w| w == [0x0f, 0x0b]).unwrap() as u64;
+    let puts = (0..image.len() as u64).find(|&a| clean.function(a) == Some(("puts_e9", 0))).unwrap();
+    let ok = |text: &str| text.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b));
+    // Runs every printing path over `symbols`: the texts, and the report's line count.
+    let texts = |symbols: Symbols| -> (Vec<String>, usize) {
+        let file = Arc::new(SymbolFile::preloaded(&path.with_extension("img"), image.clone().into(), Some(symbols)));
+        let s = file.get().unwrap();
+        let mut out: Vec<String> = (0..image.len() as u64).filter_map(|a| s.describe(a)).collect();
+        out.extend((1..image.len() as u64).filter_map(|a| s.describe_return(a)));
+        let machine = Machine::new(&image);
+        let map = MemoryMap { image_len: image.len() as u64, ..machine.map };
+        let explain = Explain::new(map, Arc::clone(&file), machine.built_tables.clone());
+        let t = Fake::new(machine);
+        {
+            let mut m = t.m.borrow_mut();
+            m.regs.rip = ud2;
+            let slot = (m.regs.rsp + 8) as usize; // guest_main's return address (sub $8,%rsp)
+            m.ram[slot..slot + 8].copy_from_slice(&0xdu64.to_le_bytes());
+        }
+        let report = explain.failure_report(&t, "vm0 (crash.img)", Failure::TripleFault, &"triple fault");
+        let lines = report.lines().count();
+        out.push(report);
+        // --trace, in puts_e9 called from guest_main (its return address on the stack).
+        {
+            let mut m = t.m.borrow_mut();
+            m.regs.rip = puts + 1;
+            let (rsp, ret) = (m.regs.rsp as usize, ud2);
+            m.ram[rsp..rsp + 8].copy_from_slice(&ret.to_le_bytes());
+        }
+        let trace = Trace::new("vm0 (crash.img)", Arc::clone(&file));
+        let exit = crate::Exit::Io { out: true, port: 0xe9, size: 1, count: 1 };
+        out.push(trace.exit_line(&t, 1, Ok(&exit), b"\x1b[2J"));
+        t.m.borrow_mut().ram[0x10..0x18].fill(0xcc);
+        out.extend(explain.overwritten(&t));
+        (out, lines)
+    };
+    let (clean_texts, clean_lines) = texts(clean);
+    assert!(clean_texts.iter().all(|t| ok(t)));
+    assert!(clean_texts.iter().any(|t| t.contains(" via guest_main+")), "the trace path names a caller");
+    let mut rng = Rng::new(seed);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut used = 0;
+        for _ in 0..150 {
+            let mut hostile = elf.clone();
+            for ((offset, size), utf8) in sections {
+                let table = &mut hostile[offset..offset + size];
+                let mut start = 1;
+                while start < table.len() {
+                    let len = table[start..].iter().position(|&b| b == 0).unwrap_or(table.len() - start);
+                    if len > 0 && rng.chance(70) {
+                        table[start..start + len].copy_from_slice(&hostile_name(&mut rng, len, utf8));
+                    }
+                    start += len + 1;
+                }
+            }
+            let Ok(symbols) = Symbols::parse(&hostile, &image) else { continue };
+            used += 1;
+            let (texts, lines) = texts(symbols);
+            for text in &texts {
+                assert!(ok(text), "{text:?}");
+            }
+            // The report: as many lines as with clean names (one more when `_start` is renamed:
+            // then the backtrace says that its callers are unknown), each of a known kind.
+            let report = texts.iter().find(|t| t.starts_with("mini_hypervisor: vm0")).unwrap();
+            assert!(lines == clean_lines || lines == clean_lines + 1, "{report}");
+            let kinds = ["mini_hypervisor: vm0 (crash.img): failed at RIP ", "     ", "  - ", "  backtrace:", "    #"];
+            for line in report.lines() {
+                let known =
+                    kinds.iter().any(|k| line.starts_with(k)) || line.starts_with("    (the chain stops here: ");
+                assert!(known, "{line}");
+            }
+        }
+        assert!(used > 100, "only {used} hostile ELFs were usable");
+    }));
+    if let Err(panic) = result {
+        eprintln!("hostile names: failed: repeat with MH_NAMES_SEED={seed}");
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -39,6 +39,7 @@ pub struct Row {
 #[derive(Debug, Default)]
 pub struct Lines {
     pub rows: Vec<Row>,
+    /// Escaped ([`crate::text::escape`]): printable ASCII only.
     pub files: Vec<String>,
 }
 
@@ -72,7 +73,7 @@ impl Builder {
     fn intern(&mut self, path: &[u8]) -> u32 {
         let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
         let base = base.get(..MAX_NAME.min(base.len())).unwrap_or_default();
-        let name = String::from_utf8_lossy(base).into_owned();
+        let name = crate::text::escape(base);
         if let Some(&id) = self.names.get(&name) {
             return id;
         }

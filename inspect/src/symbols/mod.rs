@@ -9,12 +9,16 @@
 //! `.debug_line_str` and `.debug_str`), read once into sorted tables. The ELF is used only
 //! if its loadable bytes are exactly the image's, so that stale names never show up.
 //!
+//! Every name read (function names, source file names) is escaped as it is read
+//! ([`crate::text::escape`]): whatever prints one prints printable ASCII only.
+//!
 //! The file is untrusted: it is read only if it is a regular file of at most
 //! [`MAX_ELF_SIZE`] bytes, every offset and count is checked, every table is capped, and
 //! nothing recurses or loops without consuming input. Whatever is wrong with it gives one
 //! error, never a panic.
 
 mod elf;
+pub(crate) mod frame;
 mod line;
 mod read;
 #[cfg(test)]
@@ -89,6 +93,7 @@ impl fmt::Display for SymbolError {
 struct Function {
     start: u64,
     end: u64,
+    /// Escaped ([`crate::text::escape`]): printable ASCII only.
     name: Box<str>,
 }
 
@@ -102,6 +107,8 @@ pub struct Symbols {
     code: Vec<(u64, Vec<u8>)>,
     /// The linker script's `_image_end`, if the ELF has it.
     image_end: Option<u64>,
+    /// The call-frame information (`.debug_frame`), for backtraces.
+    frames: frame::FrameTable,
 }
 
 impl Symbols {
@@ -158,7 +165,8 @@ impl Symbols {
         let strings = Strings { line_str: data(".debug_line_str"), str: data(".debug_str") };
         let lines = line::parse(data(".debug_line"), strings)?;
         let code = code(&parsed.sections, image)?;
-        Ok(Symbols { functions, lines, code, image_end })
+        let frames = frame::FrameTable::parse(data(".debug_frame"));
+        Ok(Symbols { functions, lines, code, image_end, frames })
     }
 
     /// `function+0xOFF (file.c:LINE)`, or `function+0xOFF` without line information, or
@@ -169,6 +177,35 @@ impl Symbols {
             Some((file, line)) => format!("{name}+{offset:#x} ({file}:{line})"),
             None => format!("{name}+{offset:#x}"),
         })
+    }
+
+    /// `function+0xOFF (file.c:LINE)` for a return address: the function and line of the call
+    /// before it (`ret - 1`: a call that ends its function returns past it), the offset of
+    /// `ret` itself, as gdb shows a caller's frame.
+    pub fn describe_return(&self, ret: u64) -> Option<String> {
+        let call = ret.checked_sub(1)?;
+        let (name, offset) = self.function(call)?;
+        Some(match self.line(call) {
+            Some((file, line)) => format!("{name}+{:#x} ({file}:{line})", offset + 1),
+            None => format!("{name}+{:#x}", offset + 1),
+        })
+    }
+
+    /// The source file of the function `addr` lies in: the file of the line at its first
+    /// instruction (for code inlined from another file, still the function's own file).
+    pub fn function_file(&self, addr: u64) -> Option<&str> {
+        let (_, offset) = self.function(addr)?;
+        self.line(addr - offset).map(|(file, _)| file)
+    }
+
+    /// Whether `addr` lies in the ELF's code.
+    pub fn in_code(&self, addr: u64) -> bool {
+        self.code.iter().any(|(start, bytes)| addr >= *start && addr - start < bytes.len() as u64)
+    }
+
+    /// The call-frame rules at `pc`, from `.debug_frame`.
+    pub(crate) fn frame_row(&self, pc: u64) -> Option<frame::Row> {
+        self.frames.row(pc)
     }
 
     /// The function `addr` lies in, and its offset there.
@@ -237,6 +274,14 @@ impl SymbolFile {
             }
         });
         read.as_ref()
+    }
+
+    /// A symbol file already read, as `symbols` (for tests of what prints names).
+    #[cfg(test)]
+    pub(crate) fn preloaded(image_path: &Path, image: Arc<[u8]>, symbols: Option<Symbols>) -> SymbolFile {
+        let file = SymbolFile::new(image_path, image);
+        let _ = file.read.set(symbols);
+        file
     }
 
     /// Whether [`SymbolFile::get`] has run (the ELF was looked for).
@@ -325,7 +370,7 @@ fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Functio
             let section_end = sections.get(shndx).map_or(0, |s| s.addr.saturating_add(s.data.len() as u64));
             next.min(section_end)
         };
-        functions.push(Function { start, end, name: name.into() });
+        functions.push(Function { start, end, name: crate::text::escape(name.as_bytes()).into() });
     }
     (functions, image_end)
 }

@@ -333,7 +333,8 @@ fn fuzz(seed: u64, rounds: usize, bases: &[Base]) -> usize {
             let mutated = mutate(&mut rng, elf, *debug_line);
             let s = Symbols::parse(&mutated, image).ok()?;
             for addr in [0, 0x10, 0x123, image.len() as u64, u64::MAX] {
-                let _ = (s.describe(addr), s.line(addr));
+                let _ = (s.describe(addr), s.line(addr), s.describe_return(addr), s.function_file(addr));
+                let _ = s.frame_row(addr);
             }
             Some(s.code().count())
         }));

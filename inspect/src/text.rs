@@ -1,0 +1,34 @@
+//! Names from a guest's ELF (symbols, source file names) are text to show, never commands to a
+//! terminal: [`escape`] is how every one of them is written before it reaches stderr, once,
+//! here, when the ELF is read. It is the escaping version C's `--trace` gives a guest's file
+//! names (`<[u8]>::escape_ascii`): printable ASCII as it is, except `\`, `'` and `"`, which
+//! get a backslash; tab, carriage return and newline as `\t`, `\r`, `\n`; any other byte
+//! (control characters, DEL, every byte of a non-ASCII character) as `\xNN`. So a hostile
+//! ELF can neither split a line, forge one, nor send a terminal control sequence.
+
+/// `bytes` as printable ASCII (see the module's documentation).
+pub fn escape(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
+/// Whether `text` could have come out of [`escape`]: printable ASCII only.
+pub fn is_printable(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_printable_ascii_comes_out() {
+        assert_eq!(escape(b"guest_main"), "guest_main");
+        assert_eq!(escape(b"a\nb\x1b[2J\x7f"), "a\\nb\\x1b[2J\\x7f");
+        assert_eq!(escape("é\u{202e}".as_bytes()), "\\xc3\\xa9\\xe2\\x80\\xae");
+        assert_eq!(escape(b"\"q\" \\"), "\\\"q\\\" \\\\");
+        for b in 0..=255u8 {
+            assert!(is_printable(&escape(&[b])), "{b:#x}");
+        }
+        assert!(!is_printable("a\tb") && is_printable("a b~"));
+    }
+}
