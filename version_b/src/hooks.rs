@@ -57,9 +57,11 @@ impl Tools {
         }
     }
 
-    /// The crash report and the code check, for the VM's end.
+    /// The crash report and the code check, for the VM's end (only when the VM failed or
+    /// changed its image): with the page tables as the hypervisor built them, made again here,
+    /// for the report to compare with RAM.
     pub fn explain(&self) -> Explain {
-        Explain::new(self.memory_map(), self.symbols())
+        Explain::new(self.memory_map(), self.symbols(), self.layout.page_tables())
     }
 
     /// `--gdb`: the debugger for the VM, on the listening socket; gdb's Ctrl-C goes through

@@ -9,10 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Guarded, Run, guest, kvm_available, run, temp_dir};
+use common::{Guarded, Run, guest, kvm_available, run, run_with_input, temp_dir};
 
 const NO_IDT: &str = "the guest has no interrupt table (IDTR limit 0), so any exception ends in a triple fault, \
                       with RIP on the instruction that raised it";
+
+const UD2: &str = "ud2: the undefined instruction, which raises #UD on purpose: asm(\"ud2\") or __builtin_trap() in \
+                   the source, or put there by the compiler where it proved that the code cannot go on, after an \
+                   access through a NULL pointer or where a function declared not to return returned";
 
 /// The stderr line that starts with `start`.
 fn line<'a>(run: &'a Run, start: &str) -> &'a str {
@@ -45,6 +49,158 @@ fn a_store_beyond_ram_names_the_function_the_line_and_the_address() {
     // With 4 MiB, 0x300000 is RAM: the store works.
     let r = run(&["-q", "-m", "4", "-p", "2", "-g", &guest("beyond.img")]);
     assert_eq!((r.status, r.stdout().as_str(), r.stderr.as_str()), (0, "storing to 0x300000\nstored\n", ""));
+}
+
+#[test]
+fn a_load_from_the_first_address_past_ram_is_beyond_it() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("edge.img")]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "loading from 0x200000\n"), "{}", r.stderr);
+    assert!(failed(&r).contains(" in load_end+0x0 (edge.c:"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l == "  - page fault at 0x200000 (CR2): beyond the 2 MiB of RAM, where nothing is mapped"),
+        "{}",
+        r.stderr
+    );
+    // With 4 MiB, 0x200000 is RAM: the load works.
+    let r = run(&["-q", "-m", "4", "-p", "4", "-g", &guest("edge.img")]);
+    assert_eq!((r.status, r.stdout().as_str(), r.stderr.as_str()), (0, "loading from 0x200000\nloaded\n", ""));
+}
+
+#[test]
+fn a_stray_write_into_the_page_tables_is_said_first() {
+    if !kvm_available() {
+        return;
+    }
+    for (pages, entry) in [
+        ("4", "at 0x1ff000 (PT 0, entry 0, for 0x0..0xfff: 0x3 before, 0x0 now)"),
+        ("2", "at 0x1ff000 (PD, entry 0, for 0x0..0x1fffff: 0x83 before, 0x0 now)"),
+    ] {
+        let r = run(&["-q", "-m", "2", "-p", pages, "-g", &guest("tables.img")]);
+        assert_eq!(
+            (r.status, r.stdout().as_str()),
+            (1, "clearing the page-table entry of my own code\n"),
+            "{}",
+            r.stderr
+        );
+        let failed = failed(&r);
+        assert!(failed.contains(" in clear_code_mapping+0x") && failed.contains(" (tables.c:"), "{failed}");
+        let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+        assert_eq!(words[0], format!("  - the guest overwrote the page tables the hypervisor built {entry}"));
+        assert!(
+            words[1].starts_with("  - RIP 0x")
+                && words[1].ends_with(
+                    " is in RAM but not mapped by the guest's page tables, which the guest changed (see above)"
+                ),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("the guest jumped there"), "{}", r.stderr);
+    }
+    // A guest that changes its tables on purpose is told so as well, first.
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("mmio.img")]);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    let first = r.stderr.lines().find(|l| l.starts_with("  - ")).unwrap();
+    assert!(
+        first.starts_with(
+            "  - the guest overwrote the page tables the hypervisor built at 0x1fd008 (PDPT, entry 1, for \
+             0x40000000..0x7fffffff: 0x0 before, 0x"
+        ),
+        "{first}"
+    );
+}
+
+/// The backtrace lines of a report: from `  backtrace:` to the end of the report.
+fn backtrace(run: &Run) -> Vec<&str> {
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let start =
+        lines.iter().position(|l| *l == "  backtrace:").unwrap_or_else(|| panic!("no backtrace:\n{}", run.stderr));
+    lines[start + 1..].iter().copied().take_while(|l| l.starts_with("    ")).collect()
+}
+
+/// Each backtrace line is `#N 0xADDR in ` + what starts with the `expected` part, in order.
+fn assert_frames(run: &Run, expected: &[&str]) {
+    let frames = backtrace(run);
+    assert_eq!(frames.len(), expected.len(), "{}", run.stderr);
+    for (n, (frame, want)) in frames.iter().zip(expected).enumerate() {
+        let (head, rest) = frame.split_once(" in ").unwrap_or((frame, ""));
+        assert!(head.starts_with(&format!("    #{n} 0x")), "{frame}");
+        assert!(
+            rest.starts_with(want.split('*').next().unwrap()) && rest.ends_with(want.rsplit('*').next().unwrap()),
+            "{frame} is not {want}:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn the_backtrace_names_each_caller_by_the_line_of_its_call_at_o2_and_o0() {
+    if !kvm_available() {
+        return;
+    }
+    // -O2: store_far keeps no frame pointer; the call-frame information still gives its caller.
+    let expected = ["store_far+0x*(beyond.c:17)", "guest_main+0x*(beyond.c:23)", "_start+0xd"];
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("beyond.img")]);
+    assert_frames(&r, &expected);
+    // -O0 (DEBUG=1), built in a copy of guest/: other addresses, the same functions and lines.
+    let dir = guest_copy("backtrace_o0");
+    let (status, out) = make(&dir, &["beyond.img", "DEBUG=1"]);
+    assert_eq!(status, 0, "{out}");
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", dir.join("beyond.img").to_str().unwrap()]);
+    assert_frames(&r, &expected);
+    let _ = std::fs::remove_dir_all(dir);
+    // A call through a bad pointer: RIP has no name, and its caller is found on the stack.
+    let r = run_with_input(&["-q", "-m", "2", "-p", "4", "-g", &guest("debugme.img")], b"c");
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert_eq!(backtrace(&r)[0], "    #0 0xc0000000");
+    assert!(backtrace(&r)[1].ends_with(" in guest_main+0xba (debugme.c:57)"), "{}", r.stderr);
+    // Without the ELF: no backtrace.
+    let (dir, img) = alone("no_elf_backtrace", "beyond.img", None);
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &img]);
+    assert!(!r.stderr.lines().any(|l| l == "  backtrace:"), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_recursion_and_a_stack_below_zero_stop_the_backtrace_with_a_reason() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("recurse.img")]);
+    assert_eq!(
+        backtrace(&r)[1],
+        "    (the chain stops here: the caller's frame would be at 0xffffffffffffff20 + 0x110, past the top of the \
+         address space: a stack overflow below address 0?)"
+    );
+    let dir = guest_copy("backtrace_recurse_o0");
+    let (status, out) = make(&dir, &["recurse.img", "DEBUG=1"]);
+    assert_eq!(status, 0, "{out}");
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", dir.join("recurse.img").to_str().unwrap()]);
+    let frames = backtrace(&r);
+    assert!(frames[1].contains(" in sum_to+0x") && frames[1].ends_with(" (recurse.c:19)"), "{}", r.stderr);
+    assert_eq!(frames[2], "    #2..#31: the same call, 30 more times (a recursion)");
+    assert_eq!(frames[3], "    (the chain stops here: more frames not shown (at most 32))");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn trace_names_the_first_caller_outside_the_guest_library() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "--trace", "-m", "2", "-p", "4", "-g", &guest("crash.img")]);
+    let outs: Vec<&str> = r.stderr.lines().filter(|l| l.contains(" io out port=0xe9 ")).collect();
+    assert_eq!(outs.len(), "crashing now\n".len(), "{}", r.stderr);
+    for line in outs {
+        assert!(line.contains(" in puts_e9+0x") && line.ends_with(" via guest_main+0xe (crash.c:8)"), "{line}");
+    }
+    // hello.c's guest_main jumps to puts_e9 (a tail call): no caller of its own to name.
+    let r = run(&["-q", "--trace", "-m", "2", "-p", "4", "-g", &guest("guest.img")]);
+    assert!(r.stderr.contains(" in puts_e9+0x") && !r.stderr.contains(" via "), "{}", r.stderr);
 }
 
 #[test]
@@ -93,16 +249,55 @@ fn ud2_is_named_with_its_function() {
     assert_eq!((r.status, r.stdout().as_str()), (1, "running ud2\n"), "{}", r.stderr);
     assert!(failed(&r).contains("ud2.img): failed at RIP 0x10 in bad_opcode+0x0 (ud2.c:"), "{}", r.stderr);
     let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
-    assert_eq!(
-        words,
-        [
-            "  - the instruction at RIP: 0f 0b (ud2: the undefined instruction, which raises #UD on purpose)",
-            &format!("  - {NO_IDT}"),
-        ]
-    );
+    assert_eq!(words, [&format!("  - the instruction at RIP: 0f 0b ({UD2})"), &format!("  - {NO_IDT}"),]);
     // The words come right after the register dump.
     let dump_end = r.stderr.find("     cr3 ").unwrap();
     assert!(r.stderr[dump_end..].lines().nth(1).unwrap().starts_with("  - the instruction at RIP"));
+}
+
+#[test]
+fn a_ud2_the_compiler_put_after_a_null_store_is_said_so() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("nulltrap.img")]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "linking a node\n"), "{}", r.stderr);
+    assert!(failed(&r).contains(" in link_after"), "{}", r.stderr);
+    let words: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
+    assert_eq!(words[0], format!("  - the instruction at RIP: 0f 0b ({UD2})"), "{}", r.stderr);
+    assert!(
+        words[1].starts_with("  - the instruction before it, at 0x")
+            && words[1].ends_with(
+                ", accesses address 0x8 through a NULL pointer: the compiler saw that the pointer is always NULL \
+                 there, kept the access, and put the ud2 after it"
+            ),
+        "{}",
+        r.stderr
+    );
+    // The store itself went to RAM, over _start.
+    let overwritten = line(&r, "mini_hypervisor: warning: ");
+    assert!(overwritten.ends_with("own code at 0x8..0xf, in _start: a write through a null pointer?"), "{overwritten}");
+}
+
+#[test]
+fn a_guest_spinning_on_a_jump_to_itself_is_called_an_endless_loop() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "4", "-g", &guest("spin.img"), "--timeout", "0.2"]);
+    assert_eq!((r.status, r.stdout().as_str()), (1, "spinning\n"), "{}", r.stderr);
+    assert!(
+        failed(&r).contains(" in guest_main+0x") && failed(&r).ends_with(": timed out after 0.2 s"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.lines().any(|l| l
+            == "  - the instruction at RIP: eb fe (jmp to itself: an endless loop, such as for (;;); or a wait for \
+                something that never comes)"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

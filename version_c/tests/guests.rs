@@ -94,7 +94,7 @@ fn a_line_read_with_one_rep_insb() {
     // All 8 bytes came in one exit (count 8), and the trace shows what the guest received.
     let ins: Vec<&str> = r.stderr.lines().filter(|l| l.contains("io in port=0xe9")).collect();
     assert_eq!(ins.len(), 1, "{}", r.stderr);
-    assert!(ins[0].contains("size=1 count=8 data=[61 62 63 64 65 66 67 68]"), "{}", ins[0]);
+    assert!(ins[0].contains("size=1 count=8 data=[61 62 63 64 65 66 67 68] \"abcdefgh\" rip="), "{}", ins[0]);
 }
 
 #[test]
