@@ -33,10 +33,12 @@ core::arch::global_asm!(
     "    mov %rdi, %rax", // returns dst
     "    mov %rdx, %rcx",
     "    mov %rdi, %r8",
-    "    sub %rsi, %r8", // dst - src, unsigned: at least n unless dst is in [src, src + n)
+    "    sub %rsi, %r8", // r8 = dst - src, unsigned: below n only if dst is in [src, src + n)
     "    cmp %rdx, %r8",
-    "    jae 1f",                // dst below src, or no overlap: upwards never overwrites a
-    "    lea -1(%rdi,%rdx), %rdi", // byte still to read; else downwards, from the last byte:
+    "    jae 1f", // not: dst below src, or no overlap, so copying upwards (1:) is right
+    // dst inside (src, src + n): upwards would overwrite bytes not yet read; so downwards,
+    // from the last byte of each range
+    "    lea -1(%rdi,%rdx), %rdi",
     "    lea -1(%rsi,%rdx), %rsi",
     "    std", // DF set: rep movsb goes downwards ...
     "    rep movsb",
@@ -52,7 +54,7 @@ core::arch::global_asm!(
     ".globl memset",
     ".type memset, @function",
     "memset:",
-    "    mov %rdi, %r8", // dst, to return
+    "    mov %rdi, %r8",  // dst, to return
     "    mov %esi, %eax", // the byte, in al
     "    mov %rdx, %rcx",
     "    rep stosb", // rcx times: *rdi++ = al
@@ -75,8 +77,8 @@ core::arch::global_asm!(
     "    mov %rdx, %rcx",
     "    test %rcx, %rcx", // n = 0: equal (repe cmpsb would not even set the flags)
     "    jz 1f",
-    "    repe cmpsb", // compare *rsi++ with *rdi++ while equal, at most rcx times
-    "    je 1f",      // the last compare was equal: all n were
+    "    repe cmpsb",            // compare *rsi++ with *rdi++ while equal, at most rcx times
+    "    je 1f",                 // the last compare was equal: all n were
     "    movzbl -1(%rdi), %eax", // the first differing bytes, just behind rdi and rsi
     "    movzbl -1(%rsi), %ecx",
     "    sub %ecx, %eax",
