@@ -30,7 +30,8 @@
 //! Built by `guest/Makefile` with `rustc` alone (no cargo, no download), without SSE: the KVM
 //! of some hosts, ours among them, emulates guest instructions and has no SSE arithmetic.
 #![no_std]
-// Every `unsafe` operation sits in its own `unsafe {}` block with a `// SAFETY:` comment.
+// Every `unsafe` block says why it is sound in a `// SAFETY:` comment; an `unsafe fn` says
+// what its caller must ensure (`# Safety`) and still needs `unsafe {}` inside.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -56,6 +57,8 @@ pub fn halt() -> ! {
     }
 }
 
+// SAFETY: hv_fail is defined in module `mem` (assembly) with exactly this signature: no
+// arguments, no result, it never returns.
 unsafe extern "C" {
     /// Ends the VM as a failure, on purpose (module `mem`, in assembly): it loads an empty
     /// interrupt table (limit 0) and executes `ud2`. The CPU cannot deliver the
