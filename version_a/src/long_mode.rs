@@ -1,7 +1,7 @@
 //! The guest machine's starting state, as plain data (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `setup_long_mode` (page tables, CR3, CR4.PAE, CR0.PE|PG, EFER.LME|LMA) and
-//! `setup_segments_64` (flat 64-bit code and data segments), plus the registers `run_vm` sets.
+//! `setup_segments_64` (flat 64-bit code and data segments) in `Version_A/mini_hypervisor.c`.
 //!
 //! Unlike the C, which puts the tables at a fixed 0x11000 that a large image overwrites, the
 //! tables take the last pages below the top of RAM, M:
@@ -15,7 +15,7 @@
 //! table per 2 MiB of RAM. Only `[0, M)` is mapped, identity (virtual = physical).
 #![forbid(unsafe_code)]
 
-use crate::kvm::{KvmDtable, KvmRegs, KvmSegment, KvmSregs};
+use crate::kvm::{KvmDtable, KvmSegment, KvmSregs};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
@@ -58,42 +58,25 @@ pub struct Layout {
     /// M, the RAM size in bytes.
     pub mem_size: u64,
     pub page: PageSize,
+    /// Lowest address of the page tables = address of the PML4 = CR3 = initial RSP; also the
+    /// largest image that fits (all of RAM below the tables).
+    pub tables_base: u64,
 }
 
 impl Layout {
+    /// The tables: PML4 + PDPT + PD, plus, for 4 KiB pages, one page table per 2 MiB of RAM.
     pub fn new(mem_size: u64, page: PageSize) -> Layout {
-        Layout { mem_size, page }
+        let tables = 3 + if page == PageSize::Small4K { mem_size.div_ceil(2 * MIB) } else { 0 };
+        Layout { mem_size, page, tables_base: mem_size - tables * TABLE_SIZE }
     }
 
-    /// How many 2 MiB regions RAM spans (1, 2 or 4): one PD entry, or one page table, each.
-    fn regions_2m(&self) -> u64 {
-        self.mem_size.div_ceil(2 * MIB)
-    }
-
-    /// Number of table pages: PML4 + PDPT + PD, plus one PT per 2 MiB for 4 KiB pages.
-    pub fn table_pages(&self) -> u64 {
-        match self.page {
-            PageSize::Large2M => 3,
-            PageSize::Small4K => 3 + self.regions_2m(),
-        }
-    }
-
-    /// Lowest address of the page tables = address of the PML4 = CR3 = initial RSP.
-    pub fn tables_base(&self) -> u64 {
-        self.mem_size - self.table_pages() * TABLE_SIZE
-    }
-
-    /// Largest image that fits: all of RAM below the page tables.
-    pub fn max_image_size(&self) -> u64 {
-        self.tables_base()
-    }
-
-    /// The page tables, as the bytes of the table area `[tables_base, M)`.
+    /// C: the table writes of `setup_long_mode`: the page tables, as the bytes of the table
+    /// area `[tables_base, M)`.
     pub fn page_tables(&self) -> Vec<u8> {
-        let base = self.tables_base();
+        let base = self.tables_base;
         let (pml4, pdpt, pd) = (base, base + TABLE_SIZE, base + 2 * TABLE_SIZE);
         let first_pt = base + 3 * TABLE_SIZE;
-        let mut area = vec![0u8; (self.table_pages() * TABLE_SIZE) as usize];
+        let mut area = vec![0u8; (self.mem_size - base) as usize];
         let mut set = |table: u64, index: u64, entry: u64| {
             let at = (table - base + index * 8) as usize;
             area[at..at + 8].copy_from_slice(&entry.to_le_bytes());
@@ -101,7 +84,7 @@ impl Layout {
         let table_entry = PTE_PRESENT | PTE_WRITABLE;
         set(pml4, 0, pdpt | table_entry); // PML4[0] -> PDPT: covers 512 GiB
         set(pdpt, 0, pd | table_entry); // PDPT[0] -> PD: covers 1 GiB
-        for region in 0..self.regions_2m() {
+        for region in 0..self.mem_size.div_ceil(2 * MIB) {
             let region_base = region * 2 * MIB;
             match self.page {
                 // PD[i] maps the 2 MiB page at i * 2 MiB directly.
@@ -120,53 +103,46 @@ impl Layout {
     }
 }
 
-/// A flat 64-bit code segment: base 0, 4 GiB limit, type 11 (execute/read, accessed), L = 1.
-pub fn code_segment() -> KvmSegment {
-    KvmSegment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: 1 << 3, // GDT entry 1
-        type_: 11,
-        present: 1,
-        dpl: 0,
-        db: 0, // must be 0 when L = 1
-        s: 1,  // code/data, not system
-        l: 1,  // 64-bit code
-        g: 1,  // limit in 4 KiB units
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
+/// C: `setup_segments_64`, the code segment: a flat 64-bit code segment, base 0, 4 GiB limit,
+/// type 11 (execute/read, accessed), L = 1, selector 0x8 (GDT entry 1).
+pub const CODE_SEGMENT: KvmSegment = KvmSegment {
+    base: 0,
+    limit: 0xffff_ffff,
+    selector: 1 << 3,
+    type_: 11,
+    present: 1,
+    dpl: 0,
+    db: 0, // must be 0 when L = 1
+    s: 1,  // code/data, not system
+    l: 1,  // 64-bit code
+    g: 1,  // limit in 4 KiB units
+    avl: 0,
+    unusable: 0,
+    padding: 0,
+};
 
-/// A flat data segment: type 3 (read/write, accessed), selector 0x10.
-pub fn data_segment() -> KvmSegment {
-    KvmSegment { selector: 2 << 3, type_: 3, db: 1, l: 0, ..code_segment() }
-}
+/// C: `setup_segments_64`, the data segments: flat, type 3 (read/write, accessed), selector
+/// 0x10 (GDT entry 2).
+pub const DATA_SEGMENT: KvmSegment = KvmSegment { selector: 2 << 3, type_: 3, db: 1, l: 0, ..CODE_SEGMENT };
 
-/// The special registers for 64-bit long mode with paging rooted at `layout`'s PML4.
-/// Starts from what `KVM_GET_SREGS` returned, so that TR, LDT and the rest stay valid.
+/// C: `setup_long_mode` and `setup_segments_64`: the special registers for 64-bit long mode
+/// with paging rooted at `layout`'s PML4. Starts from what `KVM_GET_SREGS` returned, so that
+/// TR, LDT and the rest stay valid.
 ///
 /// No interrupt table: IDTR base 0, limit 0. The reset value (limit 0xFFFF) would make the
 /// CPU read "gate descriptors" out of the guest's own code at address 0 and jump to garbage
 /// on an exception; with limit 0 every exception the guest does not handle ends in a triple
 /// fault with RIP still on the faulting instruction. A guest may load its own IDT (`lidt`).
 pub fn long_mode_sregs(mut sregs: KvmSregs, layout: &Layout) -> KvmSregs {
-    sregs.cr3 = layout.tables_base();
+    sregs.cr3 = layout.tables_base;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.cr0 = (CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG) & !CR0_EM;
     sregs.efer = EFER_LME | EFER_LMA;
-    sregs.cs = code_segment();
-    let data = data_segment();
-    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.cs = CODE_SEGMENT;
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) =
+        (DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT);
     sregs.idt = KvmDtable { base: 0, limit: 0, ..sregs.idt };
     sregs
-}
-
-/// The general registers at the first instruction: RIP = 0 (the image's first byte),
-/// RSP = just below the page tables, RFLAGS = 0x2 (bit 1 is always set; interrupts off).
-pub fn initial_regs(layout: &Layout) -> KvmRegs {
-    KvmRegs { rip: 0, rsp: layout.tables_base(), rflags: 0x2, ..KvmRegs::default() }
 }
 
 #[cfg(test)]
@@ -185,7 +161,7 @@ mod tests {
     /// Guest RAM with the tables written where the hypervisor writes them.
     fn ram_with_tables(layout: &Layout) -> Vec<u8> {
         let mut ram = vec![0u8; layout.mem_size as usize];
-        let base = layout.tables_base() as usize;
+        let base = layout.tables_base as usize;
         ram[base..].copy_from_slice(&layout.page_tables());
         ram
     }
@@ -226,7 +202,7 @@ mod tests {
         for (mem, page) in ALL {
             let layout = Layout::new(mem, page);
             let ram = ram_with_tables(&layout);
-            let cr3 = layout.tables_base();
+            let cr3 = layout.tables_base;
             for va in (0..mem).step_by(TABLE_SIZE as usize) {
                 assert_eq!(translate(&ram, cr3, va), Some(va), "{mem:#x} {page:?} va {va:#x}");
                 assert_eq!(translate(&ram, cr3, va + 0xabc), Some(va + 0xabc));
@@ -242,7 +218,7 @@ mod tests {
         for (mem, page) in ALL {
             let layout = Layout::new(mem, page);
             let ram = ram_with_tables(&layout);
-            let pd = layout.tables_base() + 2 * TABLE_SIZE;
+            let pd = layout.tables_base + 2 * TABLE_SIZE;
             for i in 0..512 {
                 let pde = entry(&ram, pd, i);
                 if i < mem / (2 * MIB) {
@@ -260,13 +236,11 @@ mod tests {
         let expected_pages = [4, 5, 7, 3, 3, 3];
         for ((mem, page), pages) in ALL.into_iter().zip(expected_pages) {
             let layout = Layout::new(mem, page);
-            assert_eq!(layout.table_pages(), pages);
-            assert_eq!(layout.tables_base(), mem - pages * TABLE_SIZE);
+            assert_eq!(layout.tables_base, mem - pages * TABLE_SIZE);
             assert_eq!(layout.page_tables().len() as u64, pages * TABLE_SIZE);
-            assert_eq!(layout.max_image_size(), layout.tables_base());
             // Every table page the walk uses lies in [tables_base, M).
             let ram = ram_with_tables(&layout);
-            let mut tables = vec![layout.tables_base()];
+            let mut tables = vec![layout.tables_base];
             let mask = 0x000f_ffff_ffff_f000;
             let pdpt = entry(&ram, tables[0], 0) & mask;
             let pd = entry(&ram, pdpt, 0) & mask;
@@ -280,7 +254,7 @@ mod tests {
             tables.sort();
             tables.dedup();
             assert_eq!(tables.len() as u64, pages);
-            assert!(tables.iter().all(|&t| t >= layout.tables_base() && t + TABLE_SIZE <= mem));
+            assert!(tables.iter().all(|&t| t >= layout.tables_base && t + TABLE_SIZE <= mem));
         }
     }
 
@@ -298,8 +272,6 @@ mod tests {
         assert_eq!(sregs.efer, EFER_LME | EFER_LMA);
         assert_eq!((sregs.cs.l, sregs.cs.db, sregs.cs.type_, sregs.cs.selector), (1, 0, 11, 8));
         assert_eq!((sregs.ss.type_, sregs.ss.selector), (3, 0x10));
-        let regs = initial_regs(&layout);
-        assert_eq!((regs.rip, regs.rsp, regs.rflags), (0, sregs.cr3, 2));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! mini_hypervisor, version A: one VM, 64-bit long mode, serial port 0xE9.
 //!
 //! C counterpart: `main` in `Version_A/mini_hypervisor.c`, in the same order: parse the
-//! options → check the image → open /dev/kvm → create the VM → run it → exit status. The VM
-//! runs on this thread; the only threads ever started are the debugger's (`--gdb`).
-//! Every `unsafe` of the crate is in `kvm/` and `signals.rs`; every other module forbids it.
-#![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! options → check the image → open /dev/kvm → create the VM (`vm.rs`: `vm_init`,
+//! `setup_long_mode`, `load_guest_image`) → the `KVM_RUN` loop → exit status. The VM runs on
+//! this thread; the only threads ever started are the debugger's (`--gdb`).
+//!
+//! This program forbids `unsafe`: it reaches the kernel only through the safe types of the
+//! crate's library, its FFI room (`lib.rs`: `kvm/` and `signals.rs`).
+#![forbid(unsafe_code)]
 
 /// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
 /// a full disk) is dropped, and the exit status still tells. Every module uses it.
@@ -16,58 +19,53 @@ macro_rules! diag {
 }
 
 mod args;
-mod crash;
-mod devices;
-mod gdb;
+mod hooks;
 mod image;
-mod kvm;
 mod long_mode;
-mod page_walk;
 mod serial;
 mod serial_ring;
-mod signals;
-mod stats;
-mod symbols;
-#[cfg(test)]
-mod test_rng;
-mod trace;
 mod vm;
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use inspect::stats::Stats;
+use inspect::trace::Trace;
+// The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`.
+use version_a::{kvm, signals};
+
+use kvm::Kvm;
+use signals::{Interruptible, Interrupts, Kick, Listener};
 
 use args::{Command, Config};
-use devices::Devices;
+use hooks::Tools;
 use image::Image;
 use long_mode::{Layout, PageSize};
-use serial::Serial;
-use signals::{Interruptible, Interrupts, Kick, Listener};
-use symbols::Symbols;
-use vm::{Outcome, Report, Setup, Vm};
+use serial::Ports;
+use serial_ring::SerialRing;
+use vm::{Outcome, Setup, Vm};
 
 /// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const VERSION: &str = concat!("mini_hypervisor ", env!("CARGO_PKG_VERSION"), " (version A: one VM)\n");
 
 fn main() -> ExitCode {
     let config = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => return print_stdout(args::USAGE),
-        Ok(Command::Version) => {
-            return print_stdout(&format!("mini_hypervisor {} (version A: one VM)\n", env!("CARGO_PKG_VERSION")));
-        }
+        Ok(Command::Version) => return print_stdout(VERSION),
         Err(e) => {
-            diag!("mini_hypervisor: {e}\n\n{}", args::USAGE.trim_end());
+            diag!("mini_hypervisor: {e}\n{}", args::TRY_HELP);
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match run(&config) {
-        Ok(report) if report.outcome == Outcome::Halted => ExitCode::SUCCESS,
+        Ok(Outcome::Halted) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(EXIT_FAILED),
         Err(e) => {
             diag!("mini_hypervisor: {e}");
@@ -76,76 +74,64 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything after parsing. `Err`: a startup failure, no VM ran.
-fn run(config: &Config) -> Result<Report, StartError> {
+/// Everything after parsing, in the C's order. `Err`: a startup failure, no VM ran.
+fn run(config: &Config) -> Result<Outcome, StartError> {
     let layout = Layout::new(config.mem_size, config.page);
-    // Every check before the VM starts (docs/REFERENCE.md §1).
-    let image = image::check(&config.images[0], &layout).map_err(StartError::Image)?;
-    // Before any thread starts: Ctrl-C and SIGTERM now stop the VM instead of killing us.
-    signals::block_ours().map_err(|e| StartError::Host("cannot block SIGINT/SIGTERM", e))?;
-    let kvm = kvm::Kvm::open().map_err(StartError::DevKvm)?;
-    // --gdb: the port is taken before the VM is created; the VM waits there for the debugger.
-    let gdb = config.gdb.map(gdb::listen).transpose().map_err(StartError::Gdb)?;
-    let label = format!("vm0 ({})", image.path.display());
-    let setup = setup(config, &kvm, (&layout, &image), &label, gdb)?;
-    announce(config, &label, image.bytes.len());
+    // Every check before the VM starts (docs/REFERENCE.md §1). C: load_guest_image.
+    let image = image::load(&config.images[0], &layout).map_err(StartError::Image)?;
+    let kvm = Kvm::open().map_err(StartError::DevKvm)?;
+    let setup = setup(config, &kvm, &layout, &image)?;
+    let label = setup.label.clone();
+    if !config.quiet {
+        let (bytes, page) = (image.bytes.len(), if layout.page == PageSize::Large2M { "2 MiB" } else { "4 KiB" });
+        diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {bytes} byte image", config.mem_size >> 20);
+    }
     let vm = Vm::create(&kvm, &layout, &image, setup).map_err(|e| StartError::Create(label.clone(), e))?;
     let report = vm.run();
-    summarize(&label, &report, config);
-    Ok(report)
-}
-
-/// The VM's ports, its signals and its extras (`--gdb`, `--trace`, `--stats`).
-fn setup(
-    config: &Config,
-    kvm: &kvm::Kvm,
-    (layout, image): (&Layout, &Image),
-    label: &str,
-    gdb: Option<TcpListener>,
-) -> Result<Setup, StartError> {
-    // This thread runs the VM: it takes Ctrl-C, SIGTERM, the timer and the debugger's kicks.
-    let listener = Arc::new(Listener::new(signals::ours()).map_err(|e| StartError::Host("signalfd", e))?);
-    let kick = Kick::new();
-    let debugger = gdb.map(|l| {
-        let size = image.bytes.len() as u64;
-        gdb::Debugger::new(l, kick.clone(), &image.path, size, *layout, gdb::data_breakpoints_fire(kvm))
-    });
-    let interrupts = Interrupts::owning_timer(Arc::clone(&listener), kick, config.timeout)
-        .map_err(|e| StartError::Host("setitimer", e))?;
-    let stdout = stdio(io::stdout().as_fd(), "stdout")?;
-    let line_buffered = stdout.is_terminal();
-    let stdin = stdio(io::stdin().as_fd(), "stdin")?;
-    let serial =
-        Serial::new(Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener), line_buffered);
-    Ok(Setup {
-        label: label.to_owned(),
-        devices: Devices::new(label.to_owned(), serial),
-        interrupts,
-        trace: config.trace,
-        stats: config.stats,
-        coalesce: config.coalesce,
-        line_buffered,
-        timeout: config.timeout,
-        symbols: symbols_of(image),
-        debugger,
-    })
-}
-
-/// The image's symbols from `NAME.elf` beside it (docs/REFERENCE.md §8); an ELF that cannot
-/// be used gives one warning, and addresses are shown bare.
-fn symbols_of(image: &Image) -> Option<Arc<Symbols>> {
-    match Symbols::load(&image.path, &image.bytes) {
-        Ok(symbols) => symbols.map(Arc::new),
-        Err(warning) => {
-            diag!("mini_hypervisor: warning: {warning}");
-            None
-        }
+    if !config.quiet {
+        let (how, ms) =
+            (if report.outcome == Outcome::Halted { "halted" } else { "failed" }, report.wall.as_secs_f64() * 1e3);
+        diag!("mini_hypervisor: {label}: {how} after {} exits in {ms:.3} ms", report.exits);
     }
+    if let Some(stats) = &report.stats {
+        diag!("mini_hypervisor: {label}: stats\n{}", stats.report(report.wall).trim_end());
+    }
+    Ok(report.outcome)
 }
 
-/// Our own handle on stdout or stdin.
-fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, StartError> {
-    Ok(File::from(fd.try_clone_to_owned().map_err(|e| StartError::Host(name, e))?))
+/// The VM's signals, ports and tools (`--gdb`, `--trace`, `--stats`, the crash report).
+fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<Setup, StartError> {
+    // Before any thread starts: the stop signals now stop the VM instead of killing us.
+    let listener = Arc::new(Listener::block(signals::OURS).map_err(|e| StartError::Host("cannot block signals", e))?);
+    // --gdb: the port is taken before the VM is created; the VM waits there for the debugger.
+    let gdb = config.gdb.map(hooks::listen).transpose().map_err(StartError::Gdb)?;
+    let kick = gdb.is_some().then(Kick::default);
+    let timeout = config.timeout.as_ref().map(|t| t.after);
+    let interrupts =
+        Interrupts::new(Arc::clone(&listener), timeout, kick.clone()).map_err(|e| StartError::Host("setitimer", e))?;
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdout", e))?);
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdin", e))?);
+    let (line_buffered, label) = (stdout.is_terminal(), format!("vm0 ({})", image.path.display()));
+    let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
+    let stats = config.stats.then(Stats::new);
+    let (layout, image, symbols) = (*layout, image.clone(), OnceLock::new());
+    let mut tools = Tools { trace: None, stats, debugger: None, layout, image, symbols };
+    if config.trace {
+        tools.trace = Some(Trace::new(&label, tools.symbols()));
+    }
+    if let Some((listener, kick)) = gdb.zip(kick) {
+        tools.debug_with(kvm, listener, kick);
+    }
+    Ok(Setup {
+        ports: Ports::new(&label, stdout, stdin, line_buffered),
+        label,
+        interrupts,
+        line_buffered,
+        timeout: config.timeout.clone(),
+        // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
+        ring: SerialRing { countdown: config.coalesce.then_some(serial_ring::COALESCE_AFTER), ..Default::default() },
+        tools,
+    })
 }
 
 /// Why no VM ran: one line, saying what to do where it can.
@@ -178,28 +164,6 @@ fn print_stdout(text: &str) -> ExitCode {
     match io::stdout().write_all(text.as_bytes()).and_then(|()| io::stdout().flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(EXIT_FAILED),
-    }
-}
-
-/// The VM's opening line on stderr (C: the "Starting VM with:" lines, which it prints on stdout).
-fn announce(config: &Config, label: &str, image_bytes: usize) {
-    if !config.quiet {
-        let page = match config.page {
-            PageSize::Small4K => "4 KiB",
-            PageSize::Large2M => "2 MiB",
-        };
-        diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {image_bytes} byte image", config.mem_size >> 20);
-    }
-}
-
-/// The closing line per VM on stderr (and the `--stats` block).
-fn summarize(label: &str, report: &Report, config: &Config) {
-    if !config.quiet {
-        let how = if report.outcome == Outcome::Halted { "halted" } else { "failed" };
-        diag!("mini_hypervisor: {label}: {how} after {} exits in {:.3} ms", report.stats.exits, stats::ms(report.wall));
-    }
-    if config.stats {
-        diag!("mini_hypervisor: {label}: stats\n{}", report.stats.report(report.wall).trim_end());
     }
 }
 

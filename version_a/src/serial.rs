@@ -1,15 +1,19 @@
-//! The serial port on 0xE9 (docs/REFERENCE.md §3): guest bytes out to stdout, stdin bytes in.
+//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4): the serial port on 0xE9, guest
+//! bytes out to stdout and stdin bytes in, and every other port, ignored with a warning.
 //!
-//! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` and a `scanf("%d")`
-//! behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio: line-buffered
-//! when stdout is a terminal, block-buffered otherwise, flushed before blocking on stdin and
-//! when the VM ends. No syscall per guest byte.
+//! C counterpart: the `KVM_EXIT_IO` case of the `KVM_RUN` loop in `main`, whose `port == 0xE9`
+//! branches do `printf("%c")` and a `scanf("%d")` behind a prompt. Ours passes raw bytes both
+//! ways and buffers like C's stdio: line-buffered when stdout is a terminal, block-buffered
+//! otherwise, flushed before blocking on stdin and when the VM ends. No syscall per guest byte.
 //!
 //! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a write that
 //! waits for stdout ends when the stop arrives, and what stdout did not take is dropped.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io::{self, Read, Write};
+
+use crate::signals::Interruptible;
 
 pub const SERIAL_PORT: u16 = 0xE9;
 /// Output is written in blocks of this size (C's `BUFSIZ`) when stdout is not a terminal.
@@ -18,10 +22,46 @@ const BLOCK: usize = 8192;
 const INPUT_CHUNK: usize = 4096;
 /// What an `in` reads once stdin is at end of file.
 pub const EOF_BYTE: u8 = 0xFF;
+/// How many unknown ports get a warning each; past them, one line says the rest go
+/// unreported (docs/REFERENCE.md §4).
+pub const WARNED_PORTS: usize = 16;
 
-/// Port 0xE9 of one VM.
+/// Why a port access ends the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoError {
+    /// The guest broke the port's rules.
+    Guest(GuestError),
+    /// The host side failed (e.g. stdout is closed): the message.
+    Host(String),
+    /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
+    Stopped,
+}
+
+/// A rule of a port that the guest broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestError {
+    /// A 2- or 4-byte access to the serial port, which moves single bytes.
+    WideSerial { size: u32, out: bool },
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GuestError::WideSerial { size, out } => write!(
+                f,
+                "{size}-byte {} serial port {SERIAL_PORT:#x} (it takes single bytes)",
+                if out { "out on" } else { "in on" }
+            ),
+        }
+    }
+}
+
+/// The ports of the VM: the serial port on stdout `W` and stdin `R` (the program's own, each
+/// [`Interruptible`]; the unit tests' fakes), and the unknown ports it warned about.
 #[derive(Debug)]
-pub struct Serial<W: Write, R: Read> {
+pub struct Ports<W: Write = Interruptible, R: Read = Interruptible> {
+    /// `vm0 (image)`, for warnings.
+    label: String,
     out: W,
     buf: Vec<u8>,
     line_buffered: bool,
@@ -29,65 +69,105 @@ pub struct Serial<W: Write, R: Read> {
     in_buf: Vec<u8>,
     in_pos: usize,
     eof: bool,
+    /// Unknown ports already warned about (one warning per port, at most 16).
+    warned: Vec<u16>,
 }
 
-impl<W: Write, R: Read> Serial<W, R> {
+impl<W: Write, R: Read> Ports<W, R> {
     /// `line_buffered`: flush at every newline (stdout is a terminal), else in blocks.
-    pub fn new(out: W, input: R, line_buffered: bool) -> Self {
-        Serial { out, buf: Vec::new(), line_buffered, input, in_buf: Vec::new(), in_pos: 0, eof: false }
+    pub fn new(label: &str, out: W, input: R, line_buffered: bool) -> Self {
+        let (buf, in_buf, warned) = (Vec::new(), Vec::new(), Vec::new());
+        Ports { label: label.to_owned(), out, buf, line_buffered, input, in_buf, in_pos: 0, eof: false, warned }
     }
 
-    /// One or more bytes the guest wrote (`out`, or `rep outsb`). `stop`: see [`Serial::flush`].
-    pub fn write(&mut self, bytes: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= BLOCK || (self.line_buffered && bytes.contains(&b'\n')) {
+    /// Bytes the guest wrote to the serial port (`out`, `rep outsb`, or the coalesced ring).
+    pub fn serial_out(&mut self, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        if size != 1 {
+            return Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out: true }));
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BLOCK || (self.line_buffered && data.contains(&b'\n')) {
             self.flush(stop)?;
         }
         Ok(())
     }
 
-    /// Writes out everything buffered. If a write is interrupted by a signal and `stop()`
-    /// says the VM is being stopped, gives up with `ErrorKind::Interrupted` (the rest is lost).
-    pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let result = write_all(&mut self.out, &self.buf, stop);
-            self.buf.clear();
-            result?;
+    /// Bytes the guest reads from the serial port (`in`, `rep insb`): the next stdin bytes,
+    /// [`EOF_BYTE`] after end of file, with the output flushed first whenever it has to wait
+    /// for stdin.
+    pub fn serial_in(&mut self, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        if size != 1 {
+            return Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out: false }));
         }
-        Ok(())
-    }
-
-    /// Fills `dst` with the next stdin bytes (`in`, or `rep insb`), `EOF_BYTE` after end of file.
-    /// Flushes the output first whenever it has to wait for stdin. If the read is interrupted
-    /// by a signal and `stop()` says the VM is being stopped, returns `ErrorKind::Interrupted`.
-    pub fn read(&mut self, dst: &mut [u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
-        for byte in dst {
+        for byte in data {
             if self.in_pos == self.in_buf.len() && !self.eof {
                 self.flush(stop)?;
                 self.fill(stop)?;
             }
-            *byte = match self.in_buf.get(self.in_pos) {
-                Some(&b) => {
-                    self.in_pos += 1;
-                    b
-                }
-                None => EOF_BYTE,
-            };
+            *byte = self.in_buf.get(self.in_pos).copied().unwrap_or(EOF_BYTE);
+            self.in_pos = self.in_buf.len().min(self.in_pos + 1);
         }
         Ok(())
     }
 
+    /// Any other port: an `out` is ignored, an `in` (`Some(data)`) reads 0xFF as from an
+    /// empty ISA bus, with one warning per port.
+    pub fn unknown(&mut self, port: u16, data: Option<&mut [u8]>) -> Result<(), IoError> {
+        let (what, effect) = if data.is_some() { ("in from", "reads 0xff") } else { ("out to", "ignored") };
+        if let Some(data) = data {
+            data.fill(0xFF);
+        }
+        if self.warned.len() <= WARNED_PORTS && !self.warned.contains(&port) {
+            self.warned.push(port);
+            if self.warned.len() > WARNED_PORTS {
+                diag!(
+                    "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
+                    self.label
+                );
+            } else {
+                diag!(
+                    "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+                    self.label
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out everything buffered (also when the VM ends, however it ends). A write
+    /// interrupted by a signal gives up with [`IoError::Stopped`] if `stop()` says the VM is
+    /// being stopped (the rest is lost), and goes on otherwise (std's `write_all` retries after
+    /// `EINTR`, so a stop could never end a blocked write).
+    pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        let mut rest = &self.buf[..];
+        let result = loop {
+            if rest.is_empty() {
+                break Ok(());
+            }
+            match self.out.write(rest) {
+                Ok(0) => break Err(IoError::Host("cannot write guest output to stdout: write returned 0".into())),
+                Ok(n) => rest = &rest[n..],
+                // A signal ended the wait for stdout (signals.rs, `Interruptible`).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => break Err(IoError::Stopped),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(IoError::Host(format!("cannot write guest output to stdout: {e}"))),
+            }
+        };
+        self.buf.clear();
+        result
+    }
+
     /// One `read(2)` of stdin into the (empty) input buffer.
-    fn fill(&mut self, stop: &dyn Fn() -> bool) -> io::Result<()> {
+    fn fill(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         self.in_buf.resize(INPUT_CHUNK, 0);
         self.in_pos = 0;
         let n = loop {
-            // A stop may have come while this thread waited for something else (e.g. for the
-            // stdin lock): look before waiting. The wait itself (signals.rs, `Interruptible`)
-            // ends at any signal for this VM, pending before it began or arriving during it.
+            // A stop may have come while this thread waited for something else: look before
+            // waiting. The wait itself (signals.rs, `Interruptible`) ends at any signal for this
+            // VM, pending before it began or arriving during it.
             if stop() {
                 self.in_buf.clear();
-                return Err(io::ErrorKind::Interrupted.into());
+                return Err(IoError::Stopped);
             }
             match self.input.read(&mut self.in_buf) {
                 Ok(n) => break n,
@@ -102,40 +182,19 @@ impl<W: Write, R: Read> Serial<W, R> {
     }
 }
 
-/// `write_all`, except that a write interrupted by a signal gives up when `stop()` says so
-/// (std's `write_all` retries after `EINTR`, so a stop could never end a blocked write).
-pub fn write_all(w: &mut impl Write, mut buf: &[u8], stop: &dyn Fn() -> bool) -> io::Result<()> {
-    while !buf.is_empty() {
-        match w.write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            // A signal ended the wait for stdout (signals.rs, `Interruptible`): give up if it is
-            // a stop, write on otherwise.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted && stop() => return Err(e),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    w.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A writer that records each `write_all` + `flush` as one chunk.
+    /// A writer that records each write(2) as one chunk.
     #[derive(Default, Debug)]
     struct Chunks(Vec<Vec<u8>>);
     impl Write for Chunks {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            match self.0.last_mut() {
-                Some(last) if !last.is_empty() => last.extend_from_slice(b),
-                _ => self.0.push(b.to_vec()),
-            }
+            self.0.push(b.to_vec());
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
-            self.0.push(Vec::new());
             Ok(())
         }
     }
@@ -151,45 +210,45 @@ mod tests {
 
     #[test]
     fn block_buffered_output_is_written_in_blocks_and_at_flush() {
-        let mut s = Serial::new(Chunks::default(), &b""[..], false);
-        s.write(b"hello\n", &never).unwrap();
+        let mut s = Ports::new("vm0", Chunks::default(), &b""[..], false);
+        s.serial_out(1, b"hello\n", &never).unwrap();
         assert!(s.out.written().is_empty(), "nothing written before a block is full");
-        s.write(&vec![b'x'; BLOCK], &never).unwrap();
+        s.serial_out(1, &vec![b'x'; BLOCK], &never).unwrap();
         assert_eq!(s.out.written().len(), 1);
-        s.write(b"tail", &never).unwrap();
+        s.serial_out(1, b"tail", &never).unwrap();
         s.flush(&never).unwrap();
         assert_eq!(s.out.written()[1], b"tail");
     }
 
     #[test]
     fn line_buffered_output_is_written_at_each_newline() {
-        let mut s = Serial::new(Chunks::default(), &b""[..], true);
-        s.write(b"abc", &never).unwrap();
+        let mut s = Ports::new("vm0", Chunks::default(), &b""[..], true);
+        s.serial_out(1, b"abc", &never).unwrap();
         assert!(s.out.written().is_empty());
-        s.write(b"\n", &never).unwrap();
+        s.serial_out(1, b"\n", &never).unwrap();
         assert_eq!(s.out.written(), vec![b"abc\n".to_vec()]);
     }
 
     #[test]
     fn input_bytes_then_ff_at_eof_and_output_flushed_before_waiting() {
-        let mut s = Serial::new(Chunks::default(), &b"ab"[..], false);
-        s.write(b"prompt> ", &never).unwrap();
+        let mut s = Ports::new("vm0", Chunks::default(), &b"ab"[..], false);
+        s.serial_out(1, b"prompt> ", &never).unwrap();
         let mut one = [0u8; 1];
-        s.read(&mut one, &never).unwrap();
+        s.serial_in(1, &mut one, &never).unwrap();
         assert_eq!(one, *b"a");
         assert_eq!(s.out.written(), vec![b"prompt> ".to_vec()], "flushed before reading stdin");
         let mut three = [0u8; 3];
-        s.read(&mut three, &never).unwrap();
+        s.serial_in(1, &mut three, &never).unwrap();
         assert_eq!(three, [b'b', 0xff, 0xff]);
-        s.read(&mut one, &never).unwrap();
+        s.serial_in(1, &mut one, &never).unwrap();
         assert_eq!(one, [0xff]);
     }
 
     #[test]
     fn a_stop_request_is_seen_before_blocking_on_stdin() {
-        let mut s = Serial::new(Chunks::default(), &b"data"[..], false);
-        let err = s.read(&mut [0u8; 1], &|| true).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        let mut s = Ports::new("vm0", Chunks::default(), &b"data"[..], false);
+        let err = s.serial_in(1, &mut [0u8; 1], &|| true).unwrap_err();
+        assert_eq!(err, IoError::Stopped);
     }
 
     /// A stdout nobody reads: every write blocks until a signal interrupts it.
@@ -213,18 +272,31 @@ mod tests {
 
     #[test]
     fn a_blocked_write_gives_up_at_a_stop_and_only_then() {
-        let mut w = Blocked::default();
+        let mut s = Ports::new("vm0", Blocked::default(), &b""[..], false);
+        s.serial_out(1, b"abc", &never).unwrap();
         let stops = std::cell::Cell::new(0);
         // The first EINTR comes without a stop request (retried), the second with one.
         let stop = || {
             stops.set(stops.get() + 1);
             stops.get() > 1
         };
-        let err = write_all(&mut w, b"abc", &stop).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
-        assert_eq!((w.attempts, stops.get()), (3, 2));
-        let mut s = Serial::new(Blocked::default(), &b""[..], true);
-        assert!(s.write(b"line\n", &|| true).is_err(), "a stopped VM does not wait for stdout");
+        assert_eq!(s.flush(&stop), Err(IoError::Stopped));
+        assert_eq!((s.out.attempts, stops.get()), (3, 2));
+        let mut s = Ports::new("vm0", Blocked::default(), &b""[..], true);
+        assert!(s.serial_out(1, b"line\n", &|| true).is_err(), "a stopped VM does not wait for stdout");
         s.flush(&|| true).unwrap(); // the lost bytes are gone: nothing left to write
+    }
+
+    #[test]
+    fn wide_serial_accesses_are_guest_errors_and_unknown_ports_read_ff() {
+        let mut s = Ports::new("vm0", Chunks::default(), &b"x"[..], false);
+        let wide = GuestError::WideSerial { size: 2, out: true };
+        assert_eq!(s.serial_out(2, b"ab", &never), Err(IoError::Guest(wide)));
+        let mut two = [0u8; 2];
+        assert!(s.serial_in(4, &mut two, &never).is_err());
+        s.unknown(0x80, Some(&mut two)).unwrap();
+        assert_eq!(two, [0xff, 0xff]);
+        s.unknown(0x80, None).unwrap();
+        assert_eq!(s.warned, [0x80], "one warning per port");
     }
 }

@@ -273,16 +273,20 @@ fn ctrl_c_stops_the_vm_and_keeps_its_output() {
 }
 
 #[test]
-fn usage_errors_exit_2_with_the_usage_and_help_exits_0() {
-    for args in [
-        &["-m", "3", "-p", "2", "-g", "x.img"][..],
-        &["-p", "2", "-g", "x.img"],
-        &["-m", "2", "-p", "2", "-g", "a", "--bogus"],
+fn usage_errors_exit_2_with_one_line_and_a_pointer_to_help_and_help_exits_0() {
+    for (args, line) in [
+        (&["-m", "3", "-p", "2", "-g", "x.img"][..], "invalid memory size '3': use 2, 4 or 8 (MiB)"),
+        (&["-p", "2", "-g", "x.img"], "missing -m/--memory <2|4|8>"),
+        (&["-m", "2", "-p", "2", "-g", "a", "--bogus"], "unknown option '--bogus'"),
     ] {
         let r = run(args);
         assert_eq!(r.status, 2, "{args:?}");
         assert!(r.stdout.is_empty());
-        assert!(r.stderr.starts_with("mini_hypervisor: ") && r.stderr.contains("Usage:"), "{}", r.stderr);
+        assert_eq!(
+            r.stderr,
+            format!("mini_hypervisor: {line}\nTry 'mini_hypervisor --help' for more information.\n"),
+            "{args:?}"
+        );
     }
     let r = run(&["--help"]);
     assert_eq!(r.status, 0);

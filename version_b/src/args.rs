@@ -1,6 +1,7 @@
 //! The command line, parsed by hand into a [`Config`]; every mistake is a value.
 //!
-//! C counterpart: the option loop at the top of `main`.
+//! C counterpart: the `getopt_long` loop at the top of `main` in `Version_B/mini_hypervisor.c`,
+//! which takes every image after `-g`.
 #![forbid(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
@@ -33,6 +34,13 @@ With several VMs, each output line is prefixed [vmN] (N = the image's position, 
 Exit status: 0 when every VM halted, 1 when any failed or a startup check failed, 2 for usage errors.
 ";
 
+/// The line that follows a usage error.
+pub const TRY_HELP: &str = "Try 'mini_hypervisor --help' for more information.";
+
+/// `--timeout`: the shortest and the longest (a little over 11 days), in seconds.
+pub const TIMEOUT_MIN: f64 = 0.001;
+pub const TIMEOUT_MAX: f64 = 1_000_000.0;
+
 /// Everything a run needs, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -42,13 +50,20 @@ pub struct Config {
     /// The guest images, in command-line order: one VM each.
     pub images: Vec<PathBuf>,
     pub quiet: bool,
-    pub timeout: Option<Duration>,
+    pub timeout: Option<Timeout>,
     pub stats: bool,
     pub trace: bool,
     /// `--gdb <port>`: vm0 waits for a debugger on 127.0.0.1:port before its first instruction.
     pub gdb: Option<u16>,
     /// Batch port 0xE9 output in a kernel ring when KVM can (`--no-coalesce`: false).
     pub coalesce: bool,
+}
+
+/// `--timeout`: how long, and the value as given, for the message that reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeout {
+    pub after: Duration,
+    pub given: String,
 }
 
 /// What the command line asks for.
@@ -59,7 +74,7 @@ pub enum Command {
     Version,
 }
 
-/// A usage error: one line saying what is wrong (the caller adds the usage; exit status 2).
+/// A usage error: one line saying what is wrong (exit status 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError(pub String);
 
@@ -73,21 +88,19 @@ fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError(msg.into()))
 }
 
+/// Sets a scalar option, refusing a second occurrence.
+macro_rules! set_once {
+    ($slot:expr, $name:expr, $value:expr) => {{
+        let value = $value;
+        if $slot.is_some() {
+            return err(format!("{} given more than once", $name));
+        }
+        $slot = Some(value);
+    }};
+}
+
 /// The short options that take a value, which may come attached (`-m4`, `-gguest.img`).
 const SHORT_WITH_VALUE: &[u8] = b"mpg";
-
-/// An option word: starts with `-` and is more than `-` alone.
-fn is_option(word: &OsString) -> bool {
-    let b = word.as_bytes();
-    b.len() > 1 && b[0] == b'-'
-}
-
-/// A word that may follow a scalar option as its value: not an option, or a negative number
-/// (no option starts with a digit), so that `--timeout -1` is refused for its value.
-fn is_value(word: &OsString) -> bool {
-    let b = word.as_bytes();
-    !is_option(word) || b[1].is_ascii_digit()
-}
 
 /// Splits an option word into its name and its inline value, as bytes (a value need not be
 /// UTF-8): `--name=value` at the first `=`, `-xVALUE` for a short option that takes a value.
@@ -106,44 +119,44 @@ fn split_option(word: &OsStr) -> (String, Option<OsString>) {
     (String::from_utf8_lossy(name).into_owned(), value.map(|v| OsStr::from_bytes(v).to_owned()))
 }
 
-/// Sets a scalar option, refusing a second occurrence.
-fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
-    if slot.is_some() {
-        return err(format!("{name} given more than once"));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter().peekable();
-    let (mut mem, mut page, mut timeout) = (None, None, None);
+    let (mut mem, mut page, mut timeout, mut gdb) = (None, None, None, None);
     let mut images: Vec<PathBuf> = Vec::new();
-    let (mut quiet, mut stats, mut trace, mut gdb, mut coalesce) = (false, false, false, None, true);
-
+    let (mut quiet, mut stats, mut trace, mut coalesce) = (false, false, false, true);
+    let is_option = |w: &OsString| w.len() > 1 && w.as_bytes()[0] == b'-'; // `-x...`, not `-` alone
     while let Some(word) = args.next() {
         if !is_option(&word) {
             return err(format!("unexpected argument '{}' (images follow -g)", word.to_string_lossy()));
         }
         let (name, mut inline) = split_option(&word);
-        // The value of a scalar option: inline (not empty), or the next word if it is a value.
+        // A scalar's value: inline (not empty), or the next word if not an option (a negative number is a value).
         let mut value = |what: &str| -> Result<OsString, UsageError> {
             match inline.take() {
                 Some(v) if !v.is_empty() => Ok(v),
                 Some(_) => err(format!("{name} needs a value: {what}")),
-                None => match args.next_if(is_value) {
-                    Some(v) => Ok(v),
-                    None => err(format!("{name} needs a value: {what}")),
-                },
+                None => args
+                    .next_if(|w| !is_option(w) || w.as_bytes()[1].is_ascii_digit())
+                    .map_or_else(|| err(format!("{name} needs a value: {what}")), Ok),
             }
         };
         match name.as_str() {
-            "-m" | "--memory" => set_once(&mut mem, "-m/--memory", memory(&value("2, 4 or 8 (MiB)")?)?)?,
-            "-p" | "--page" => set_once(&mut page, "-p/--page", page_size(&value("4 (KiB) or 2 (MiB)")?)?)?,
-            "--timeout" => set_once(&mut timeout, "--timeout", seconds(&value("a number of seconds")?)?)?,
-            "--gdb" => set_once(&mut gdb, "--gdb", port(&value("a TCP port number from 1 to 65535")?)?)?,
-            "-g" | "--guest" => take_list(&mut images, inline.take(), &mut args, &name, "at least one guest image")?,
+            "-m" | "--memory" => set_once!(mem, "-m/--memory", choice(&value("2, 4 or 8 (MiB)")?, MEMORY)?),
+            "-p" | "--page" => set_once!(page, "-p/--page", choice(&value("4 (KiB) or 2 (MiB)")?, PAGE)?),
+            "--timeout" => set_once!(timeout, "--timeout", seconds(&value("a number of seconds")?)?),
+            "--gdb" => set_once!(gdb, "--gdb", port(&value("a TCP port number from 1 to 65535")?)?),
+            // -g: the inline value if any (not empty), then every following non-option word.
+            "-g" | "--guest" => {
+                let (before, empty) = (images.len(), inline.as_ref().is_some_and(|v| v.is_empty()));
+                images.extend(inline.take().map(PathBuf::from));
+                while let Some(w) = args.next_if(|w| !is_option(w) && !empty) {
+                    images.push(PathBuf::from(w));
+                }
+                if empty || images.len() == before {
+                    return err(format!("{name} needs a value: at least one guest image"));
+                }
+            }
             "-q" | "--quiet" => quiet = true,
             "--stats" => stats = true,
             "--trace" => trace = true,
@@ -165,30 +178,42 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     Ok(Command::Run(Config { mem_size, page, images, quiet, timeout, stats, trace, gdb, coalesce }))
 }
 
-/// `-m`: 2, 4 or 8 (MiB), as bytes.
-fn memory(v: &OsStr) -> Result<u64, UsageError> {
-    match v.as_bytes() {
-        b"2" => Ok(2 * MIB),
-        b"4" => Ok(4 * MIB),
-        b"8" => Ok(8 * MIB),
-        _ => err(format!("invalid memory size '{}': use 2, 4 or 8 (MiB)", v.to_string_lossy())),
+/// The values an option takes, and how its error names them.
+struct Choices<T: 'static> {
+    values: &'static [(&'static str, T)],
+    what: &'static str,
+    help: &'static str,
+}
+
+const MEMORY: &Choices<u64> = &Choices {
+    values: &[("2", 2 * MIB), ("4", 4 * MIB), ("8", 8 * MIB)],
+    what: "memory size",
+    help: "2, 4 or 8 (MiB)",
+};
+const PAGE: &Choices<PageSize> = &Choices {
+    values: &[("4", PageSize::Small4K), ("2", PageSize::Large2M)],
+    what: "page size",
+    help: "4 (4 KiB) or 2 (2 MiB)",
+};
+
+/// `-m`, `-p`: one of the choices, exactly as written.
+fn choice<T: Copy>(v: &OsStr, choices: &Choices<T>) -> Result<T, UsageError> {
+    match choices.values.iter().find(|(text, _)| text.as_bytes() == v.as_bytes()) {
+        Some(&(_, value)) => Ok(value),
+        None => err(format!("invalid {} '{}': use {}", choices.what, v.to_string_lossy(), choices.help)),
     }
 }
 
-/// `-p`: 4 (KiB pages) or 2 (MiB pages).
-fn page_size(v: &OsStr) -> Result<PageSize, UsageError> {
-    match v.as_bytes() {
-        b"4" => Ok(PageSize::Small4K),
-        b"2" => Ok(PageSize::Large2M),
-        _ => err(format!("invalid page size '{}': use 4 (4 KiB) or 2 (2 MiB)", v.to_string_lossy())),
-    }
-}
-
-/// `--timeout`: a number of seconds above 0.
-fn seconds(v: &OsStr) -> Result<Duration, UsageError> {
-    match v.to_str().and_then(|s| s.parse::<f64>().ok()) {
-        Some(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(Duration::from_secs_f64(s)),
-        _ => err(format!("invalid timeout '{}': use a number of seconds above 0", v.to_string_lossy())),
+/// `--timeout`: a number of seconds from [`TIMEOUT_MIN`] to [`TIMEOUT_MAX`].
+fn seconds(v: &OsStr) -> Result<Timeout, UsageError> {
+    match v.to_str().and_then(|s| Some((s, s.parse::<f64>().ok()?))) {
+        Some((s, secs)) if (TIMEOUT_MIN..=TIMEOUT_MAX).contains(&secs) => {
+            Ok(Timeout { after: Duration::from_secs_f64(secs), given: s.to_owned() })
+        }
+        _ => err(format!(
+            "invalid timeout '{}': use a number of seconds from {TIMEOUT_MIN} to {TIMEOUT_MAX}",
+            v.to_string_lossy()
+        )),
     }
 }
 
@@ -199,28 +224,6 @@ fn port(v: &OsStr) -> Result<u16, UsageError> {
         Some(p) if p != 0 => Ok(p),
         _ => err(format!("invalid --gdb port '{}': use a TCP port number from 1 to 65535", v.to_string_lossy())),
     }
-}
-
-/// `-g`: the inline value if any (not empty), then every following word that is not an option.
-fn take_list(
-    list: &mut Vec<PathBuf>,
-    inline: Option<OsString>,
-    args: &mut std::iter::Peekable<impl Iterator<Item = OsString>>,
-    name: &str,
-    what: &str,
-) -> Result<(), UsageError> {
-    if inline.as_ref().is_some_and(|v| v.is_empty()) {
-        return err(format!("{name} needs a value: {what}"));
-    }
-    let before = list.len();
-    list.extend(inline.map(PathBuf::from));
-    while let Some(w) = args.next_if(|w| !is_option(w)) {
-        list.push(PathBuf::from(w));
-    }
-    if list.len() == before {
-        return err(format!("{name} needs {what}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -257,9 +260,21 @@ mod tests {
         let c = config("-g g.img -p 4 -m 8 -q --timeout 1.5 --stats --trace");
         assert_eq!((c.mem_size, c.page), (8 * MIB, PageSize::Small4K));
         assert!(c.quiet && c.stats && c.trace);
-        assert_eq!(c.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.timeout, Some(Timeout { after: Duration::from_millis(1500), given: "1.5".to_owned() }));
         assert_eq!(config("-m 2 -p 4 -g x").mem_size, 2 * MIB);
         assert_eq!(config("-m 2 -p 4 -g x").timeout, None);
+    }
+
+    #[test]
+    fn a_timeout_takes_1_ms_to_its_maximum_and_keeps_the_value_as_given() {
+        let t = |v: &str| config(&format!("-m 2 -p 4 -g x --timeout {v}")).timeout.unwrap();
+        assert_eq!(t("0.001"), Timeout { after: Duration::from_millis(1), given: "0.001".to_owned() });
+        assert_eq!(t("1e6").after, Duration::from_secs(1_000_000));
+        assert_eq!(t("2.50").given, "2.50");
+        for bad in ["1e9", "1e-300", "0.0009", "1000001", "inf", "NaN", "0"] {
+            let msg = error(&format!("-m 2 -p 4 -g x --timeout {bad}"));
+            assert_eq!(msg, format!("invalid timeout '{bad}': use a number of seconds from 0.001 to 1000000"));
+        }
     }
 
     #[test]
@@ -292,8 +307,8 @@ mod tests {
             ("-m 4 -p 4k -g x", "invalid page size '4k'"),
             ("-m -p 2 -g x", "-m needs a value"),
             ("-m 4 -p 2 -g x --memory", "--memory needs a value"),
-            ("-m 4 -p 2 -g", "-g needs at least one guest image"),
-            ("-m 4 -p 2 -g -q", "-g needs at least one guest image"),
+            ("-m 4 -p 2 -g", "-g needs a value: at least one guest image"),
+            ("-m 4 -p 2 -g -q", "-g needs a value: at least one guest image"),
             ("-m 4 -m 4 -p 2 -g x", "-m/--memory given more than once"),
             ("-m 4 -p 2 --page 2 -g x", "-p/--page given more than once"),
             ("-m 4 -p 2 -g x --timeout 1 --timeout 2", "--timeout given more than once"),

@@ -5,18 +5,23 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::fs::{File, FileType, OpenOptions};
+use std::fs::{FileType, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::long_mode::Layout;
+use crate::long_mode::{Layout, PageSize};
+
+/// `open(2)` flags: never wait for a writer (a FIFO swapped in after the type check), never
+/// become our controlling terminal.
+const O_NONBLOCK_NOCTTY: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
 
 /// A guest image that passed every check, with its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub path: PathBuf,
-    pub bytes: Vec<u8>,
+    pub bytes: Arc<[u8]>,
 }
 
 /// Why an image cannot be used: its `Display` is the one line naming the path, the reason and
@@ -40,6 +45,8 @@ enum Why {
         size: u64,
         layout: Layout,
     },
+    /// Recognisably not a flat image: what it is, and what to give instead.
+    NotAnImage(String),
 }
 
 impl fmt::Display for ImageError {
@@ -47,104 +54,111 @@ impl fmt::Display for ImageError {
         write!(f, "guest image {}: ", self.path.display())?;
         match &self.why {
             Why::Open(e) => write!(f, "{e}: check the path"),
-            Why::NotRegular(what) => write!(f, "{what}: give the path of a flat binary image"),
+            Why::NotRegular(what) => write!(f, "{what}, not a regular file: give the path of a flat binary image"),
             Why::Read(e) => write!(f, "cannot read it: {e}"),
             Why::Empty => f.write_str("the file is empty: build the guest first (make guests)"),
-            Why::TooLarge { size, layout } => {
-                let page = match layout.page {
-                    crate::long_mode::PageSize::Small4K => "4 KiB pages",
-                    crate::long_mode::PageSize::Large2M => "2 MiB pages",
-                };
-                write!(
-                    f,
-                    "{size} bytes do not fit: with {} MiB of RAM and {page} the page tables start at {:#x}, \
-                     so an image may have at most {} bytes; {}",
-                    layout.mem_size >> 20,
-                    layout.tables_base(),
-                    layout.max_image_size(),
-                    what_fits(*size),
-                )
-            }
+            Why::TooLarge { size, layout } => write!(
+                f,
+                "{size} bytes do not fit: with {} MiB of RAM and {} the page tables start at {:#x}, \
+                 so an image may have at most {} bytes; {}",
+                layout.mem_size >> 20,
+                if layout.page == PageSize::Large2M { "2 MiB pages" } else { "4 KiB pages" },
+                layout.tables_base,
+                layout.tables_base,
+                what_fits(*size),
+            ),
+            Why::NotAnImage(what) => f.write_str(what),
         }
     }
 }
 
-/// Opens, checks and reads the image at `path` for a VM of `layout`. Never blocks: a FIFO,
-/// socket or device is refused by its type before it is opened (opening a FIFO would wait for
-/// a writer), and the open itself is non-blocking in case the path was swapped for one in
-/// between.
-pub fn check(path: &Path, layout: &Layout) -> Result<Image, ImageError> {
+/// C: `load_guest_image`. Opens, checks and reads the image at `path` for a VM of `layout`.
+/// Never blocks: a FIFO, socket or device is refused by its type before it is opened (opening
+/// a FIFO would wait for a writer), and the open itself is non-blocking in case the path was
+/// swapped for one in between. Reads at most one byte more than fits, so that a huge (or
+/// growing) file is not slurped.
+pub fn load(path: &Path, layout: &Layout) -> Result<Image, ImageError> {
     let error = |why| ImageError { path: path.to_owned(), why };
     // `metadata` follows symlinks, like open(2), and never blocks.
     let meta = std::fs::metadata(path).map_err(|e| error(Why::Open(e)))?;
     regular(meta.file_type()).map_err(error)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| error(Why::Open(e)))?;
+    let file =
+        OpenOptions::new().read(true).custom_flags(O_NONBLOCK_NOCTTY).open(path).map_err(|e| error(Why::Open(e)))?;
     // Check again what was opened: the path may have been replaced since.
     let meta = file.metadata().map_err(|e| error(Why::Open(e)))?;
     regular(meta.file_type()).map_err(error)?;
-    let bytes = read(file, meta.len(), layout).map_err(error)?;
-    Ok(Image { path: path.to_owned(), bytes })
+    let max = layout.tables_base;
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| error(Why::Read(e)))?;
+    let size = meta.len().max(bytes.len() as u64);
+    match bytes.len() as u64 {
+        0 => Err(error(Why::Empty)),
+        n if n > max => Err(error(Why::TooLarge { size, layout: *layout })),
+        _ => match not_an_image(path, &bytes) {
+            Some(what) => Err(error(Why::NotAnImage(what))),
+            None => Ok(Image { path: path.to_owned(), bytes: bytes.into() }),
+        },
+    }
 }
 
 /// `Ok` for a regular file; otherwise what the path is instead.
 fn regular(kind: FileType) -> Result<(), Why> {
-    if kind.is_file() {
-        return Ok(());
-    }
-    Err(Why::NotRegular(if kind.is_dir() {
-        "is a directory, not a regular file"
-    } else if kind.is_fifo() {
-        "is a FIFO (named pipe), not a regular file"
-    } else if kind.is_socket() {
-        "is a socket, not a regular file"
-    } else if kind.is_char_device() {
-        "is a character device, not a regular file"
-    } else if kind.is_block_device() {
-        "is a block device, not a regular file"
-    } else {
-        "is not a regular file"
-    }))
+    let what = match kind {
+        _ if kind.is_file() => return Ok(()),
+        _ if kind.is_dir() => "is a directory",
+        _ if kind.is_fifo() => "is a FIFO (named pipe)",
+        _ if kind.is_socket() => "is a socket",
+        _ if kind.is_char_device() => "is a character device",
+        _ if kind.is_block_device() => "is a block device",
+        _ => "is not a regular file",
+    };
+    Err(Why::NotRegular(what))
 }
 
-/// Reads the opened regular `file` (`len` bytes by its metadata) and checks its size.
-fn read(file: File, len: u64, layout: &Layout) -> Result<Vec<u8>, Why> {
-    let max = layout.max_image_size();
-    let mut bytes = Vec::with_capacity(len.min(max) as usize);
-    // Read at most one byte more than fits, so that a huge (or growing) file is not slurped.
-    file.take(max + 1).read_to_end(&mut bytes).map_err(Why::Read)?;
-    if bytes.is_empty() {
-        return Err(Why::Empty);
-    }
-    if bytes.len() as u64 > max {
-        return Err(Why::TooLarge { size: len.max(bytes.len() as u64), layout: *layout });
-    }
-    Ok(bytes)
+/// What a file a student might give by mistake is, and what to give instead: an ELF file
+/// (`NAME.elf`, an object file), a script, a C or Rust source. `None` for anything else: a
+/// flat image is any bytes at all, so only what is recognisable is refused.
+fn not_an_image(path: &Path, bytes: &[u8]) -> Option<String> {
+    let img = format!("{}.img", path.file_stem().unwrap_or_default().to_string_lossy());
+    let text = bytes.iter().take(512).all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    // ELF's e_type, little-endian, at offset 16: 1 is a relocatable object (`.o`).
+    let (elf, object) = (bytes.starts_with(b"\x7fELF"), bytes.get(16) == Some(&1));
+    let source = match path.extension().and_then(|e| e.to_str()) {
+        _ if elf && !object => {
+            return Some(format!(
+                "is an ELF file, not a flat image: give {img}, the flat binary the guest Makefile makes from it (objcopy -O binary)"
+            ));
+        }
+        _ if elf => "an object file (ELF)",
+        _ if bytes.starts_with(b"#!") => "a script",
+        Some("c" | "h") if text => "C source",
+        Some("rs") if text => "Rust source",
+        Some("s" | "S") if text => "assembly source",
+        _ => return None,
+    };
+    Some(format!("is {source}, not a flat image: build it first (make -C guest {img}) and give {img}"))
 }
 
 /// The smallest `-m`/`-p` under which an image of `size` bytes fits (`-p 2` needs fewer table
 /// pages than `-p 4`, so it leaves more room), or why none does.
 fn what_fits(size: u64) -> String {
-    use crate::long_mode::{MIB, PageSize};
+    use crate::long_mode::MIB;
     for mib in [2, 4, 8] {
         for (page, flag) in [(PageSize::Large2M, "2"), (PageSize::Small4K, "4")] {
-            let max = Layout::new(mib * MIB, page).max_image_size();
+            let max = Layout::new(mib * MIB, page).tables_base;
             if size <= max {
                 return format!("it fits with -m {mib} -p {flag} (up to {max} bytes)");
             }
         }
     }
-    let max = Layout::new(8 * MIB, PageSize::Large2M).max_image_size();
+    let max = Layout::new(8 * MIB, PageSize::Large2M).tables_base;
     format!("no setting fits it: the largest image is {max} bytes (-m 8 -p 2)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::long_mode::{MIB, PageSize};
+    use crate::long_mode::MIB;
 
     fn temp(name: &str, bytes: &[u8]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mh_image_{}", std::process::id()));
@@ -157,11 +171,11 @@ mod tests {
     #[test]
     fn accepts_an_image_up_to_the_page_tables_and_refuses_one_byte_more() {
         let layout = Layout::new(2 * MIB, PageSize::Small4K);
-        let max = layout.max_image_size() as usize;
+        let max = layout.tables_base as usize;
         let ok = temp("fits.img", &vec![0xf4; max]);
-        assert_eq!(check(&ok, &layout).unwrap().bytes.len(), max);
+        assert_eq!(load(&ok, &layout).unwrap().bytes.len(), max);
         let big = temp("big.img", &vec![0xf4; max + 1]);
-        let e = check(&big, &layout).unwrap_err().to_string();
+        let e = load(&big, &layout).unwrap_err().to_string();
         assert!(e.contains("big.img") && e.contains("do not fit") && e.contains("-m"), "{e}");
         assert_eq!(what_fits(1), "it fits with -m 2 -p 2 (up to 2084864 bytes)");
         assert_eq!(what_fits(2084865), "it fits with -m 4 -p 2 (up to 4182016 bytes)");
@@ -171,12 +185,12 @@ mod tests {
     #[test]
     fn refuses_missing_empty_and_directory() {
         let layout = Layout::new(4 * MIB, PageSize::Large2M);
-        let e = check(Path::new("/nonexistent/x.img"), &layout).unwrap_err().to_string();
+        let e = load(Path::new("/nonexistent/x.img"), &layout).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.img") && e.contains("No such file"), "{e}");
         let empty = temp("empty.img", b"");
-        let e = check(&empty, &layout).unwrap_err().to_string();
+        let e = load(&empty, &layout).unwrap_err().to_string();
         assert!(e.contains("empty.img") && e.contains("empty"), "{e}");
-        let e = check(&std::env::temp_dir(), &layout).unwrap_err().to_string();
+        let e = load(&std::env::temp_dir(), &layout).unwrap_err().to_string();
         assert!(e.contains("is a directory, not a regular file"), "{e}");
     }
 
@@ -190,7 +204,7 @@ mod tests {
         let fifo = dir.join("pipe.img");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
         assert!(made.success());
-        let e = check(&fifo, &layout).unwrap_err().to_string();
+        let e = load(&fifo, &layout).unwrap_err().to_string();
         assert_eq!(
             e,
             format!(
@@ -201,13 +215,42 @@ mod tests {
         // Through a symlink too: the type is that of the target.
         let link = dir.join("link.img");
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
-        assert!(check(&link, &layout).unwrap_err().to_string().contains("is a FIFO (named pipe)"));
+        assert!(load(&link, &layout).unwrap_err().to_string().contains("is a FIFO (named pipe)"));
         let sock = dir.join("sock.img");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        assert!(check(&sock, &layout).unwrap_err().to_string().contains("is a socket, not a regular file"));
-        let e = check(Path::new("/dev/null"), &layout).unwrap_err().to_string();
+        assert!(load(&sock, &layout).unwrap_err().to_string().contains("is a socket, not a regular file"));
+        let e = load(Path::new("/dev/null"), &layout).unwrap_err().to_string();
         assert!(e.contains("/dev/null: is a character device, not a regular file"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_that_are_recognisably_not_images_are_refused_naming_what_to_give() {
+        let layout = Layout::new(2 * MIB, PageSize::Large2M);
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(64, 0);
+        elf[16] = 2; // ET_EXEC
+        let e = load(&temp("hello.elf", &elf), &layout).unwrap_err().to_string();
+        assert!(e.ends_with("hello.elf: is an ELF file, not a flat image: give hello.img, the flat binary the guest Makefile makes from it (objcopy -O binary)"), "{e}");
+        elf[16] = 1; // ET_REL
+        let e = load(&temp("hello.o", &elf), &layout).unwrap_err().to_string();
+        assert!(
+            e.contains("hello.o: is an object file (ELF), not a flat image: build it first (make -C guest hello.img)"),
+            "{e}"
+        );
+        let e =
+            load(&temp("mine.c", b"#include \"hv.h\"\nvoid guest_main(void) {}\n"), &layout).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "mine.c: is C source, not a flat image: build it first (make -C guest mine.img) and give mine.img"
+            ),
+            "{e}"
+        );
+        let e = load(&temp("run.sh", b"#!/bin/sh\necho hi\n"), &layout).unwrap_err().to_string();
+        assert!(e.contains("run.sh: is a script, not a flat image"), "{e}");
+        // Any other bytes are an image, whatever the name: a flat binary can hold anything.
+        assert!(load(&temp("odd.c", &[0xf4, 0x00, 0xff]), &layout).is_ok());
+        assert!(load(&temp("text.img", b"#include <x>"), &layout).is_ok());
     }
 
     #[test]
@@ -217,7 +260,7 @@ mod tests {
         let link = target.with_file_name("via_link.img");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let image = check(&link, &layout).unwrap();
-        assert_eq!((image.path, image.bytes), (link, vec![0xf4]));
+        let image = load(&link, &layout).unwrap();
+        assert_eq!((image.path, &*image.bytes), (link, &[0xf4][..]));
     }
 }

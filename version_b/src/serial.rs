@@ -1,7 +1,8 @@
-//! The serial port on 0xE9 (docs/REFERENCE.md §3): guest bytes out to stdout, stdin bytes in.
+//! The I/O ports a guest sees (docs/REFERENCE.md §3, §4): the serial port on 0xE9, guest
+//! bytes out to stdout and stdin bytes in, and every other port, ignored with a warning.
 //!
-//! C counterpart: the `port == 0xE9` branches of `run_vm` (`printf("%c")` under a mutex and a
-//! `scanf("%d")` behind a prompt). Ours passes raw bytes both ways and buffers like C's stdio:
+//! C counterpart: the `KVM_EXIT_IO` case of `run_vm` in `Version_B/mini_hypervisor.c`, whose
+//! `port == 0xE9` branches do `printf("%c")` under a mutex and a `scanf("%d")` behind a prompt. Ours passes raw bytes both ways and buffers like C's stdio:
 //! line-buffered when stdout is a terminal, block-buffered otherwise, flushed before blocking
 //! on stdin and when a VM ends. No syscall per guest byte, and no lock per guest byte.
 //!
@@ -15,11 +16,12 @@
 //! waits for stdout ends when the stop arrives, and what stdout did not take is dropped.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use crate::signals;
+use crate::signals::{self, Interruptible};
 
 pub const SERIAL_PORT: u16 = 0xE9;
 /// Output is written in blocks of this size (C's `BUFSIZ`) when stdout is not a terminal.
@@ -246,6 +248,111 @@ impl<R: Read> Input<R> {
         self.buf.truncate(n);
         self.eof = n == 0;
         Ok(())
+    }
+}
+
+/// How many unknown ports of one VM get a warning each; past them, one line says the rest go
+/// unreported (docs/REFERENCE.md §4).
+pub const WARNED_PORTS: usize = 16;
+
+/// Why a port access ends the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoError {
+    /// The guest broke the port's rules.
+    Guest(GuestError),
+    /// The host side failed (e.g. stdout is closed): the message.
+    Host(String),
+    /// A stop (timeout, Ctrl-C) arrived while the port waited for stdin or for stdout.
+    Stopped,
+}
+
+/// A rule of a port that the guest broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestError {
+    /// A 2- or 4-byte access to the serial port, which moves single bytes.
+    WideSerial { size: u32, out: bool },
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GuestError::WideSerial { size, out } => write!(
+                f,
+                "{size}-byte {} serial port {SERIAL_PORT:#x} (it takes single bytes)",
+                if out { "out on" } else { "in on" }
+            ),
+        }
+    }
+}
+
+/// The ports of one VM: its serial port on the shared console, and the unknown ports it
+/// warned about.
+#[derive(Debug)]
+pub struct Ports {
+    /// `vmN (image)`, for warnings.
+    label: String,
+    pub serial: Serial<Interruptible, Interruptible>,
+    /// Unknown ports already warned about (one warning per port, at most 16).
+    warned: Vec<u16>,
+}
+
+impl Ports {
+    pub fn new(label: &str, serial: Serial<Interruptible, Interruptible>) -> Ports {
+        Ports { label: label.to_owned(), serial, warned: Vec::new() }
+    }
+
+    /// Bytes the guest wrote to the serial port (`out`, `rep outsb`, or the coalesced ring).
+    pub fn serial_out(&mut self, size: u8, data: &[u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        if size != 1 {
+            return Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out: true }));
+        }
+        self.serial.write(data, stop).map_err(output_error)
+    }
+
+    /// Bytes the guest reads from the serial port (`in`, `rep insb`): the next stdin bytes,
+    /// [`EOF_BYTE`] after end of file.
+    pub fn serial_in(&mut self, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        if size != 1 {
+            return Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out: false }));
+        }
+        self.serial.read(data, stop).map_err(output_error)
+    }
+
+    /// The VM has ended (however it ended): its output goes to the console and out.
+    pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
+        self.serial.flush(stop).map_err(output_error)
+    }
+
+    /// Any other port: an `out` is ignored, an `in` (`Some(data)`) reads 0xFF as from an
+    /// empty ISA bus, with one warning per port.
+    pub fn unknown(&mut self, port: u16, data: Option<&mut [u8]>) -> Result<(), IoError> {
+        let (what, effect) = if data.is_some() { ("in from", "reads 0xff") } else { ("out to", "ignored") };
+        if let Some(data) = data {
+            data.fill(0xFF);
+        }
+        if self.warned.len() <= WARNED_PORTS && !self.warned.contains(&port) {
+            self.warned.push(port);
+            if self.warned.len() > WARNED_PORTS {
+                diag!(
+                    "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
+                    self.label
+                );
+            } else {
+                diag!(
+                    "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
+                    self.label
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed write of guest output (or a stop that interrupted it, or a read of stdin).
+fn output_error(e: io::Error) -> IoError {
+    match e.kind() {
+        io::ErrorKind::Interrupted => IoError::Stopped,
+        _ => IoError::Host(format!("cannot write guest output to stdout: {e}")),
     }
 }
 

@@ -1,6 +1,7 @@
-//! One VM's life: create it, then run it until it halts or fails (docs/REFERENCE.md §2).
+//! The VM's life: create it, then run it until it halts or fails (docs/REFERENCE.md §2).
 //!
-//! C counterpart: `run_vm`, in its order:
+//! C counterpart: `run_vm` in `Version_B/mini_hypervisor.c`, the body of each VM's thread, in
+//! its order:
 //! 1. [`Vm::create`]: `vm_init` (the VM, its RAM, its vCPU), `setup_long_mode` and
 //!    `setup_segments_64` (page tables, control registers, segments), `load_guest_image`, and
 //!    the registers (RIP 0, RSP, RFLAGS 2);
@@ -8,33 +9,29 @@
 //!    `match` with one arm per exit reason, each arm one call;
 //! 3. the VM's output flushed and a failure reported; `Drop` does `vm_destroy`.
 //!
-//! What the C does not have enters the loop at one named hook each, a no-op when off:
-//! `self.interrupts` (a stop, pause or drain from outside: `signals.rs`), `self.ring` (serial
-//! output batched by KVM: `serial_ring.rs`), `self.stats` (`--stats`: `stats.rs`), `self.trace`
-//! (`--trace`: `trace.rs`), `self.debugger` (`--gdb`: `gdb/`) and `self.explain` (the crash
-//! report at the VM's end: `crash/`).
+//! What the C does not have enters the loop at one named hook each, a field that is `None` or
+//! off unless asked for, so that a feature that is off costs nothing: `interrupts` (a stop or
+//! a pause from outside: `signals.rs`), `ring` (serial output batched by KVM:
+//! `serial_ring.rs`), and the toolbox's `tools` (`hooks.rs`): `--stats`, `--trace`, `--gdb`
+//! and the crash report.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::crash::{self, Explain};
-use crate::devices::{Devices, IoError};
-use crate::gdb::{Debugger, Resume, Stop};
-use crate::image::Image;
-use crate::kvm::{self, DebugExit, IoExit, Kvm, VcpuExit};
-use crate::long_mode::{self, Layout};
-use crate::serial::SERIAL_PORT;
-use crate::serial_ring::{DRAIN_EVERY, SerialRing};
+use crate::kvm::{self, IoExit, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SIGNAL_MASK, KVM_SET_SREGS, Kvm, VcpuExit};
 use crate::signals::{Interrupts, StopReason, Wake};
-use crate::stats::Stats;
-use crate::symbols::Symbols;
-use crate::trace::Trace;
+use inspect::crash;
+use inspect::gdb::{Debugger, Resume, Stop};
+use inspect::stats::Stats;
 
-/// How long a stopped VM's last output may wait for a stdout that takes nothing.
-const GRACE: Duration = Duration::from_millis(100);
+use crate::args::Timeout;
+use crate::hooks::{self, Stopped, Tools};
+use crate::image::Image;
+use crate::long_mode::{self, Layout};
+use crate::serial::{IoError, Ports, SERIAL_PORT};
+use crate::serial_ring::{DRAIN_EVERY, SerialRing};
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +41,7 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// Why a VM failed: the reason in its one-line diagnostic.
+/// Why the VM failed: the reason in its one-line diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// An exit that ends the VM (a crash, a KVM error).
@@ -53,14 +50,13 @@ pub enum Failure {
     Kvm(String),
     /// A port access that ended the VM.
     Io(IoError),
-    /// Stopped from outside; `Some(t)`: by `--timeout t`.
-    Stopped(StopReason, Option<Duration>),
+    /// Stopped from outside (`--timeout`, a stop signal).
+    Stopped(StopReason, Option<Timeout>),
     /// A debug exit with no debugger attached.
     UnexpectedDebug(u64),
     /// `k` in gdb.
     Killed,
-    /// The VM could not be created, or its thread could not start or panicked (version B, C).
-    #[allow(dead_code)] // version A creates its one VM before it runs anything
+    /// The VM could not be created, or its thread could not start or panicked: why.
     NotRun(String),
 }
 
@@ -68,75 +64,71 @@ pub enum Failure {
 #[derive(Debug)]
 pub struct Report {
     pub outcome: Outcome,
-    pub stats: Stats,
+    pub exits: u64,
     pub wall: Duration,
+    /// `--stats`: the counters.
+    pub stats: Option<Stats>,
 }
 
-/// What a VM needs besides its image: a name, its ports, how it hears signals, the options.
+/// What the VM needs besides its image: a name, its ports, how it hears signals, the options
+/// and the tools that are on.
 #[derive(Debug)]
 pub struct Setup {
-    /// `vmN (image path)`, for messages.
+    /// `vm0 (image path)`, for messages.
     pub label: String,
-    pub devices: Devices,
+    pub ports: Ports,
     pub interrupts: Interrupts,
-    pub trace: bool,
-    pub stats: bool,
-    /// Not `--no-coalesce`.
-    pub coalesce: bool,
     /// stdout is a terminal (the serial ring then needs draining now and then).
     pub line_buffered: bool,
-    pub timeout: Option<Duration>,
-    /// The image's symbols, from `NAME.elf` beside it (docs/REFERENCE.md §8).
-    pub symbols: Option<Arc<Symbols>>,
-    pub debugger: Option<Debugger>,
+    pub timeout: Option<Timeout>,
+    pub ring: SerialRing,
+    pub tools: Tools,
 }
 
-/// A VM that runs: it owns everything its loop touches (C: `struct vm` and the locals of
+/// The VM that runs: it owns everything its loop touches (C: `struct vm` and the locals of
 /// `run_vm`).
 #[derive(Debug)]
 pub struct Vm {
-    /// The fds, guest RAM and the run area.
-    kvm: kvm::Vm,
+    /// The VM fd, guest RAM and the vCPU with its run area (`kvm/`).
+    machine: kvm::Machine,
     /// The ports the guest sees.
-    devices: Devices,
+    ports: Ports,
     label: String,
     line_buffered: bool,
-    timeout: Option<Duration>,
+    timeout: Option<Timeout>,
+    exits: u64,
     // One hook each:
-    /// The crash report and the code check at the VM's end (`crash/`).
-    explain: Explain,
     interrupts: Interrupts,
     ring: SerialRing,
-    stats: Stats,
-    trace: Trace,
-    debugger: Option<Debugger>,
+    tools: Tools,
 }
 
 impl Vm {
-    /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the register setup at the top of
-    /// `run_vm`. The page tables go to the top of RAM, the image to 0.
+    /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the register setup before the
+    /// `KVM_RUN` loop. The page tables go to the top of RAM, the image to 0.
     pub fn create(kvm: &Kvm, layout: &Layout, image: &Image, setup: Setup) -> io::Result<Vm> {
-        let vm = kvm::Vm::new(kvm, layout.mem_size as usize)?;
-        vm.mem.write(layout.tables_base() as usize, &layout.page_tables())?;
-        vm.mem.write(0, &image.bytes)?;
-        let sregs = long_mode::long_mode_sregs(vm.vcpu.get_sregs()?, layout);
-        vm.vcpu.set_sregs(&sregs)?;
-        vm.vcpu.set_regs(&long_mode::initial_regs(layout))?;
+        let mut machine = kvm::Machine::new(kvm, layout.mem_size as usize)?;
+        let (vcpu, ram) = machine.parts();
+        ram.write(layout.tables_base, &layout.page_tables())?;
+        ram.write(0, &image.bytes)?;
+        vcpu.set(KVM_SET_SREGS, &long_mode::long_mode_sregs(vcpu.get(KVM_GET_SREGS)?, layout))?;
+        // RIP = 0 (the image's first byte), RSP = just below the page tables, RFLAGS = 0x2
+        // (bit 1 is always set; interrupts off).
+        let regs = kvm::KvmRegs { rip: 0, rsp: layout.tables_base, rflags: 0x2, ..Default::default() };
+        vcpu.set(KVM_SET_REGS, &regs)?;
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
-        vm.vcpu.set_signal_mask(setup.interrupts.listener().run_mask()?.bits())?;
-        let ring = SerialRing::new(&vm.vcpu, setup.coalesce, setup.trace, setup.stats, &setup.label);
+        let mask = kvm::KvmSignalMask { len: 8, sigset: setup.interrupts.run_mask };
+        vcpu.set(KVM_SET_SIGNAL_MASK, &mask)?;
         Ok(Vm {
-            explain: Explain::new(layout, image.bytes.len() as u64, setup.symbols.clone()),
-            kvm: vm,
-            devices: setup.devices,
-            trace: Trace::new(setup.trace, &setup.label, setup.symbols),
+            machine,
+            ports: setup.ports,
             label: setup.label,
             line_buffered: setup.line_buffered,
             timeout: setup.timeout,
+            exits: 0,
             interrupts: setup.interrupts,
-            ring,
-            stats: Stats::new(setup.stats),
-            debugger: setup.debugger,
+            ring: setup.ring,
+            tools: setup.tools,
         })
     }
 
@@ -144,75 +136,93 @@ impl Vm {
     /// failure on stderr (one line naming the VM, the reason and RIP, then the registers).
     pub fn run(mut self) -> Report {
         let start = Instant::now();
-        let kick = self.interrupts.kick().clone();
-        let outcome = kick.deliver_here(|| {
-            let outcome = self.run_loop();
-            self.finish(outcome)
-        });
-        Report { outcome, stats: std::mem::take(&mut self.stats), wall: start.elapsed() }
+        // The watchdog's stops and drains, and gdb's Ctrl-C, reach this thread (signals.rs).
+        let kick = self.interrupts.kick.clone();
+        let outcome = kick.deliver_here(|| self.run_loop());
+        let outcome = self.finish(outcome);
+        Report { outcome, exits: self.exits, wall: start.elapsed(), stats: self.tools.stats.take() }
     }
 
-    /// C: the `KVM_RUN` loop of `run_vm` and its `switch (run->exit_reason)`.
+    /// C: the `KVM_RUN` loop and its `switch (run->exit_reason)`.
     fn run_loop(&mut self) -> Outcome {
-        if let Some(end) = self.debug(Stop::Start) {
+        // Hook: with --gdb, the VM waits for the debugger before its first instruction.
+        if let Some(end) = self.tools.debugger.is_some().then(|| self.debug(Stop::Start)).flatten() {
             return end;
         }
         loop {
             // Signals taken while a port waited: act on them before entering the guest again.
-            if self.interrupts.has_taken()
-                && let Some(end) = self.on_signal()
-            {
+            if let Some(end) = self.interrupts.has_taken().then(|| self.on_signal()).flatten() {
                 return end;
             }
-            self.stats.entering();
-            let exit = self.kvm.vcpu.run(); // C: ioctl(v.vcpu_fd, KVM_RUN, 0)
-            self.stats.left(&exit);
-            if let Some(end) = self.drain_ring() {
+            self.tools.stats.iter_mut().for_each(Stats::entering);
+            let exit = self.machine.parts().0.run(); // C: ioctl(v.vcpu_fd, KVM_RUN, 0)
+            self.exits += 1;
+            self.tools.stats.iter_mut().for_each(|stats| stats.left(exit.as_ref().ok().map(hooks::exit).as_ref()));
+            // Hook: serial bytes waiting in KVM's coalesced ring go out before this exit is handled.
+            if let Some(end) = self.ring.on.then(|| self.drain_ring()).flatten() {
                 return end;
             }
             let end = match exit {
                 Ok(VcpuExit::Io(io)) => self.on_io(io),
-                Ok(VcpuExit::Hlt) => self.on_hlt(),
-                Ok(VcpuExit::Debug(trap)) => self.on_debug(trap),
+                // C: case KVM_EXIT_HLT: stop = 1. The guest is done (a debugger hears it).
+                Ok(VcpuExit::Hlt) => {
+                    self.tools.debugger.iter_mut().for_each(Debugger::exited);
+                    Some(Outcome::Halted)
+                }
+                Ok(VcpuExit::Debug { pc, dr6, .. }) => self.on_debug(pc, dr6),
                 Ok(VcpuExit::Intr) => self.on_signal(),
                 Ok(crash) => self.on_crash(Failure::Exit(crash)),
                 Err(ref e) => self.on_crash(Failure::Kvm(e.to_string())),
             };
-            self.trace.exit(&self.kvm.vcpu, self.stats.exits, &exit);
+            if let Some(trace) = &self.tools.trace {
+                hooks::trace_exit(trace, &mut self.machine, self.exits, &exit);
+            }
             if let Some(end) = end {
                 return end;
             }
         }
     }
 
-    /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the devices.
+    /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the ports, through a
+    /// small stack buffer (no allocation on the exit path).
     fn on_io(&mut self, io: IoExit) -> Option<Outcome> {
+        let (vcpu, _) = self.machine.parts();
         let stop = || self.interrupts.stop_requested().is_some();
-        if let Err(e) = move_io(&self.kvm.vcpu, &mut self.devices, &io, &self.kvm.mem, &stop) {
-            return Some(self.io_failure(e));
+        let mut chunk = [0u8; 512]; // a multiple of every access size: no allocation here
+        for done in (0..io.bytes).step_by(chunk.len()) {
+            let buf = &mut chunk[..(io.bytes - done).min(512)];
+            let copied = if io.out { vcpu.io_data(&io, done, buf).map_err(host) } else { Ok(()) };
+            // C: `if (run->io.port == 0xE9)`: the serial port; any other port is unknown.
+            let moved = copied.and_then(|()| match (io.port, io.out) {
+                (SERIAL_PORT, true) => self.ports.serial_out(io.size, buf, &stop),
+                (SERIAL_PORT, false) => self.ports.serial_in(io.size, buf, &stop),
+                (port, out) => self.ports.unknown(port, (!out).then_some(&mut *buf)),
+            });
+            let answered =
+                moved.and_then(|()| if io.out { Ok(()) } else { vcpu.set_io_data(&io, done, buf).map_err(host) });
+            if let Err(e) = answered {
+                return Some(self.io_failure(e));
+            }
         }
-        for request in self.devices.completed() {
-            self.trace.file(&self.kvm.vcpu, &request);
-        }
-        if io.out && io.port == SERIAL_PORT && self.ring.count(io.count.into(), &self.kvm.fd, &self.label) {
-            self.on_ring();
+        // Hook: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
+        if io.out
+            && io.port == SERIAL_PORT
+            && let Some(left) = &mut self.ring.countdown
+        {
+            *left = left.saturating_sub(io.bytes as u64);
+            let (trace, stats) = (self.tools.trace.is_some(), self.tools.stats.is_some());
+            if *left == 0 && self.ring.start(&mut self.machine, &self.label, trace, trace || stats) {
+                self.on_ring();
+            }
         }
         None
     }
 
-    /// `KVM_EXIT_HLT` (C: `case KVM_EXIT_HLT: stop = 1`): the guest is done.
-    fn on_hlt(&mut self) -> Option<Outcome> {
-        if let Some(gdb) = &mut self.debugger {
-            gdb.exited();
-        }
-        Some(Outcome::Halted)
-    }
-
     /// `KVM_EXIT_DEBUG`: a breakpoint or a single step, for the debugger.
-    fn on_debug(&mut self, trap: DebugExit) -> Option<Outcome> {
-        match self.debugger {
-            None => Some(Outcome::Failed(Failure::UnexpectedDebug(trap.pc))),
-            Some(_) => self.debug(Stop::Trap { pc: trap.pc, dr6: trap.dr6 }),
+    fn on_debug(&mut self, pc: u64, dr6: u64) -> Option<Outcome> {
+        match self.tools.debugger {
+            None => Some(Outcome::Failed(Failure::UnexpectedDebug(pc))),
+            Some(_) => self.debug(Stop::Trap { pc, dr6 }),
         }
     }
 
@@ -235,7 +245,8 @@ impl Vm {
     /// Hook: serial bytes waiting in KVM's coalesced ring go out before this exit is handled.
     fn drain_ring(&mut self) -> Option<Outcome> {
         let stop = || self.interrupts.stop_requested().is_some();
-        let drained = self.ring.drain(&self.kvm.vcpu, &mut self.devices, &mut self.stats, &self.label, &stop);
+        let (vcpu, _) = self.machine.parts();
+        let drained = self.ring.drain(vcpu, &mut self.ports, self.tools.stats.as_mut(), &self.label, &stop);
         drained.err().map(|e| self.io_failure(e))
     }
 
@@ -249,13 +260,14 @@ impl Vm {
     /// Hook: hands a stop to the debugger, if one is attached; `Some` ends the VM. A debugger
     /// that detached is dropped: the guest runs on as if there had been none.
     fn debug(&mut self, why: Stop) -> Option<Outcome> {
-        let gdb = self.debugger.as_mut()?;
+        let gdb = self.tools.debugger.as_mut()?;
         let stop = || self.interrupts.stop_requested().is_some();
-        match gdb.on_stop(&self.kvm.vcpu, &self.kvm.mem, why, &stop) {
+        let (vcpu, ram) = self.machine.parts();
+        match gdb.on_stop(&Stopped { vcpu, ram }, why, &stop) {
             Resume::Go => None,
             Resume::Kill => Some(Outcome::Failed(Failure::Killed)),
             Resume::Detached => {
-                self.debugger = None;
+                self.tools.debugger = None;
                 None
             }
         }
@@ -264,58 +276,48 @@ impl Vm {
     /// The outcome of a port access that ended the VM.
     fn io_failure(&self, e: IoError) -> Outcome {
         match e {
-            IoError::Stopped => self.stopped(self.interrupts.stop_requested().unwrap_or(StopReason::Interrupted)),
+            IoError::Stopped => {
+                let reason = self.interrupts.stop_requested().unwrap_or(StopReason::Signal(libc::SIGINT));
+                self.stopped(reason)
+            }
             e => Outcome::Failed(Failure::Io(e)),
         }
     }
 
     fn stopped(&self, reason: StopReason) -> Outcome {
-        Outcome::Failed(Failure::Stopped(reason, self.timeout))
+        Outcome::Failed(Failure::Stopped(reason, self.timeout.clone()))
     }
 
     /// However the VM ended, its output reaches stdout (a stopped VM's only while stdout takes
-    /// it), and a failure is reported.
+    /// it), and a failure is reported. Then, if the guest changed its image's bytes in RAM,
+    /// the code check (it reads the ELF only then).
     fn finish(&mut self, mut outcome: Outcome) -> Outcome {
-        self.interrupts.give_output(GRACE);
-        let stop = || self.interrupts.stop_requested().is_some();
-        if let Err(e) = self.devices.finish(&stop)
-            && outcome == Outcome::Halted
-        {
+        // A stopped VM whose stdout takes nothing gives its output up at the watchdog's next kick.
+        let flushed = self.ports.flush(&|| self.interrupts.stop_requested().is_some());
+        if let (Err(e), Outcome::Halted) = (flushed, &outcome) {
             outcome = Outcome::Failed(Failure::Io(e));
         }
+        let (vcpu, ram) = self.machine.parts();
+        let guest = Stopped { vcpu, ram };
         if let Outcome::Failed(failure) = &outcome {
-            self.explain.failure(&self.kvm, &self.label, failure.kind(), failure);
+            self.tools.explain().failure(&guest, &self.label, failure.kind(), failure);
         }
-        self.explain.at_end(&self.kvm, &self.label);
+        // Hook: the code check, when the guest changed bytes of its image other than its
+        // closing run of zeros (its .bss, where its variables are): only NAME.elf can tell
+        // whether they were code, and it is read only then.
+        let image = &self.tools.image.bytes;
+        let data = image.len() - image.iter().rev().take_while(|&&b| b == 0).count();
+        let mut now = vec![0u8; data];
+        if ram.read(0, &mut now).is_ok_and(|()| *now != image[..data]) {
+            self.tools.explain().at_end(&guest, &self.label);
+        }
         outcome
     }
 }
 
-/// One I/O exit: `count` accesses of `size` bytes, handed to the devices in order, through a
-/// small stack buffer (no allocation on the exit path). `ram`: for the file port's bulk commands.
-fn move_io(
-    vcpu: &kvm::Vcpu,
-    devices: &mut Devices,
-    io: &IoExit,
-    ram: &kvm::Mmap,
-    stop: &dyn Fn() -> bool,
-) -> Result<(), IoError> {
-    let total = io.bytes();
-    let mut chunk = [0u8; 512]; // a multiple of every access size
-    let host = |e: io::Error| IoError::Host(e.to_string());
-    let mut done = 0;
-    while done < total {
-        let buf = &mut chunk[..(total - done).min(512)];
-        if io.out {
-            vcpu.io_data(io, done, buf).map_err(host)?;
-            devices.out(io.port, io.size, buf, ram, stop)?;
-        } else {
-            devices.inp(io.port, io.size, buf, stop)?;
-            vcpu.set_io_data(io, done, buf).map_err(host)?;
-        }
-        done += buf.len();
-    }
-    Ok(())
+/// A failed copy between the run area and the ports.
+fn host(e: io::Error) -> IoError {
+    IoError::Host(e.to_string())
 }
 
 impl Failure {
@@ -338,13 +340,27 @@ impl fmt::Display for Failure {
             Failure::Io(IoError::Guest(e)) => write!(f, "guest error: {e}"),
             Failure::Io(IoError::Host(message)) => f.write_str(message),
             Failure::Io(IoError::Stopped) => f.write_str("stopped"),
-            Failure::Stopped(StopReason::Timeout, Some(t)) => write!(f, "timed out after {} s", t.as_secs_f64()),
+            Failure::Stopped(StopReason::Timeout, Some(t)) => write!(f, "timed out after {} s", t.given),
             Failure::Stopped(StopReason::Timeout, None) => f.write_str("timed out"),
-            Failure::Stopped(StopReason::Interrupted, _) => f.write_str("interrupted (SIGINT/SIGTERM)"),
+            Failure::Stopped(StopReason::Signal(libc::SIGINT | libc::SIGTERM), _) => {
+                f.write_str("interrupted (SIGINT/SIGTERM)")
+            }
+            Failure::Stopped(StopReason::Signal(signal), _) => write!(f, "interrupted ({})", signal_name(*signal)),
             Failure::UnexpectedDebug(pc) => write!(f, "unexpected debug exit at {pc:#x} (no debugger attached)"),
             Failure::Killed => f.write_str("killed by the debugger"),
             Failure::NotRun(why) => f.write_str(why),
         }
+    }
+}
+
+/// The name of a stop signal.
+fn signal_name(signal: libc::c_int) -> String {
+    match signal {
+        libc::SIGHUP => "SIGHUP".to_owned(),
+        libc::SIGQUIT => "SIGQUIT".to_owned(),
+        libc::SIGUSR1 => "SIGUSR1".to_owned(),
+        libc::SIGUSR2 => "SIGUSR2".to_owned(),
+        n => format!("signal {n}"),
     }
 }
 
@@ -373,7 +389,7 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
             format!("malformed I/O exit from KVM: size {size}, count {count}, data offset {data_offset:#x}")
         }
         VcpuExit::Unknown(reason) => format!("unhandled KVM exit reason {reason}"),
-        VcpuExit::Io(_) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::Debug(_) => {
+        VcpuExit::Io(_) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::Debug { .. } => {
             format!("unexpected exit {exit:?}")
         }
     }
@@ -382,11 +398,12 @@ pub fn describe_exit(exit: &VcpuExit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::GuestError;
+    use crate::serial::GuestError;
 
     #[test]
     fn each_failure_has_its_one_line_reason() {
-        let cases: [(Failure, &str); 11] = [
+        let timeout = Timeout { after: Duration::from_millis(1500), given: "1.50".to_owned() };
+        let cases: [(Failure, &str); 12] = [
             (Failure::Exit(VcpuExit::Shutdown), "triple fault (KVM_EXIT_SHUTDOWN)"),
             (
                 Failure::Exit(VcpuExit::Mmio { phys_addr: 0x1000_0000, len: 4, is_write: true }),
@@ -410,8 +427,9 @@ mod tests {
                 Failure::Io(IoError::Guest(GuestError::WideSerial { size: 2, out: true })),
                 "guest error: 2-byte out on serial port 0xe9",
             ),
-            (Failure::Stopped(StopReason::Timeout, Some(Duration::from_millis(1500))), "timed out after 1.5 s"),
-            (Failure::Stopped(StopReason::Interrupted, None), "interrupted (SIGINT/SIGTERM)"),
+            (Failure::Stopped(StopReason::Timeout, Some(timeout)), "timed out after 1.50 s"),
+            (Failure::Stopped(StopReason::Signal(libc::SIGTERM), None), "interrupted (SIGINT/SIGTERM)"),
+            (Failure::Stopped(StopReason::Signal(libc::SIGHUP), None), "interrupted (SIGHUP)"),
             (Failure::UnexpectedDebug(0x42), "unexpected debug exit at 0x42"),
         ];
         for (failure, want) in cases {

@@ -1,11 +1,11 @@
-//! The main thread while the VM threads run: it takes Ctrl-C and SIGTERM, enforces
-//! `--timeout`, and kicks the VMs that must stop or drain their serial ring (docs/REFERENCE.md
-//! §2, §3).
+//! The main thread while the VM threads run: it takes the stop signals (Ctrl-C, SIGTERM, a
+//! closed terminal's SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2), enforces `--timeout`, and kicks the
+//! VMs that must stop or drain their serial ring (docs/REFERENCE.md §2, §3).
 //!
-//! C counterpart: the `pthread_join` loop of `main`, which only waits; the C has no timeout,
-//! and Ctrl-C kills it with guest output still in its buffers.
+//! C counterpart: the `pthread_join` loop of `main` in `Version_B/mini_hypervisor.c`, which
+//! only waits; the C has no timeout, and Ctrl-C kills it with guest output still in its buffers.
 //!
-//! It sleeps in one place, [`Listener::wait`], until one of: SIGINT or SIGTERM; a VM thread
+//! It sleeps in one place, [`Listener::wait`], until one of: a stop signal; a VM thread
 //! saying it ended (it sends its number on the channel, then kicks this thread); the deadline;
 //! while VMs are being stopped, every [`RETRY`] (a stopped VM whose stdout takes nothing gives
 //! its output up at the next kick); on a terminal, every [`DRAIN_EVERY`] to have VMs drain
@@ -16,7 +16,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crate::serial_ring::DRAIN_EVERY;
-use crate::signals::{Kick, Listener, StopReason};
+use crate::signals::{Kick, Listener, SigSet, StopReason};
 
 /// How often VMs that are being stopped are kicked again until they end.
 const RETRY: Duration = Duration::from_millis(100);
@@ -31,7 +31,7 @@ pub struct Watch<'a> {
     pub kicks: &'a [Kick],
     /// VM threads send their number here when they end (then kick this thread).
     pub ended: &'a Receiver<usize>,
-    /// This thread's signals: SIGINT, SIGTERM and the kicks of ending VMs.
+    /// This thread's signals: the stop signals and the kicks of ending VMs.
     pub listener: &'a Listener,
     pub timeout: Option<Duration>,
     /// stdout is a terminal and the serial ring may be on: drain it every [`DRAIN_EVERY`].
@@ -63,18 +63,18 @@ pub fn watch(w: &Watch<'_>) -> Watched {
             running[index] = false;
         }
         let now = Instant::now();
-        if taken.contains(libc::SIGINT) || taken.contains(libc::SIGTERM) {
+        if let Some(signal) = taken.minus(SigSet::of(&[crate::signals::KICK_SIGNAL])).first() {
             match stopping {
-                Some((StopReason::Interrupted, since)) if now - since > SAME_REQUEST => {
+                Some((StopReason::Signal(_), since)) if now - since > SAME_REQUEST => {
                     diag!("mini_hypervisor: interrupted again: exiting without waiting for the VMs");
                     return Watched::ExitNow;
                 }
-                Some((StopReason::Interrupted, _)) => {}
+                Some((StopReason::Signal(_), _)) => {}
                 _ => {
                     diag!(
                         "mini_hypervisor: stopping every VM (interrupt again, a second later, to exit without waiting)"
                     );
-                    stopping = Some((StopReason::Interrupted, now));
+                    stopping = Some((StopReason::Signal(signal), now));
                     deadline = Some(now);
                 }
             }

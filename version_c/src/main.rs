@@ -2,12 +2,13 @@
 //!
 //! C counterpart: `main` in `Version_C/mini_hypervisor.c`, in the same order: parse the
 //! options → check every image and shared file → open /dev/kvm → one thread per VM (C:
-//! `pthread_create` running `run_vm`, which creates and runs its VM) → join them → exit
-//! status. While the VMs run, this thread is their watchdog (`watchdog.rs`): Ctrl-C, SIGTERM
-//! and `--timeout`.
-//! Every `unsafe` of the crate is in `kvm/`, `signals.rs` and `hostfs.rs`; every other module
-//! forbids it.
-#![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! `pthread_create` running `run_vm`, which creates and runs its VM: `vm.rs`) → join them →
+//! exit status. While the VMs run, this thread is their watchdog (`watchdog.rs`): the stop
+//! signals and `--timeout`.
+//!
+//! This program forbids `unsafe`: it reaches the kernel only through the safe types of the
+//! crate's library, its FFI room (`lib.rs`: `kvm/`, `signals.rs` and `hostfs.rs`).
+#![forbid(unsafe_code)]
 
 /// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
 /// a full disk) is dropped, and the exit status still tells. Every module uses it.
@@ -19,26 +20,15 @@ macro_rules! diag {
 }
 
 mod args;
-mod crash;
-mod devices;
 mod fileio;
-mod gdb;
-mod hostfs;
+mod hooks;
 mod image;
-mod kvm;
 mod long_mode;
-mod page_walk;
 mod sandbox;
 mod serial;
 mod serial_ring;
-mod signals;
-mod stats;
-mod symbols;
 #[cfg(test)]
 mod test_dir;
-#[cfg(test)]
-mod test_rng;
-mod trace;
 mod vm;
 mod watchdog;
 
@@ -50,26 +40,34 @@ use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::Duration;
 
+use inspect::stats::Stats;
+use inspect::symbols::SymbolFile;
+use inspect::trace::Trace;
+// The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`,
+// `crate::hostfs`.
+use version_c::{hostfs, kvm, signals};
+
 use args::{Command, Config};
-use devices::Devices;
 use fileio::FileDevice;
+use hooks::Tools;
 use image::Image;
+use kvm::Kvm;
 use long_mode::{Layout, PageSize};
 use sandbox::{Sandbox, SharedFiles};
-use serial::{Console, Serial};
-use signals::{Interruptible, Interrupts, Kick, Listener, SigSet};
-use stats::Stats;
-use symbols::Symbols;
+use serial::{Console, Ports, Serial};
+use serial_ring::SerialRing;
+use signals::{Interruptible, Interrupts, KICK_SIGNAL, Kick, Listener, SigSet};
 use vm::{Failure, Outcome, Report, Setup, Vm};
 use watchdog::{Watch, Watched};
 
 /// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const VERSION: &str = concat!("mini_hypervisor ", env!("CARGO_PKG_VERSION"), " (version C: several VMs, file I/O)\n");
 
 /// Stack of a VM thread: the run loop needs little, and untouched stack costs no memory anyway.
 const VM_STACK: usize = 256 * 1024;
@@ -78,14 +76,9 @@ fn main() -> ExitCode {
     let config = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => return print_stdout(args::USAGE),
-        Ok(Command::Version) => {
-            return print_stdout(&format!(
-                "mini_hypervisor {} (version C: several VMs, file I/O)\n",
-                env!("CARGO_PKG_VERSION")
-            ));
-        }
+        Ok(Command::Version) => return print_stdout(VERSION),
         Err(e) => {
-            diag!("mini_hypervisor: {e}\n\n{}", args::USAGE.trim_end());
+            diag!("mini_hypervisor: {e}\n{}", args::TRY_HELP);
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -102,19 +95,20 @@ fn main() -> ExitCode {
 /// Everything after parsing. `Err`: a startup failure, no VM ran.
 fn run(config: &Config) -> Result<Vec<Report>, StartError> {
     let layout = Layout::new(config.mem_size, config.page);
-    // Every check before any VM starts (docs/REFERENCE.md §1).
-    let images = config.images.iter().map(|path| image::check(path, &layout));
+    // Every check before any VM starts (docs/REFERENCE.md §1). C: load_guest_image.
+    let images = config.images.iter().map(|path| image::load(path, &layout));
     let images = images.collect::<Result<Vec<_>, _>>().map_err(StartError::Image)?;
     let files = Files::check(config)?;
-    // Before any thread starts: Ctrl-C and SIGTERM now stop the VMs instead of killing us.
-    signals::block_ours().map_err(|e| StartError::Host("cannot block SIGINT/SIGTERM", e))?;
-    let kvm = kvm::Kvm::open().map_err(StartError::DevKvm)?;
+    // Before any thread starts: the stop signals now stop the VMs instead of killing us. This
+    // thread, the watchdog, takes them, and the kicks of VM threads that end.
+    let watchdog = Listener::block(signals::OURS).map_err(|e| StartError::Host("cannot block signals", e))?;
+    let kvm = Kvm::open().map_err(StartError::DevKvm)?;
     // --gdb: the port is taken before any VM is created; VM 0 waits there for the debugger.
-    let gdb = config.gdb.map(gdb::listen).transpose().map_err(StartError::Gdb)?;
-    let shared = Shared::new(config, &kvm, gdb.is_some(), files)?;
+    let gdb = config.gdb.map(hooks::listen).transpose().map_err(StartError::Gdb)?;
+    let shared = Shared::new(config, &kvm, &layout, files)?;
     let labels: Vec<String> =
         images.iter().enumerate().map(|(index, image)| format!("vm{index} ({})", image.path.display())).collect();
-    let reports = run_all(&shared, &layout, &images, &labels, gdb)?;
+    let reports = run_all(&shared, &watchdog, &images, &labels, gdb);
     for (label, report) in labels.iter().zip(&reports) {
         summarize(label, report, config);
     }
@@ -125,54 +119,54 @@ fn run(config: &Config) -> Result<Vec<Report>, StartError> {
 /// watches them meanwhile.
 fn run_all(
     shared: &Shared<'_>,
-    layout: &Layout,
+    listener: &Listener,
     images: &[Image],
     labels: &[String],
     mut gdb: Option<TcpListener>,
-) -> Result<Vec<Report>, StartError> {
+) -> Vec<Report> {
     let (ended_tx, ended) = mpsc::channel();
-    // This thread's signals: Ctrl-C, SIGTERM, and the kicks of VM threads that end.
-    let listener = Listener::new(SigSet::of(&[libc::SIGINT, libc::SIGTERM, signals::kick_signal()]))
-        .map_err(|e| StartError::Host("signalfd", e))?;
-    let watchdog = Kick::new();
-    // Each image's symbols, read once however many VMs run it.
-    let mut symbols: HashMap<&Path, Option<Arc<Symbols>>> = HashMap::new();
-    Ok(watchdog.deliver_here(|| {
+    let watchdog = Kick::default();
+    // Each image's symbols, read at most once however many VMs run it (and only if needed).
+    let mut symbols: HashMap<&Path, Arc<SymbolFile>> = HashMap::new();
+    watchdog.deliver_here(|| {
         thread::scope(|s| {
             let mut threads = Vec::with_capacity(images.len());
             let mut kicks = Vec::with_capacity(images.len());
             for (index, image) in images.iter().enumerate() {
-                let kick = Kick::new();
-                let mut setup = shared.setup(index, (layout, image), &labels[index], kick.clone(), gdb.take());
-                setup.symbols = symbols.entry(&image.path).or_insert_with(|| symbols_of(image)).clone();
+                let kick = Kick::default();
+                let symbols = symbols
+                    .entry(&image.path)
+                    .or_insert_with(|| Arc::new(SymbolFile::new(&image.path, image.bytes.clone())));
+                let gdb = gdb.take().map(|listener| (listener, kick.clone()));
+                let setup = shared.setup(index, image, &labels[index], (kick.clone(), Arc::clone(symbols)), gdb);
                 announce(shared.config, &labels[index], image.bytes.len());
                 let done = Done { index, tx: ended_tx.clone(), watchdog: watchdog.clone() };
-                threads.push(spawn_vm(s, shared.kvm, layout, image, setup, done));
+                threads.push(spawn_vm(s, shared, image, setup, done));
                 kicks.push(kick);
             }
             let drains = shared.line_buffered && shared.config.coalesce;
-            let watch =
-                Watch { kicks: &kicks, ended: &ended, listener: &listener, timeout: shared.config.timeout, drains };
+            let timeout = shared.config.timeout.as_ref().map(|t| t.after);
+            let watch = Watch { kicks: &kicks, ended: &ended, listener, timeout, drains };
             if watchdog::watch(&watch) == Watched::ExitNow {
                 shared.console.flush_without_waiting();
                 std::process::exit(EXIT_FAILED.into());
             }
             threads.into_iter().zip(labels).map(|(thread, label)| join(thread, label)).collect()
         })
-    }))
+    })
 }
 
 /// C: `pthread_create(..., run_vm, ...)`: the VM's thread creates its VM, then runs it.
 fn spawn_vm<'scope>(
     s: &'scope Scope<'scope, '_>,
-    kvm: &'scope kvm::Kvm,
-    layout: &'scope Layout,
+    shared: &'scope Shared<'_>,
     image: &'scope Image,
     setup: Setup,
     done: Done,
 ) -> Result<ScopedJoinHandle<'scope, Report>, Failure> {
     let (label, shown) = (setup.label.clone(), setup.label.clone());
     let name = format!("vm{}", done.index);
+    let (kvm, layout) = (shared.kvm, shared.layout);
     let body = move || {
         let _done = done; // tells the watchdog when this thread ends, even by a panic
         match Vm::create(kvm, layout, image, setup) {
@@ -201,7 +195,7 @@ fn not_run(label: &str, why: String) -> Failure {
 }
 
 fn failed(failure: Failure) -> Report {
-    Report { outcome: Outcome::Failed(failure), stats: Stats::default(), wall: Duration::ZERO }
+    Report { outcome: Outcome::Failed(failure), exits: 0, wall: Duration::ZERO, stats: None }
 }
 
 /// Tells the watchdog that VM `index` ended: its number on the channel, then a kick.
@@ -240,7 +234,7 @@ impl Files {
     }
 
     /// VM `index`'s file device: its private files in `<files-dir>/<stem>_vm<N>_files/`.
-    fn device(&self, image: &std::path::Path, index: usize, label: &str, trace: bool) -> FileDevice {
+    fn device(&self, image: &Path, index: usize, label: &str, trace: bool) -> FileDevice {
         let private_dir = self.dir.join(sandbox::private_dir_name(image, index));
         let mut files = FileDevice::new(Sandbox::new(Arc::clone(&self.shared), private_dir, label.to_owned()));
         files.trace_requests(trace);
@@ -253,88 +247,74 @@ impl Files {
 #[derive(Debug)]
 struct Shared<'a> {
     config: &'a Config,
-    kvm: &'a kvm::Kvm,
+    kvm: &'a Kvm,
+    layout: &'a Layout,
     console: Arc<Console<Interruptible, Interruptible>>,
-    /// A VM thread listens to kicks only; SIGINT and SIGTERM are the watchdog's.
+    /// A VM thread listens to its kicks only; the stop signals are the watchdog's.
     listener: Arc<Listener>,
     line_buffered: bool,
-    /// Whether this host fires data breakpoints (probed only with --gdb).
-    data_watch: bool,
     files: Files,
 }
 
 impl<'a> Shared<'a> {
-    fn new(config: &'a Config, kvm: &'a kvm::Kvm, gdb: bool, files: Files) -> Result<Shared<'a>, StartError> {
-        let listener = Arc::new(
-            Listener::new(SigSet::of(&[signals::kick_signal()])).map_err(|e| StartError::Host("signalfd", e))?,
-        );
-        let stdout = stdio(io::stdout().as_fd(), "stdout")?;
+    fn new(config: &'a Config, kvm: &'a Kvm, layout: &'a Layout, files: Files) -> Result<Shared<'a>, StartError> {
+        let listener =
+            Arc::new(Listener::block(SigSet::of(&[KICK_SIGNAL])).map_err(|e| StartError::Host("signalfd", e))?);
+        let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdout", e))?);
+        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdin", e))?);
         let line_buffered = stdout.is_terminal();
-        let stdin = stdio(io::stdin().as_fd(), "stdin")?;
         let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
         let console = Arc::new(Console::new(stdout, stdin, line_buffered));
-        let data_watch = gdb && gdb::data_breakpoints_fire(kvm);
-        Ok(Shared { config, kvm, console, listener, line_buffered, data_watch, files })
+        Ok(Shared { config, kvm, layout, console, listener, line_buffered, files })
     }
 
-    /// VM `index`'s ports, its signals and its extras (`--gdb` for VM 0, `--trace`, `--stats`).
+    /// VM `index`'s ports, its signals and its tools (`--gdb` for VM 0, `--trace`, `--stats`,
+    /// the crash report).
     fn setup(
         &self,
         index: usize,
-        (layout, image): (&Layout, &Image),
+        image: &Image,
         label: &str,
-        kick: Kick,
-        gdb: Option<TcpListener>,
+        (kick, symbols): (Kick, Arc<SymbolFile>),
+        gdb: Option<(TcpListener, Kick)>,
     ) -> Setup {
         let config = self.config;
-        let debugger = gdb.map(|l| {
-            let size = image.bytes.len() as u64;
-            gdb::Debugger::new(l, kick.clone(), &image.path, size, *layout, self.data_watch)
-        });
+        let files = self.files.device(&image.path, index, label, config.trace);
+        let (layout, image, symbols) = (*self.layout, image.clone(), OnceLock::from(symbols));
+        let stats = config.stats.then(Stats::new);
+        let mut tools = Tools { trace: None, stats, debugger: None, layout, image, symbols };
+        if config.trace {
+            tools.trace = Some(Trace::new(label, tools.symbols()));
+        }
+        if let Some((listener, kick)) = gdb {
+            tools.debug_with(self.kvm, listener, kick);
+        }
         // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
         let prefix = (config.images.len() > 1).then(|| format!("[vm{index}] "));
-        let serial = Serial::new(Arc::clone(&self.console), prefix);
-        let files = self.files.device(&config.images[index], index, label, config.trace);
         Setup {
             label: label.to_owned(),
-            devices: Devices::new(label.to_owned(), serial, files),
-            interrupts: Interrupts::kicked(Arc::clone(&self.listener), kick),
-            trace: config.trace,
-            stats: config.stats,
-            coalesce: config.coalesce,
+            ports: Ports::new(label, Serial::new(Arc::clone(&self.console), prefix), files),
+            interrupts: Interrupts::new(Arc::clone(&self.listener), kick),
             line_buffered: self.line_buffered,
-            timeout: config.timeout,
-            symbols: None,
-            debugger,
+            timeout: config.timeout.clone(),
+            // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
+            ring: SerialRing {
+                countdown: config.coalesce.then_some(serial_ring::COALESCE_AFTER),
+                ..Default::default()
+            },
+            tools,
         }
     }
-}
-
-/// The image's symbols from `NAME.elf` beside it (docs/REFERENCE.md §8); an ELF that cannot
-/// be used gives one warning, and addresses are shown bare.
-fn symbols_of(image: &Image) -> Option<Arc<Symbols>> {
-    match Symbols::load(&image.path, &image.bytes) {
-        Ok(symbols) => symbols.map(Arc::new),
-        Err(warning) => {
-            diag!("mini_hypervisor: warning: {warning}");
-            None
-        }
-    }
-}
-
-/// Our own handle on stdout or stdin.
-fn stdio(fd: std::os::fd::BorrowedFd<'_>, name: &'static str) -> Result<File, StartError> {
-    Ok(File::from(fd.try_clone_to_owned().map_err(|e| StartError::Host(name, e))?))
 }
 
 /// Why no VM ran: one line, saying what to do where it can.
 #[derive(Debug)]
 enum StartError {
     Image(image::ImageError),
-    /// A `-f` path or `--files-dir` that cannot be used.
-    Files(String),
     DevKvm(io::Error),
     Gdb(String),
+    /// A `-f` path or `--files-dir` that cannot be used.
+    Files(String),
     /// A system call of the setup failed: which, and why.
     Host(&'static str, io::Error),
 }
@@ -362,10 +342,7 @@ fn print_stdout(text: &str) -> ExitCode {
 /// A VM's opening line on stderr (C: the "Starting VM with:" lines, which it prints on stdout).
 fn announce(config: &Config, label: &str, image_bytes: usize) {
     if !config.quiet {
-        let page = match config.page {
-            PageSize::Small4K => "4 KiB",
-            PageSize::Large2M => "2 MiB",
-        };
+        let page = if config.page == PageSize::Large2M { "2 MiB" } else { "4 KiB" };
         diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {image_bytes} byte image", config.mem_size >> 20);
     }
 }
@@ -373,11 +350,12 @@ fn announce(config: &Config, label: &str, image_bytes: usize) {
 /// The closing line per VM on stderr (and the `--stats` block).
 fn summarize(label: &str, report: &Report, config: &Config) {
     if !config.quiet {
-        let how = if report.outcome == Outcome::Halted { "halted" } else { "failed" };
-        diag!("mini_hypervisor: {label}: {how} after {} exits in {:.3} ms", report.stats.exits, stats::ms(report.wall));
+        let (how, ms) =
+            (if report.outcome == Outcome::Halted { "halted" } else { "failed" }, report.wall.as_secs_f64() * 1e3);
+        diag!("mini_hypervisor: {label}: {how} after {} exits in {ms:.3} ms", report.exits);
     }
-    if config.stats {
-        diag!("mini_hypervisor: {label}: stats\n{}", report.stats.report(report.wall).trim_end());
+    if let Some(stats) = &report.stats {
+        diag!("mini_hypervisor: {label}: stats\n{}", stats.report(report.wall).trim_end());
     }
 }
 

@@ -14,80 +14,60 @@
 
 use std::time::Duration;
 
-use crate::devices::{Devices, GuestError, IoError};
-use crate::kvm::{RING_MAX, Vcpu, VmFd};
-use crate::serial::SERIAL_PORT;
-use crate::stats::Stats;
+use crate::kvm::{Machine, RING_MAX, Vcpu};
+use inspect::stats::Stats;
+
+use crate::serial::{GuestError, IoError, Ports, SERIAL_PORT};
 
 /// Serial bytes a VM writes through plain exits before its port goes through the ring.
 pub const COALESCE_AFTER: u64 = 256;
 /// How long bytes may wait in the ring when stdout is a terminal.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-/// One VM's ring.
-#[derive(Debug)]
+/// The VM's ring.
+#[derive(Debug, Default)]
 pub struct SerialRing {
-    /// Whether the zone is registered (bytes may be waiting in the ring).
-    on: bool,
-    /// Whether it may still be switched on.
-    can: bool,
-    /// Serial bytes written through plain exits so far.
-    plain_bytes: u64,
+    /// Whether the port goes through the ring (bytes may be waiting in it).
+    pub on: bool,
+    /// While the ring may still go on: how many more serial bytes before it does (the run
+    /// loop counts them down and calls [`SerialRing::start`] at 0).
+    pub countdown: Option<u64>,
     /// `--trace`: say when it goes on and what each drain took.
-    trace: bool,
-    /// `--trace` or `--stats`: say why it cannot go on.
-    verbose: bool,
+    pub trace: bool,
 }
 
 impl SerialRing {
-    /// `coalesce`: not `--no-coalesce`.
-    pub fn new(vcpu: &Vcpu, coalesce: bool, trace: bool, stats: bool, label: &str) -> SerialRing {
-        let can = coalesce && vcpu.has_coalesced_ring();
-        if coalesce && !can && (trace || stats) {
-            diag!(
-                "mini_hypervisor: {label}: this KVM cannot coalesce port writes (no KVM_CAP_COALESCED_PIO): one exit per serial byte"
-            );
-        }
-        SerialRing { on: false, can, plain_bytes: 0, trace, verbose: trace || stats }
-    }
-
-    /// Counts serial bytes sent through plain exits; past [`COALESCE_AFTER`], registers the
-    /// port as a coalesced zone (once; a failure only means it stays off). True when it has
-    /// just gone on.
-    pub fn count(&mut self, bytes: u64, vm_fd: &VmFd, label: &str) -> bool {
-        self.plain_bytes += bytes;
-        if !self.can || self.plain_bytes < COALESCE_AFTER {
-            return false;
-        }
-        self.can = false;
-        match vm_fd.register_coalesced_pio(SERIAL_PORT, 1) {
-            Ok(()) => {
+    /// Has KVM queue the serial port's writes in the ring (once; if it cannot, the ring stays
+    /// off, and with `--trace` or `--stats` (`verbose`) says why). True when it has gone on.
+    pub fn start(&mut self, machine: &mut Machine, label: &str, trace: bool, verbose: bool) -> bool {
+        (self.countdown, self.trace) = (None, trace);
+        match machine.coalesce_port(SERIAL_PORT) {
+            Ok(true) => {
                 self.on = true;
                 if self.trace {
                     diag!("trace: {label}: serial port {SERIAL_PORT:#x} now goes through the coalesced ring");
                 }
             }
-            Err(e) if self.verbose => {
+            Ok(false) if verbose => diag!(
+                "mini_hypervisor: {label}: this KVM cannot coalesce port writes (no KVM_CAP_COALESCED_PIO): one exit per serial byte"
+            ),
+            Err(e) if verbose => {
                 diag!("mini_hypervisor: {label}: cannot coalesce serial output ({e}): one exit per byte")
             }
-            Err(_) => {}
+            _ => {}
         }
         self.on
     }
 
-    /// Hands every byte waiting in the ring to the serial port, in order (nothing to do while
-    /// the ring is off).
+    /// Hands every byte waiting in the ring to the serial port, in order.
     pub fn drain(
         &mut self,
         vcpu: &Vcpu,
-        devices: &mut Devices,
-        stats: &mut Stats,
+        ports: &mut Ports,
+        stats: Option<&mut Stats>,
         label: &str,
         stop: &dyn Fn() -> bool,
     ) -> Result<(), IoError> {
-        if !self.on {
-            return Ok(());
-        }
         let mut chunk = [0u8; 64];
         let (mut n, mut total, mut first_slot) = (0, 0u64, None);
         while let Some((slot, entry)) = vcpu.pop_coalesced().map_err(|e| IoError::Host(e.to_string()))? {
@@ -99,15 +79,17 @@ impl SerialRing {
             n += 1;
             total += 1;
             if n == chunk.len() {
-                devices.serial_out(1, &chunk, stop)?;
+                ports.serial_out(1, &chunk, stop)?;
                 n = 0;
             }
         }
         if n > 0 {
-            devices.serial_out(1, &chunk[..n], stop)?;
+            ports.serial_out(1, &chunk[..n], stop)?;
         }
         if let Some(first) = first_slot {
-            stats.ring(total);
+            if let Some(stats) = stats {
+                stats.ring(total);
+            }
             if self.trace {
                 let last = (u64::from(first) + total - 1) % u64::from(RING_MAX);
                 diag!("trace: {label}: ring drain: {total} serial bytes from slots {first}..={last}");

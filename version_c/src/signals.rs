@@ -1,29 +1,34 @@
-//! Signals: how a running VM learns that it is to stop, pause or drain its serial ring
-//! (docs/REFERENCE.md §2). The second FFI room of the crate, after `kvm/`.
+//! Signals: how a running VM learns that it is to stop (Ctrl-C, `kill`, a closed terminal,
+//! `--timeout`), to pause for the debugger, or to drain its serial ring (docs/REFERENCE.md §2).
+//! The second FFI room of the crate, after `kvm/`.
+//!
+//! Version B: the main thread is the watchdog. It takes the stop signals for the whole process
+//! and enforces `--timeout`, and it [`Kick`]s the VM threads, each of which listens only to
+//! the kick signal.
 //!
 //! C counterpart: none; Ctrl-C kills the C hypervisor with guest output still in its buffers.
 //!
-//! **No signal handler anywhere.** The signals this program uses (SIGINT, SIGTERM, SIGALRM for
-//! the timer, and [`kick_signal`] for one thread to interrupt another) are blocked in every
-//! thread from the start ([`block_ours`]). A vCPU unblocks the ones it listens to only while
-//! it is inside `KVM_RUN` (`KVM_SET_SIGNAL_MASK`, see [`Listener::run_mask`]), so:
-//! - a signal that arrives while the guest runs makes `KVM_RUN` return `EINTR`;
+//! **No signal handler anywhere.** The signals this program uses ([`OURS`]: the stop signals
+//! and [`KICK_SIGNAL`] for one thread to interrupt another) are blocked from the start
+//! ([`Listener::block`], in `main` before any thread starts). A VM's thread unblocks the kick
+//! signal only while it is inside `KVM_RUN` (`KVM_SET_SIGNAL_MASK` with
+//! [`Interrupts::run_mask`]), so:
+//! - a kick that arrives while the guest runs makes `KVM_RUN` return `EINTR`;
 //! - one that arrives while the thread is anywhere else stays pending, and the next `KVM_RUN`
-//!   returns `EINTR` at once: no window in which a signal is lost;
-//! - nothing ever runs asynchronously: the thread takes the pending signals from a signalfd
-//!   ([`Listener::take`]) when it chooses to, and decides what they mean ([`Interrupts`]).
+//!   returns `EINTR` at once: no window in which a kick is lost;
+//! - nothing ever runs asynchronously: a thread takes its pending signals from a signalfd
+//!   ([`Listener::take`]) when it chooses to.
 //!
 //! A blocking read of stdin or write to stdout waits with `poll(2)` on its file and on the
 //! signalfd together ([`Interruptible`]), so a stop ends those waits too.
 //!
-//! What two threads share: a [`Kick`] (`Send + Sync`), whose requests are atomics and whose
-//! target thread is registered under a lock; and a [`Listener`], whose signalfd each thread
-//! reads for itself (the kernel hands a thread only its own and the process's signals).
-//! [`Interrupts`] belongs to one vCPU thread (it is not `Sync`).
+//! This needs Linux 4.15 or later, as the rest of the hypervisor does (`KVM_CAP_COALESCED_PIO`
+//! is 4.19): `signalfd` and `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a
+//! blocked signal that `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
 //!
 //! Safety: the `unsafe` blocks below are system calls that take plain integers or pointers to
-//! live local values (`rt_sigprocmask`, `signalfd4`, `poll`, `setitimer`, `pthread_kill`,
-//! `pthread_self`) and the adoption of the descriptor `signalfd4` returns.
+//! live local values (`rt_sigprocmask`, `signalfd4`, `poll`, `pthread_kill`, `pthread_self`)
+//! and the adoption of the descriptor `signalfd4` returns.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -32,7 +37,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A set of signals, as the kernel's 64-bit mask (bit `n - 1` is signal `n`): the form
 /// `rt_sigprocmask`, `signalfd4` and `KVM_SET_SIGNAL_MASK` take.
@@ -42,54 +47,54 @@ pub struct SigSet(u64);
 impl SigSet {
     pub const EMPTY: SigSet = SigSet(0);
 
-    pub fn of(signals: &[libc::c_int]) -> SigSet {
-        SigSet(signals.iter().filter(|&&s| (1..=64).contains(&s)).fold(0, |m, &s| m | 1 << (s - 1)))
+    pub const fn of(signals: &[libc::c_int]) -> SigSet {
+        let (mut mask, mut i) = (0, 0);
+        while i < signals.len() {
+            if signals[i] >= 1 && signals[i] <= 64 {
+                mask |= 1 << (signals[i] - 1);
+            }
+            i += 1;
+        }
+        SigSet(mask)
     }
 
-    pub fn contains(self, signal: libc::c_int) -> bool {
-        (1..=64).contains(&signal) && self.0 & (1 << (signal - 1)) != 0
+    pub const fn contains(self, signal: libc::c_int) -> bool {
+        signal >= 1 && signal <= 64 && self.0 & (1 << (signal - 1)) != 0
     }
 
-    pub fn union(self, other: SigSet) -> SigSet {
+    pub const fn union(self, other: SigSet) -> SigSet {
         SigSet(self.0 | other.0)
     }
 
-    pub fn minus(self, other: SigSet) -> SigSet {
+    pub const fn minus(self, other: SigSet) -> SigSet {
         SigSet(self.0 & !other.0)
     }
 
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// The mask as the kernel lays it out (8 bytes, little-endian), for `KVM_SET_SIGNAL_MASK`.
-    pub fn bits(self) -> u64 {
-        self.0
+    /// The lowest signal in the set, if any.
+    pub fn first(self) -> Option<libc::c_int> {
+        (self.0 != 0).then(|| self.0.trailing_zeros() as libc::c_int + 1)
     }
 }
 
-/// The signal one thread sends another to make it leave `KVM_RUN` (or a wait) and look at its
-/// [`Kick`] (glibc reserves the first real-time signals; this is the first one free).
-pub fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
+/// The signals that stop every VM, as SIGTERM does: Ctrl-C, `kill`, a closed terminal (SIGHUP),
+/// Ctrl-\ and the user signals, whose default action would kill the process with guest output
+/// still in its buffers.
+pub const STOP_SIGNALS: SigSet =
+    SigSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2]);
 
-/// Every signal this program uses: SIGINT and SIGTERM (stop), SIGALRM (the timer), the kick.
-pub fn ours() -> SigSet {
-    SigSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGALRM, kick_signal()])
-}
+/// The signal the debugger's thread sends the VM's thread to make it leave `KVM_RUN` (or a
+/// wait) and look at its [`Kick`]: SIGURG, whose default action is to be ignored, so that even
+/// a thread that did not block it could not be killed by it (it is sent for a socket's urgent
+/// data only to a process that asks, which this one never does).
+pub const KICK_SIGNAL: libc::c_int = libc::SIGURG;
 
-/// Blocks [`ours`] in the calling thread and in every thread it starts afterwards. Call it in
-/// `main` before any thread starts: from then on none of them can kill the process or run a
-/// handler; they wait for a [`Listener`] to take them.
-pub fn block_ours() -> io::Result<()> {
-    sigprocmask(libc::SIG_BLOCK, Some(ours())).map(drop)
-}
+/// Every signal this program uses: the stop signals and the kick.
+pub const OURS: SigSet = STOP_SIGNALS.union(SigSet::of(&[KICK_SIGNAL]));
 
 /// `rt_sigprocmask(how, set)` on the calling thread; returns the mask it had before. `None`
 /// only reads the mask.
 fn sigprocmask(how: libc::c_int, set: Option<SigSet>) -> io::Result<SigSet> {
-    let new = set.map(SigSet::bits);
+    let new = set.map(|s| s.0);
     let new_ptr = new.as_ref().map_or(std::ptr::null(), |bits| bits as *const u64);
     let mut old: u64 = 0;
     // SAFETY: `new_ptr` is null or points to a live u64, `&mut old` to a writable one; 8 is
@@ -98,11 +103,13 @@ fn sigprocmask(how: libc::c_int, set: Option<SigSet>) -> io::Result<SigSet> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(SigSet(old)) }
 }
 
-/// The signals that one kind of thread takes for itself, through a signalfd.
+/// The signals one thread takes for itself, through a signalfd.
 #[derive(Debug)]
 pub struct Listener {
     fd: File,
-    set: SigSet,
+    /// The calling thread's mask before [`Listener::block`], without the listened signals: the
+    /// mask for `KVM_RUN`, so that they interrupt the guest (and only the guest).
+    run_mask: SigSet,
 }
 
 /// What [`Listener::wait`] waits for on a file, besides the signals.
@@ -123,26 +130,19 @@ pub enum Woke {
 }
 
 impl Listener {
-    /// A non-blocking signalfd for `set` (which must be blocked: [`block_ours`]).
-    pub fn new(set: SigSet) -> io::Result<Listener> {
-        let mask = set.bits();
+    /// Blocks `set` in the calling thread (and in every thread it starts afterwards), so that
+    /// none of them can kill the process or run a handler, and makes a non-blocking signalfd
+    /// that takes them.
+    pub fn block(set: SigSet) -> io::Result<Listener> {
+        let before = sigprocmask(libc::SIG_BLOCK, Some(set))?;
         let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
-        // SAFETY: `&mask` points to a live u64 of the 8 bytes the kernel reads; -1 asks for a
+        // SAFETY: `&set.0` points to a live u64 of the 8 bytes the kernel reads; -1 asks for a
         // new descriptor.
-        let raw = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8usize, flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = libc::c_int::try_from(raw).map_err(io::Error::other)?;
+        let raw = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &set.0 as *const u64, 8usize, flags) };
+        let raw = libc::c_int::try_from(raw).ok().filter(|&fd| fd >= 0).ok_or_else(io::Error::last_os_error)?;
         // SAFETY: signalfd4 just returned `raw`, a new descriptor that nothing else owns.
         let fd = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        Ok(Listener { fd, set })
-    }
-
-    /// The signal mask for `KVM_RUN` on the calling thread: its mask with this listener's
-    /// signals unblocked, so that they interrupt the guest (and only the guest).
-    pub fn run_mask(&self) -> io::Result<SigSet> {
-        Ok(sigprocmask(libc::SIG_BLOCK, None)?.minus(self.set))
+        Ok(Listener { fd, run_mask: SigSet(before.0 & !set.0) })
     }
 
     /// Takes every listened signal pending for this thread or the process, without waiting.
@@ -162,43 +162,23 @@ impl Listener {
     /// Waits until `file` is ready for `ready`, one of the listened signals is pending for
     /// this thread, or `timeout` passes (`None`: no limit). The signals are not taken.
     pub fn wait(&self, file: Option<(BorrowedFd<'_>, Ready)>, timeout: Option<Duration>) -> io::Result<Woke> {
+        let (fd, events) =
+            file.map_or((-1, 0), |(f, r)| (f.as_raw_fd(), if r == Ready::Read { libc::POLLIN } else { libc::POLLOUT }));
         let mut fds = [
             libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: -1, events: 0, revents: 0 },
+            libc::pollfd { fd, events, revents: 0 },
         ];
-        if let Some((fd, ready)) = file {
-            fds[1].fd = fd.as_raw_fd();
-            fds[1].events = if ready == Ready::Read { libc::POLLIN } else { libc::POLLOUT };
-        }
-        match poll(&mut fds, timeout)? {
-            0 => Ok(Woke::Timeout),
-            // The file first: what it can take is written before any signal is looked at.
-            _ if fds[1].revents != 0 => Ok(Woke::File),
-            _ => Ok(Woke::Signal),
-        }
-    }
-}
-
-/// Whether `fd` takes output at once (a write of up to `PIPE_BUF` bytes would not block).
-#[allow(dead_code)] // used by B and C: exiting at once, the console writes what stdout takes
-pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
-    poll(&mut fds, Some(Duration::ZERO)).is_ok_and(|n| n > 0)
-}
-
-/// `poll(2)` until one of `fds` is ready or `timeout` passes (`None`: no limit); the number of
-/// ready ones (0: timed out). A negative fd is skipped.
-fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX));
-    let n = libc::nfds_t::try_from(fds.len()).map_err(io::Error::other)?;
-    loop {
-        // SAFETY: `fds` is a live, writable slice of `n` pollfd: poll reads them and writes
-        // their `revents`, nothing else.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
-        match usize::try_from(r) {
-            Ok(ready) => return Ok(ready),
-            Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(io::Error::last_os_error()),
+        let ms = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX));
+        loop {
+            // SAFETY: `fds` is a live, writable array of 2 pollfd: poll reads them and writes
+            // their `revents`, nothing else.
+            match unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } {
+                0 => return Ok(Woke::Timeout),
+                // The file first: what it can take is written before any signal is looked at.
+                1.. => return Ok(if fds[1].revents != 0 { Woke::File } else { Woke::Signal }),
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                _ => return Err(io::Error::last_os_error()),
+            }
         }
     }
 }
@@ -221,29 +201,29 @@ impl Interruptible {
         let regular = file.metadata().is_ok_and(|m| m.file_type().is_file());
         Interruptible { file, listener: (!regular).then(|| Arc::clone(listener)) }
     }
-
-    fn ready(&self, ready: Ready) -> io::Result<usize> {
-        match &self.listener {
-            None => Ok(usize::MAX),
-            Some(l) => match l.wait(Some((self.file.as_fd(), ready)), None)? {
-                Woke::File => Ok(WRITE_CHUNK),
-                _ => Err(io::ErrorKind::Interrupted.into()),
-            },
-        }
-    }
 }
 
 impl Read for Interruptible {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.ready(Ready::Read)?;
+        if let Some(l) = &self.listener
+            && l.wait(Some((self.file.as_fd(), Ready::Read)), None)? != Woke::File
+        {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         self.file.read(buf)
     }
 }
 
 impl Write for Interruptible {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let most = self.ready(Ready::Write)?;
-        self.file.write(&buf[..buf.len().min(most)])
+        let mut most = buf.len();
+        if let Some(l) = &self.listener {
+            if l.wait(Some((self.file.as_fd(), Ready::Write)), None)? != Woke::File {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            most = most.min(WRITE_CHUNK);
+        }
+        self.file.write(&buf[..most])
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -261,25 +241,37 @@ impl AsFd for Interruptible {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     /// `--timeout` ran out.
-    Timeout = 1,
-    /// SIGINT or SIGTERM (Ctrl-C, `kill`).
-    Interrupted = 2,
+    Timeout,
+    /// A stop signal ([`STOP_SIGNALS`]): which one.
+    Signal(libc::c_int),
 }
 
-// Bits of a kick's requests: the two stop reasons (they stay), then the one-shot requests.
-const REQ_STOP_MASK: u8 = StopReason::Timeout as u8 | StopReason::Interrupted as u8;
-const REQ_PAUSE: u8 = 4;
-const REQ_DRAIN: u8 = 8;
-
-fn stop_reason(bits: u8) -> Option<StopReason> {
-    match bits & REQ_STOP_MASK {
-        0 => None,
-        b if b & StopReason::Interrupted as u8 != 0 => Some(StopReason::Interrupted),
-        _ => Some(StopReason::Timeout),
-    }
+/// Asks a VM's thread, from another thread, to stop for good (the watchdog), to pause (gdb's
+/// Ctrl-C) or to drain its serial ring: it records the request, then sends [`KICK_SIGNAL`] to
+/// the thread registered with [`Kick::deliver_here`]. Whether that thread is in `KVM_RUN`, in
+/// a wait, or about to enter one, it finds the signal and then the request ([`Kick::take`]).
+#[derive(Debug, Clone, Default)]
+pub struct Kick {
+    shared: Arc<KickShared>,
 }
 
-/// What other threads asked of a vCPU ([`Kick::take`]).
+#[derive(Debug, Default)]
+struct KickShared {
+    /// The stop reason (it stays), the signal of a stop by signal, a pause and a drain (each
+    /// taken once).
+    stop: AtomicU8,
+    signal: AtomicU8,
+    pause: AtomicBool,
+    drain: AtomicBool,
+    /// The VM asked for periodic drains (its serial ring is on and stdout is a terminal).
+    wants_drains: AtomicBool,
+    /// The thread inside [`Kick::deliver_here`], if any. A kick signals it under this lock, and
+    /// the thread clears it under this lock before it leaves, so a kick never signals a thread
+    /// that has ended.
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+/// What other threads asked of a VM ([`Kick::take`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Requests {
     /// The VM is to end (this stays).
@@ -290,96 +282,90 @@ pub struct Requests {
     pub drain: bool,
 }
 
-/// Asks a vCPU thread, from another thread, to stop for good, to pause (gdb's Ctrl-C) or to
-/// drain its serial ring: it records the request, then sends [`kick_signal`] to the thread
-/// registered with [`Kick::deliver_here`]. Whether that thread is in `KVM_RUN`, in a wait, or
-/// about to enter one, it finds the signal and then the request ([`Kick::take`]).
-#[derive(Debug, Clone, Default)]
-pub struct Kick {
-    shared: Arc<KickShared>,
-}
-
-#[derive(Debug, Default)]
-struct KickShared {
-    requests: AtomicU8,
-    /// The vCPU asked for periodic drains (its serial ring is on and stdout is a terminal).
-    wants_drains: AtomicBool,
-    /// The thread inside [`Kick::deliver_here`], if any. A kick signals it under this lock, and
-    /// the thread clears it under this lock before it leaves, so a kick never signals a thread
-    /// that has ended.
-    thread: Mutex<Option<libc::pthread_t>>,
-}
-
 /// A poisoned lock only means a thread panicked while holding it; the value is still valid.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Kick {
-    pub fn new() -> Kick {
-        Kick::default()
-    }
+const STOP_TIMEOUT: u8 = 1;
+const STOP_SIGNAL: u8 = 2;
 
-    /// Ends the VM: it reports itself as timed out or interrupted.
-    #[allow(dead_code)] // version A's VM takes its stops itself; B and C's watchdog sends them
+impl Kick {
+    /// Ends the VM: it reports itself as timed out or stopped by a signal (a signal wins).
     pub fn stop(&self, reason: StopReason) {
-        self.request(reason as u8);
+        if let StopReason::Signal(signal) = reason {
+            self.shared.signal.store(u8::try_from(signal).unwrap_or(0), Ordering::Relaxed);
+        }
+        let bit = if reason == StopReason::Timeout { STOP_TIMEOUT } else { STOP_SIGNAL };
+        self.request(|s| s.stop.fetch_or(bit, Ordering::Release));
     }
 
     /// Stops the guest for the debugger, without ending the VM.
     pub fn pause(&self) {
-        self.request(REQ_PAUSE);
+        self.request(|s| s.pause.store(true, Ordering::Release));
     }
 
-    /// Has the vCPU drain its coalesced serial ring, without stopping the guest.
-    #[allow(dead_code)] // used by B and C's watchdog
+    /// Has the VM drain its coalesced serial ring, without stopping the guest.
     pub fn drain(&self) {
-        self.request(REQ_DRAIN);
+        self.request(|s| s.drain.store(true, Ordering::Release));
     }
 
     /// Only wakes the thread (it then looks at whatever it is waiting for).
-    #[allow(dead_code)] // used by B and C: a VM thread that ends wakes the watchdog
     pub fn wake(&self) {
-        self.request(0);
+        self.request(|_| ());
     }
 
-    /// Whether the vCPU asked for periodic drains ([`Kick::want_drains`]).
-    #[allow(dead_code)] // used by B and C's watchdog
+    /// Whether the VM asked for periodic drains ([`Kick::want_drains`]).
     pub fn wants_drains(&self) -> bool {
         self.shared.wants_drains.load(Ordering::Relaxed)
     }
 
-    /// The vCPU side: from now on, kick this VM's thread to drain its ring now and then.
+    /// The VM's side: from now on, kick this VM's thread to drain its ring now and then.
     pub fn want_drains(&self) {
         self.shared.wants_drains.store(true, Ordering::Relaxed);
     }
 
-    fn request(&self, bit: u8) {
-        // Release: the thread that takes the signal sees the bit.
-        self.shared.requests.fetch_or(bit, Ordering::Release);
+    /// Records a request (Release: the thread that takes the signal sees it), then signals.
+    fn request<R>(&self, record: impl FnOnce(&KickShared) -> R) {
+        record(&self.shared);
         let thread = lock(&self.shared.thread);
         if let Some(thread) = *thread {
             // SAFETY: `thread` was stored by `deliver_here` on that thread, which clears it
             // under this same lock before it returns, so while we hold the lock the thread is
-            // alive and its pthread_t valid. The signal is blocked there: it stays pending
-            // until that thread takes it, so it can neither kill the process nor be lost.
-            unsafe { libc::pthread_kill(thread, kick_signal()) };
+            // alive and its pthread_t valid. The signal is blocked there (`deliver_here`
+            // checks): it stays pending until that thread takes it, so it can neither kill the
+            // process nor be lost.
+            unsafe { libc::pthread_kill(thread, KICK_SIGNAL) };
         }
     }
 
-    /// The vCPU side: what was asked. A stop stays; a pause and a drain are taken once.
+    /// The VM's side: what was asked. A stop stays; a pause and a drain are taken once.
     pub fn take(&self) -> Requests {
-        let bits = self.shared.requests.fetch_and(!(REQ_PAUSE | REQ_DRAIN), Ordering::Acquire);
-        Requests { stop: stop_reason(bits), pause: bits & REQ_PAUSE != 0, drain: bits & REQ_DRAIN != 0 }
+        let s = &self.shared;
+        let (pause, drain) = (s.pause.swap(false, Ordering::Acquire), s.drain.swap(false, Ordering::Acquire));
+        Requests { stop: self.stop_requested(), pause, drain }
+    }
+
+    /// The VM's side: whether a pause was asked since the last call (taken once).
+    pub fn take_pause(&self) -> bool {
+        self.shared.pause.swap(false, Ordering::Acquire)
     }
 
     /// Why the VM is to stop, if a kick asked that.
     pub fn stop_requested(&self) -> Option<StopReason> {
-        stop_reason(self.shared.requests.load(Ordering::Acquire))
+        match self.shared.stop.load(Ordering::Acquire) {
+            0 => None,
+            bits if bits & STOP_SIGNAL != 0 => {
+                Some(StopReason::Signal(self.shared.signal.load(Ordering::Relaxed).into()))
+            }
+            _ => Some(StopReason::Timeout),
+        }
     }
 
-    /// Runs `body` on this thread with kicks delivered here (the vCPU thread runs its whole
+    /// Runs `body` on this thread with kicks delivered here (the VM's thread runs its whole
     /// life inside this). Kicks sent while no thread is inside are recorded and found later.
+    /// The kick signal must be blocked on this thread (asserted in debug builds), or it would
+    /// be lost.
     pub fn deliver_here<R>(&self, body: impl FnOnce() -> R) -> R {
         /// Clears the slot when `body` returns or unwinds.
         struct Unregister<'a>(&'a KickShared);
@@ -388,6 +374,10 @@ impl Kick {
                 *lock(&self.0.thread) = None;
             }
         }
+        debug_assert!(
+            sigprocmask(libc::SIG_BLOCK, None).is_ok_and(|mask| mask.contains(KICK_SIGNAL)),
+            "the kick signal must be blocked on the thread it is delivered to"
+        );
         // SAFETY: pthread_self has no preconditions and cannot fail.
         let me = unsafe { libc::pthread_self() };
         *lock(&self.shared.thread) = Some(me);
@@ -396,150 +386,77 @@ impl Kick {
     }
 }
 
-/// The process's interval timer: SIGALRM after `first`, then every `every` (zero: once).
-/// `first` zero turns it off.
-fn set_alarm(first: Duration, every: Duration) -> io::Result<()> {
-    let tv = |d: Duration| libc::timeval {
-        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
-    };
-    let it = libc::itimerval { it_interval: tv(every), it_value: tv(first) };
-    // SAFETY: `it` is an initialised itimerval; a null old-value pointer is allowed.
-    let r = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+/// Whether `fd` takes output at once (a write of up to `PIPE_BUF` bytes would not block): the
+/// console's last write when the process exits without waiting for its VMs.
+pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+    // SAFETY: `fds` is a live, writable array of 1 pollfd: poll reads it and writes its
+    // `revents`, nothing else.
+    unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 1 }
 }
 
-/// What the signals a vCPU took mean for its loop.
+/// What the signals a VM took mean for its loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// End the VM.
     Stop(StopReason),
     /// Stop the guest for the debugger.
     Pause,
-    /// Nothing to do but run on (a drain tick: the loop drains its ring at every exit anyway).
+    /// Nothing to do but run on (a drain: the loop drains its ring at every exit anyway).
     Resume,
 }
 
-/// One vCPU thread's view of its signals: the listener, its kick, and (in a program whose
-/// vCPU runs on the main thread) the `--timeout` deadline and the timer that enforces it.
+/// One VM thread's view of its signals: its listener (the kick signal only: the watchdog, on
+/// the main thread, takes the stop signals and enforces `--timeout`) and its kick.
 #[derive(Debug)]
 pub struct Interrupts {
+    /// This VM's kick: the watchdog's stops and drains, and gdb's Ctrl-C.
+    pub kick: Kick,
+    /// The signal mask for `KVM_RUN` (`KVM_SET_SIGNAL_MASK`, as the kernel's two 32-bit
+    /// words): the kick signal unblocked.
+    pub run_mask: [u32; 2],
     listener: Arc<Listener>,
-    kick: Kick,
-    /// `Some` when this thread owns the process's timer (version A): the deadline, if any,
-    /// and how often to drain the ring once asked.
-    timer: Option<Timer>,
-    /// Signals taken but not yet acted on (taken inside a wait, acted on at the next exit).
-    taken: Cell<SigSet>,
-    /// Set once a stop came: the VM is ending.
-    stop: Cell<Option<StopReason>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Timer {
-    deadline: Option<Instant>,
-    drain_every: Option<Duration>,
+    /// A kick signal taken inside a wait and not acted on yet (acted on at the next exit).
+    taken: Cell<bool>,
 }
 
 impl Interrupts {
-    /// A vCPU whose stops come only through `kick` (versions B and C: the watchdog takes
-    /// SIGINT/SIGTERM and enforces `--timeout`).
-    #[allow(dead_code)] // versions B and C
-    pub fn kicked(listener: Arc<Listener>, kick: Kick) -> Interrupts {
-        Interrupts::with_timer(listener, kick, None)
+    /// The VM's signals, on the thread that runs it; `listener` listens to the kick signal.
+    pub fn new(listener: Arc<Listener>, kick: Kick) -> Interrupts {
+        let run_mask = [listener.run_mask.0 as u32, (listener.run_mask.0 >> 32) as u32];
+        Interrupts { kick, run_mask, listener, taken: Cell::new(false) }
     }
 
-    fn with_timer(listener: Arc<Listener>, kick: Kick, timer: Option<Timer>) -> Interrupts {
-        Interrupts { listener, kick, timer, taken: Cell::new(SigSet::EMPTY), stop: Cell::new(None) }
+    /// The serial ring is on and stdout is a terminal: the watchdog kicks this VM to drain it
+    /// now and then even if the guest makes no exit.
+    pub fn drain_every(&self, _every: std::time::Duration) {
+        self.kick.want_drains();
     }
 
-    /// A vCPU that listens to SIGINT, SIGTERM and SIGALRM itself (version A, on the main
-    /// thread): `timeout` arms the timer now.
-    #[allow(dead_code)] // B and C run their VMs on threads of their own
-    pub fn owning_timer(listener: Arc<Listener>, kick: Kick, timeout: Option<Duration>) -> io::Result<Interrupts> {
-        if let Some(t) = timeout {
-            set_alarm(t.max(Duration::from_micros(1)), Duration::ZERO)?;
-        }
-        let timer = Timer { deadline: timeout.map(|t| Instant::now() + t), drain_every: None };
-        Ok(Interrupts::with_timer(listener, kick, Some(timer)))
-    }
-
-    pub fn listener(&self) -> &Arc<Listener> {
-        &self.listener
-    }
-
-    pub fn kick(&self) -> &Kick {
-        &self.kick
-    }
-
-    /// The serial ring is on and stdout is a terminal: bytes waiting in it must be drained
-    /// every `every` even if the guest makes no exit.
-    pub fn drain_every(&mut self, every: Duration) {
-        match &mut self.timer {
-            Some(timer) => {
-                timer.drain_every = Some(every);
-                let _ = set_alarm(every, every);
-            }
-            None => self.kick.want_drains(),
-        }
-    }
-
-    /// Whether anything was taken inside a wait and not acted on yet (checked before each
+    /// Whether a kick was taken inside a wait and not acted on yet (checked before each
     /// `KVM_RUN`, for no system call).
     pub fn has_taken(&self) -> bool {
-        !self.taken.get().is_empty()
+        self.taken.get()
     }
 
     /// Takes what is pending and says whether the VM is being stopped. Blocking waits call
     /// this when a signal interrupts them.
     pub fn stop_requested(&self) -> Option<StopReason> {
-        self.collect();
-        self.stop.get()
+        if self.listener.take() != SigSet::EMPTY {
+            self.taken.set(true);
+        }
+        self.kick.stop_requested()
     }
 
-    /// After `KVM_RUN` returned early (or a wait took signals): what to do now.
+    /// After `KVM_RUN` returned early (or a wait took a kick): what to do now.
     pub fn wake(&self) -> Wake {
-        self.collect();
-        self.taken.set(SigSet::EMPTY);
+        let _ = self.listener.take();
+        self.taken.set(false);
         let requests = self.kick.take();
-        match self.stop.get() {
+        match requests.stop {
             Some(reason) => Wake::Stop(reason),
             None if requests.pause => Wake::Pause,
             None => Wake::Resume,
-        }
-    }
-
-    /// Reads the signalfd and folds what came into `taken` and `stop`.
-    fn collect(&self) {
-        let taken = self.taken.get().union(self.listener.take());
-        self.taken.set(taken);
-        if self.stop.get().is_some() {
-            return;
-        }
-        let now_due = self.timer.and_then(|t| t.deadline).is_some_and(|d| Instant::now() >= d);
-        let stop = if taken.contains(libc::SIGINT) || taken.contains(libc::SIGTERM) {
-            Some(StopReason::Interrupted)
-        } else if taken.contains(libc::SIGALRM) && now_due {
-            Some(StopReason::Timeout)
-        } else {
-            self.kick.stop_requested()
-        };
-        self.stop.set(stop);
-    }
-
-    /// Once the VM is being stopped, its last output gets a short time to go out: after
-    /// `grace`, a stdout that takes nothing is given up on (SIGALRM then interrupts the wait).
-    pub fn give_output(&self, grace: Duration) {
-        if self.timer.is_some() && self.stop.get().is_some() {
-            let _ = set_alarm(grace, grace);
-        }
-    }
-}
-
-impl Drop for Interrupts {
-    fn drop(&mut self) {
-        if self.timer.is_some() {
-            let _ = set_alarm(Duration::ZERO, Duration::ZERO);
         }
     }
 }
@@ -551,62 +468,61 @@ mod tests {
     #[test]
     fn sets_are_the_kernels_bit_layout() {
         let s = SigSet::of(&[libc::SIGINT, libc::SIGTERM]);
-        assert_eq!(s.bits(), 1 << 1 | 1 << 14);
+        assert_eq!(s.0, 1 << 1 | 1 << 14);
         assert!(s.contains(libc::SIGINT) && !s.contains(libc::SIGALRM));
         assert_eq!(s.minus(SigSet::of(&[libc::SIGINT])), SigSet::of(&[libc::SIGTERM]));
+        assert_eq!(s.first(), Some(libc::SIGINT));
         assert_eq!(SigSet::of(&[0, 65, -1]), SigSet::EMPTY, "no such signals");
-        assert!(ours().contains(kick_signal()) && ours().contains(libc::SIGALRM));
-    }
-
-    #[test]
-    fn stop_requests_stay_and_pause_and_drain_are_taken_once() {
-        let kick = Kick::new();
-        kick.pause();
-        kick.drain();
-        assert_eq!(kick.take(), Requests { stop: None, pause: true, drain: true });
-        assert_eq!(kick.take(), Requests::default(), "one-shot requests are taken");
-        kick.stop(StopReason::Timeout);
-        kick.stop(StopReason::Interrupted);
-        assert_eq!(kick.take().stop, Some(StopReason::Interrupted), "an interrupt wins");
-        assert_eq!(kick.stop_requested(), Some(StopReason::Interrupted), "a stop stays");
+        assert!(OURS.contains(KICK_SIGNAL) && OURS.contains(libc::SIGHUP) && !OURS.contains(libc::SIGALRM));
     }
 
     /// A kicked thread that blocks the kick signal finds it pending, and the listener takes
     /// it, with another thread spinning in the process all along: no handler, nothing to race.
     #[test]
     fn a_kick_reaches_the_registered_thread_only_through_its_listener() {
-        let spinning = Arc::new(AtomicBool::new(true));
-        let spin = {
-            let spinning = Arc::clone(&spinning);
-            std::thread::spawn(move || {
-                while spinning.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        };
-        let kick = Kick::new();
+        let kick = Kick::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let vcpu = {
             let kick = kick.clone();
             std::thread::spawn(move || {
-                sigprocmask(libc::SIG_BLOCK, Some(SigSet::of(&[kick_signal()]))).unwrap();
-                let listener = Listener::new(SigSet::of(&[kick_signal()])).unwrap();
+                let listener = Listener::block(SigSet::of(&[KICK_SIGNAL])).unwrap();
                 kick.deliver_here(|| {
                     tx.send(()).unwrap();
                     let woke = listener.wait(None, Some(Duration::from_secs(20))).unwrap();
-                    (woke, listener.take(), kick.take())
+                    (woke, listener.take(), kick.take_pause())
                 })
             })
         };
         rx.recv().unwrap();
         kick.pause();
-        let (woke, taken, requests) = vcpu.join().unwrap();
-        spinning.store(false, Ordering::Relaxed);
-        spin.join().unwrap();
+        let (woke, taken, paused) = vcpu.join().unwrap();
         assert_eq!(woke, Woke::Signal);
-        assert!(taken.contains(kick_signal()));
-        assert!(requests.pause);
-        kick.stop(StopReason::Timeout); // nobody registered any more: recorded, no signal sent
-        assert_eq!(kick.stop_requested(), Some(StopReason::Timeout));
+        assert!(taken.contains(KICK_SIGNAL));
+        assert!(paused);
+        assert!(!kick.take_pause(), "a pause is taken once");
+        kick.pause(); // nobody registered any more: recorded, no signal sent
+        assert!(kick.take_pause());
+    }
+
+    #[test]
+    fn stop_requests_stay_and_pause_and_drain_are_taken_once() {
+        let kick = Kick::default();
+        kick.pause();
+        kick.drain();
+        assert_eq!(kick.take(), Requests { stop: None, pause: true, drain: true });
+        assert_eq!(kick.take(), Requests::default(), "one-shot requests are taken");
+        kick.stop(StopReason::Timeout);
+        kick.stop(StopReason::Signal(libc::SIGHUP));
+        assert_eq!(kick.take().stop, Some(StopReason::Signal(libc::SIGHUP)), "a signal wins");
+        assert_eq!(kick.stop_requested(), Some(StopReason::Signal(libc::SIGHUP)), "a stop stays");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the kick signal must be blocked")]
+    fn delivering_kicks_to_a_thread_that_does_not_block_them_is_refused() {
+        if let Err(panic) = std::thread::spawn(|| Kick::default().deliver_here(|| ())).join() {
+            std::panic::resume_unwind(panic);
+        }
     }
 }

@@ -81,7 +81,8 @@ fn bad_option_values_are_usage_errors_naming_the_value() {
         assert!(r.stdout.is_empty());
         let first = r.stderr.lines().next().unwrap_or_default();
         assert!(first.starts_with("mini_hypervisor: ") && first.contains(expected), "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains("Usage:"), "{}", r.stderr);
+        assert_eq!(r.stderr.lines().nth(1), Some("Try 'mini_hypervisor --help' for more information."));
+        assert_eq!(r.stderr.lines().count(), 2, "{}", r.stderr);
     }
     let help = run(&["--help"]).stdout();
     assert!(help.contains("--gdb <port>") && help.contains("--no-coalesce"), "{help}");

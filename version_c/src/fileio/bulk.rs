@@ -8,7 +8,13 @@ use std::io;
 use super::completed::{Completed, Why};
 use super::requests::{lookup, take_back};
 use super::{ERROR_DWORD, FileDevice, Mode};
-use crate::hostfs::ShortWrite;
+
+/// A write that stopped early: `written` bytes reached the file before `error`.
+#[derive(Debug)]
+pub struct ShortWrite {
+    pub written: usize,
+    pub error: io::Error,
+}
 
 /// Guest RAM as the bulk commands need it. The hypervisor implements it over its
 /// mmap; tests implement it over a `Vec`. Callers ([`FileDevice`]) have already checked

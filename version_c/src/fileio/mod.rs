@@ -56,8 +56,9 @@ use std::fs::File;
 use crate::sandbox::Sandbox;
 use bulk::Bulk;
 
-pub use bulk::GuestRam;
+pub use bulk::{GuestRam, ShortWrite};
 pub use completed::Completed;
+pub use requests::{read_up_to, write_counted};
 
 /// The I/O port of the file device.
 pub const FILE_PORT: u16 = 0x0278;

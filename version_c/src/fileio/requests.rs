@@ -8,9 +8,9 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
+use super::ShortWrite;
 use super::completed::{Completed, GuestName, Why};
 use super::{ERROR, FLAGS_READ, FLAGS_WRITE, FileDevice, MAX_TRANSFER, Mode, OpenFile, State};
-use crate::hostfs::ShortWrite;
 use crate::sandbox::{self, NameError, OpenError};
 
 impl FileDevice {
@@ -117,7 +117,7 @@ pub(super) fn lookup(files: &[Option<OpenFile>], vfd: u8, mode: Mode) -> Result<
 }
 
 /// Write all of `bytes` to `file`; on failure, how many reached the file first.
-pub(super) fn write_counted(mut file: &File, bytes: &[u8]) -> Result<(), ShortWrite> {
+pub fn write_counted(mut file: &File, bytes: &[u8]) -> Result<(), ShortWrite> {
     let mut done = 0;
     while let Some(rest) = bytes.get(done..).filter(|rest| !rest.is_empty()) {
         match file.write(rest) {
@@ -146,7 +146,7 @@ pub(super) fn take_back(file: &File, short: ShortWrite) -> Why {
 
 /// Read until `buf` is full or end of file (a short read alone does not mean end of file).
 /// An error after some bytes arrived returns those bytes; the error will show again next time.
-pub(super) fn read_up_to(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_up_to(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while let Some(rest) = buf.get_mut(got..).filter(|rest| !rest.is_empty()) {
         match file.read(rest) {

@@ -3,10 +3,10 @@
 
 mod model;
 
+use super::ShortWrite;
 use super::completed::{GuestName, Why};
 use super::requests::{read_up_to, take_back, write_counted};
 use super::*;
-use crate::hostfs::ShortWrite;
 use crate::sandbox::{OpenError, SharedFiles};
 use crate::test_dir::TempDir;
 use std::cell::RefCell;

@@ -10,6 +10,7 @@
 // markers below, each with its own SAFETY line.
 #![allow(unsafe_code)]
 
+use std::marker::PhantomData;
 use std::mem::{offset_of, size_of};
 
 // ---------------------------------------------------------------------------------------------
@@ -17,70 +18,110 @@ use std::mem::{offset_of, size_of};
 // ---------------------------------------------------------------------------------------------
 
 // asm-generic/ioctl.h (x86-64): nr 8 bits @0, type 8 bits @8, size 14 bits @16, dir 2 bits @30.
-pub const IOC_NONE: u32 = 0;
-pub const IOC_WRITE: u32 = 1;
-pub const IOC_READ: u32 = 2;
+const IOC_NONE: u32 = 0;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
 const KVMIO: u32 = 0xAE;
+
+/// An ioctl request whose type says what it takes: [`Read`] (the kernel fills a `T`),
+/// [`Write`] (the kernel reads a `T`), [`Value`] (an integer in, an integer out) or [`NewFd`]
+/// (an integer in, a new file descriptor out). The number is built from the same `T`, so a
+/// request can be called only with its own argument type (`kvm/mod.rs` has the calls).
+#[derive(Debug)]
+pub struct Ioctl<K, T> {
+    pub(super) number: u64,
+    pub(super) name: &'static str,
+    pub(super) kind: PhantomData<fn() -> (K, T)>,
+}
+
+/// The kernel writes a `T` (`_IOR`).
+#[derive(Debug)]
+pub enum Read {}
+/// The kernel reads a `T` (`_IOW`).
+#[derive(Debug)]
+pub enum Write {}
+/// No pointer: an integer argument and an integer result (`_IO`).
+#[derive(Debug)]
+pub enum Value {}
+/// No pointer: an integer argument, and the result is a new file descriptor (`_IO`).
+#[derive(Debug)]
+pub enum NewFd {}
 
 const fn ioc(dir: u32, nr: u32, size: usize) -> u64 {
     assert!(size < (1 << 14), "argument too large for _IOC_SIZEBITS");
     ((dir << 30) | ((size as u32) << 16) | (KVMIO << 8) | nr) as u64
 }
-/// `_IO(KVMIO, nr)`: no argument, or an integer argument.
-const fn io(nr: u32) -> u64 {
-    ioc(IOC_NONE, nr, 0)
-}
-/// `_IOR(KVMIO, nr, T)`: the kernel writes a `T`.
-const fn ior<T>(nr: u32) -> u64 {
-    ioc(IOC_READ, nr, size_of::<T>())
-}
-/// `_IOW(KVMIO, nr, T)`: the kernel reads a `T`.
-const fn iow<T>(nr: u32) -> u64 {
-    ioc(IOC_WRITE, nr, size_of::<T>())
+
+impl<K, T> Ioctl<K, T> {
+    const fn new(number: u64, name: &'static str) -> Self {
+        Ioctl { number, name, kind: PhantomData }
+    }
+
+    /// The request number, as `<linux/kvm.h>` computes it (`tests/layout.rs` compares them).
+    pub const fn number(&self) -> u64 {
+        self.number
+    }
 }
 
-/// The argument size encoded in an ioctl number (`_IOC_SIZE`).
-pub const fn ioc_size(req: u64) -> usize {
-    ((req >> 16) & 0x3fff) as usize
+impl<T> Ioctl<Read, T> {
+    /// `_IOR(KVMIO, nr, T)`.
+    const fn ior(nr: u32, name: &'static str) -> Self {
+        Ioctl::new(ioc(IOC_READ, nr, size_of::<T>()), name)
+    }
 }
 
-/// The direction encoded in an ioctl number (`_IOC_DIR`): `IOC_NONE`, `IOC_READ`, `IOC_WRITE`.
-pub const fn ioc_dir(req: u64) -> u32 {
-    ((req >> 30) & 3) as u32
+impl<T> Ioctl<Write, T> {
+    /// `_IOW(KVMIO, nr, T)`; `size` is `size_of::<T>()` but for a header type (see
+    /// [`KvmSignalMask`]).
+    const fn iow(nr: u32, size: usize, name: &'static str) -> Self {
+        Ioctl::new(ioc(IOC_WRITE, nr, size), name)
+    }
 }
 
-pub const KVM_GET_API_VERSION: u64 = io(0x00);
-pub const KVM_CREATE_VM: u64 = io(0x01);
-pub const KVM_CHECK_EXTENSION: u64 = io(0x03);
-pub const KVM_GET_VCPU_MMAP_SIZE: u64 = io(0x04);
-pub const KVM_CREATE_VCPU: u64 = io(0x41);
-pub const KVM_SET_USER_MEMORY_REGION: u64 = iow::<KvmUserspaceMemoryRegion>(0x46);
-pub const KVM_REGISTER_COALESCED_MMIO: u64 = iow::<KvmCoalescedMmioZone>(0x67);
-pub const KVM_RUN: u64 = io(0x80);
-pub const KVM_GET_REGS: u64 = ior::<KvmRegs>(0x81);
-pub const KVM_SET_REGS: u64 = iow::<KvmRegs>(0x82);
-pub const KVM_GET_SREGS: u64 = ior::<KvmSregs>(0x83);
-pub const KVM_SET_SREGS: u64 = iow::<KvmSregs>(0x84);
-pub const KVM_SET_GUEST_DEBUG: u64 = iow::<KvmGuestDebug>(0x9b);
+impl<K> Ioctl<K, ()> {
+    /// `_IO(KVMIO, nr)`.
+    const fn io(nr: u32, name: &'static str) -> Self {
+        Ioctl::new(ioc(IOC_NONE, nr, 0), name)
+    }
+}
+
+pub const KVM_GET_API_VERSION: Ioctl<Value, ()> = Ioctl::io(0x00, "KVM_GET_API_VERSION");
+pub const KVM_CREATE_VM: Ioctl<NewFd, ()> = Ioctl::io(0x01, "KVM_CREATE_VM");
+pub const KVM_CHECK_EXTENSION: Ioctl<Value, ()> = Ioctl::io(0x03, "KVM_CHECK_EXTENSION");
+pub const KVM_GET_VCPU_MMAP_SIZE: Ioctl<Value, ()> = Ioctl::io(0x04, "KVM_GET_VCPU_MMAP_SIZE");
+pub const KVM_CREATE_VCPU: Ioctl<NewFd, ()> = Ioctl::io(0x41, "KVM_CREATE_VCPU");
+/// Not [`Pod`]: the region carries a host address that the kernel keeps using, so no safe
+/// call takes it; only `Machine::new` registers guest RAM (an `unsafe` block in `kvm/mod.rs`).
+pub const KVM_SET_USER_MEMORY_REGION: Ioctl<Write, KvmUserspaceMemoryRegion> =
+    Ioctl::iow(0x46, size_of::<KvmUserspaceMemoryRegion>(), "KVM_SET_USER_MEMORY_REGION");
+pub const KVM_REGISTER_COALESCED_MMIO: Ioctl<Write, KvmCoalescedMmioZone> =
+    Ioctl::iow(0x67, size_of::<KvmCoalescedMmioZone>(), "KVM_REGISTER_COALESCED_MMIO");
+pub const KVM_RUN: Ioctl<Value, ()> = Ioctl::io(0x80, "KVM_RUN");
+pub const KVM_GET_REGS: Ioctl<Read, KvmRegs> = Ioctl::ior(0x81, "KVM_GET_REGS");
+pub const KVM_SET_REGS: Ioctl<Write, KvmRegs> = Ioctl::iow(0x82, size_of::<KvmRegs>(), "KVM_SET_REGS");
+pub const KVM_GET_SREGS: Ioctl<Read, KvmSregs> = Ioctl::ior(0x83, "KVM_GET_SREGS");
+pub const KVM_SET_SREGS: Ioctl<Write, KvmSregs> = Ioctl::iow(0x84, size_of::<KvmSregs>(), "KVM_SET_SREGS");
 /// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`: the size encoded is that of the 4-byte header
 /// (`len`); the mask itself follows it ([`KvmSignalMask`]).
-pub const KVM_SET_SIGNAL_MASK: u64 = ioc(IOC_WRITE, 0x8b, KvmSignalMask::ENCODED_SIZE);
+pub const KVM_SET_SIGNAL_MASK: Ioctl<Write, KvmSignalMask> = Ioctl::iow(0x8b, 4, "KVM_SET_SIGNAL_MASK");
+pub const KVM_SET_GUEST_DEBUG: Ioctl<Write, KvmGuestDebug> =
+    Ioctl::iow(0x9b, size_of::<KvmGuestDebug>(), "KVM_SET_GUEST_DEBUG");
 
 // The literals, checked against gcc on this machine (see also tests/layout.rs).
-const _: () = assert!(KVM_GET_API_VERSION == 0xAE00);
-const _: () = assert!(KVM_CREATE_VM == 0xAE01);
-const _: () = assert!(KVM_CHECK_EXTENSION == 0xAE03);
-const _: () = assert!(KVM_GET_VCPU_MMAP_SIZE == 0xAE04);
-const _: () = assert!(KVM_CREATE_VCPU == 0xAE41);
-const _: () = assert!(KVM_SET_USER_MEMORY_REGION == 0x4020_AE46);
-const _: () = assert!(KVM_REGISTER_COALESCED_MMIO == 0x4010_AE67);
-const _: () = assert!(KVM_RUN == 0xAE80);
-const _: () = assert!(KVM_GET_REGS == 0x8090_AE81);
-const _: () = assert!(KVM_SET_REGS == 0x4090_AE82);
-const _: () = assert!(KVM_GET_SREGS == 0x8138_AE83);
-const _: () = assert!(KVM_SET_SREGS == 0x4138_AE84);
-const _: () = assert!(KVM_SET_GUEST_DEBUG == 0x4048_AE9B);
-const _: () = assert!(KVM_SET_SIGNAL_MASK == 0x4004_AE8B);
+const _: () = assert!(KVM_GET_API_VERSION.number == 0xAE00);
+const _: () = assert!(KVM_CREATE_VM.number == 0xAE01);
+const _: () = assert!(KVM_CHECK_EXTENSION.number == 0xAE03);
+const _: () = assert!(KVM_GET_VCPU_MMAP_SIZE.number == 0xAE04);
+const _: () = assert!(KVM_CREATE_VCPU.number == 0xAE41);
+const _: () = assert!(KVM_SET_USER_MEMORY_REGION.number == 0x4020_AE46);
+const _: () = assert!(KVM_REGISTER_COALESCED_MMIO.number == 0x4010_AE67);
+const _: () = assert!(KVM_RUN.number == 0xAE80);
+const _: () = assert!(KVM_GET_REGS.number == 0x8090_AE81);
+const _: () = assert!(KVM_SET_REGS.number == 0x4090_AE82);
+const _: () = assert!(KVM_GET_SREGS.number == 0x8138_AE83);
+const _: () = assert!(KVM_SET_SREGS.number == 0x4138_AE84);
+const _: () = assert!(KVM_SET_GUEST_DEBUG.number == 0x4048_AE9B);
+const _: () = assert!(KVM_SET_SIGNAL_MASK.number == 0x4004_AE8B);
 
 /// The only API version there has ever been (`KVM_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
@@ -333,21 +374,16 @@ const _: () = {
 };
 
 /// Plain-old-data types: any bytes make a valid value, and no value holds an address the
-/// kernel would follow. Only these are copied out of guest memory or the run area
-/// ([`super::Mmap::read_obj`]) or handed to an ioctl by the safe wrappers.
-/// `KvmUserspaceMemoryRegion` is deliberately not `Pod`: it carries a host address that the
-/// kernel keeps using, so only the `unsafe fn` that registers guest RAM may pass one.
+/// kernel would follow. Only these are copied out of guest memory or the run area, or handed
+/// to an ioctl by the safe calls of `kvm/mod.rs`. `KvmUserspaceMemoryRegion` is deliberately
+/// not `Pod`: it carries a host address that the kernel keeps using.
 ///
 /// # Safety
 /// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other
 /// `Pod` structs, have no padding bytes that are not spelled out as fields (so every bit
 /// pattern is a valid value and every byte of a value is initialised), and hold no field that
 /// the kernel takes for an address.
-pub unsafe trait Pod: Copy + Default {
-    /// The argument size an ioctl number encodes for this type (`_IOC_SIZE`): the whole value,
-    /// except for a header that announces data after it, where it is the header's.
-    const ENCODED_SIZE: usize = size_of::<Self>();
-}
+pub unsafe trait Pod: Copy + Default {}
 // SAFETY: each of these is a #[repr(C)] struct of integers (or of other such structs) with
 // explicit padding fields, checked for hidden gaps by the const block above, and none has a
 // field the kernel takes for an address (the `data_offset` of KvmRunIo is an offset into the
@@ -372,11 +408,7 @@ unsafe impl Pod for KvmRunInternal {}
 // SAFETY: as above.
 unsafe impl Pod for KvmDebugExitArch {}
 // SAFETY: as above. The kernel reads the 4-byte header (`len` = 8), then the 8 bytes of mask
-// that follow it, all inside this 12-byte value.
-unsafe impl Pod for KvmSignalMask {
-    const ENCODED_SIZE: usize = 4;
-}
-// SAFETY: u32 and u64 are integers.
+// that follow it, all inside this 12-byte value: the request encodes the header's size.
+unsafe impl Pod for KvmSignalMask {}
+// SAFETY: u32 is an integer.
 unsafe impl Pod for u32 {}
-// SAFETY: as above.
-unsafe impl Pod for u64 {}

@@ -2,7 +2,7 @@
 //! the protocol written from its rules.
 
 use super::*;
-use crate::test_rng::Rng;
+use inspect::test_rng::Rng;
 
 /// The answer the model has waiting for `in`s.
 #[derive(Debug)]

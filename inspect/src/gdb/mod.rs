@@ -1,0 +1,476 @@
+//! `--gdb PORT`: a GDB remote-protocol stub for one VM, written by hand over `std::net`.
+//!
+//! The version's run loop calls [`Debugger::on_stop`] whenever the vCPU stops for the
+//! debugger — before its first instruction, at a debug exit, at gdb's Ctrl-C, at a crash —
+//! and [`Debugger::exited`] when the guest halts. The stub sees the vCPU and its RAM through
+//! [`Target`], and pauses the running guest for gdb's Ctrl-C through [`Pause`]: both are the
+//! version's, the rest is here. The parts:
+//!
+//! - `protocol.rs`: packet framing and the hex encodings (pure);
+//! - `registers.rs`: the target description and the register encodings (pure);
+//! - `paging.rs`: the walk of the guest's page tables, for memory access and `monitor walk`;
+//! - `breakpoints.rs`: breakpoints, watchpoints and the four debug registers (pure);
+//! - `stepping.rs`: resuming the guest and making sense of its debug exits (the fast path);
+//! - `session.rs`: the packet dispatcher, over [`Target`];
+//! - `monitor.rs`: the `monitor` commands;
+//! - `connection.rs`: the socket, the reader thread, and the one use of [`Pause`];
+//! - this file: the hook the run loop calls, and the probe of whether the host fires data
+//!   breakpoints ([`data_watch_probe`]).
+
+mod breakpoints;
+mod connection;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod fuzz;
+mod monitor;
+mod paging;
+mod protocol;
+mod registers;
+mod session;
+mod stepping;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use connection::listen;
+
+use breakpoints::{Breakpoints, Watch, WatchKind};
+use connection::{Conn, Link, Wait};
+use protocol::{Input, console_packets};
+use session::{Action, Session};
+
+use crate::{GuestDebug, MemoryMap, Target};
+
+/// How the stub stops the running guest when gdb sends its Ctrl-C (or goes away): the
+/// version's side of it, shared with the stub's reader thread.
+pub trait Pause: Send + Sync {
+    /// Makes the vCPU leave the guest soon; the run loop then calls [`Debugger::on_stop`] with
+    /// [`Stop::Interrupt`]. Called from the stub's reader thread, while the guest runs.
+    fn pause(&self);
+    /// Drops a pause not yet acted on (the guest stopped for another reason just before), so
+    /// that the next resume does not stop at once. A request to stop the VM is not touched.
+    /// Called on the vCPU's thread when the stub takes over a stopped guest.
+    fn forget_pause(&self);
+}
+
+/// Why the vCPU stopped, as the run loop tells the stub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Before the first instruction.
+    Start,
+    /// A debug exit (`KVM_EXIT_DEBUG`): a breakpoint, a watchpoint or a single step; `pc` and
+    /// `dr6` as the exit gives them.
+    Trap {
+        /// The address of the next instruction (the exit's `pc`).
+        pc: u64,
+        /// DR6 at the exit: which debug register fired, or a single step.
+        dr6: u64,
+    },
+    /// gdb's Ctrl-C (a [`Pause::pause`] the run loop acted on).
+    Interrupt,
+    /// The guest crashed (triple fault, KVM internal error, MMIO outside RAM).
+    Crash,
+}
+
+/// What the run loop does after the stub let go of a stopped vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Run the guest (after a crash: end the VM as failed, with the usual report).
+    Go,
+    /// `k`: end the VM as failed.
+    Kill,
+    /// gdb detached or went away: breakpoints are out; drop the debugger and run on.
+    Detached,
+}
+
+/// The debugger of one VM: the listening socket until gdb connects, then the session.
+pub struct Debugger {
+    port: u16,
+    listener: Option<TcpListener>,
+    conn: Option<Conn>,
+    link: Link,
+    session: Session,
+    /// The ELF file to give gdb, for the message.
+    elf: String,
+    /// The guest crashed: resuming ends the VM.
+    crashed: bool,
+}
+
+/// The VM ended while gdb waits for the running guest to stop (timeout, Ctrl-C of the
+/// hypervisor, a device error): gdb hears that it was killed, instead of a lost connection.
+impl Drop for Debugger {
+    fn drop(&mut self) {
+        if self.conn.is_some() && self.link.is_running() {
+            self.send(b"X09");
+        }
+        self.close();
+    }
+}
+
+impl std::fmt::Debug for Debugger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Debugger").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Debugger {
+    /// The debugger of a VM, on a socket from [`listen`]. `image` names the guest (gdb is told
+    /// to load the ELF file beside it); `map` is for `monitor mem`; `data_watch` says whether
+    /// this host fires data breakpoints (the version finds out with [`data_watch_probe`]).
+    pub fn new(
+        listener: TcpListener,
+        pause: Arc<dyn Pause>,
+        image: &Path,
+        map: MemoryMap,
+        data_watch: bool,
+    ) -> Debugger {
+        Debugger {
+            port: listener.local_addr().map_or(0, |a| a.port()),
+            listener: Some(listener),
+            conn: None,
+            link: Link::new(pause),
+            session: Session::new(data_watch, map),
+            elf: image.with_extension("elf").display().to_string(),
+            crashed: false,
+        }
+    }
+
+    /// The vCPU is stopped: serve gdb until it resumes, kills or detaches. At [`Stop::Start`]
+    /// this first waits for gdb to connect. `stop_requested` says whether the VM is being
+    /// stopped (timeout, Ctrl-C of the hypervisor): then the stub stops waiting and returns
+    /// [`Resume::Go`], and the run loop ends the VM. A debug exit of a single step that gdb
+    /// need not hear of returns at once, with no system call.
+    pub fn on_stop(&mut self, t: &dyn Target, why: Stop, stop_requested: &dyn Fn() -> bool) -> Resume {
+        if why == Stop::Start && !self.connect(stop_requested) {
+            return Resume::Go; // being stopped: the run loop sees it at once
+        }
+        if self.conn.is_none() {
+            return Resume::Detached;
+        }
+        let stop = match why {
+            Stop::Trap { pc, dr6 } => match self.session.on_trap(t, pc, dr6) {
+                Some(stop) => stop,
+                None => {
+                    self.print_notes();
+                    return Resume::Go; // a silent step: run on
+                }
+            },
+            why => self.session.stop_reply(why),
+        };
+        self.crashed |= why == Stop::Crash;
+        self.link.hold();
+        self.print_notes();
+        if why != Stop::Start {
+            self.send(&stop);
+        }
+        self.serve(t, stop_requested)
+    }
+
+    /// The guest halted: gdb hears that it exited normally (`W00`), and the session ends.
+    pub fn exited(&mut self) {
+        if self.conn.is_some() {
+            self.send(b"W00");
+            self.close();
+        }
+    }
+
+    /// At the start: says where to connect, and waits for gdb. `false`: the VM is being
+    /// stopped, or no connection could be made (the guest then runs without a debugger).
+    fn connect(&mut self, stop_requested: &dyn Fn() -> bool) -> bool {
+        let Some(listener) = self.listener.take() else { return true };
+        diag!(
+            "mini_hypervisor: vm0 is waiting for GDB on 127.0.0.1:{port}; connect with: gdb {elf} -ex 'target remote :{port}'",
+            port = self.port,
+            elf = self.elf
+        );
+        if self.session.data_watch {
+            diag!("mini_hypervisor: gdb: watchpoints use the debug registers (this KVM fires data breakpoints)");
+        } else {
+            diag!(
+                "mini_hypervisor: gdb: this KVM fires no data breakpoints: `watch` single-steps the guest, rwatch/awatch are refused"
+            );
+        }
+        self.conn = self.link.accept(listener, stop_requested);
+        self.conn.is_some() || !stop_requested()
+    }
+
+    /// Answers gdb's packets until one resumes, kills or detaches.
+    fn serve(&mut self, t: &dyn Target, stop_requested: &dyn Fn() -> bool) -> Resume {
+        loop {
+            let Some(conn) = &mut self.conn else { return Resume::Detached };
+            let packet = match conn.wait(stop_requested) {
+                Wait::Input(Input::Packet(p)) => p,
+                Wait::Input(Input::BadChecksum) => {
+                    conn.write_raw(b"-");
+                    continue;
+                }
+                Wait::Input(Input::Nack) => {
+                    conn.resend();
+                    continue;
+                }
+                // An ack needs nothing; 0x03 while stopped: the guest is stopped already.
+                Wait::Input(Input::Ack | Input::Interrupt) => continue,
+                Wait::Stop => return Resume::Go,
+                Wait::Closed => return self.detach(t),
+            };
+            conn.write_raw(b"+");
+            let action = self.session.handle(&packet, t);
+            self.print_notes();
+            if let Some(resume) = self.act(t, action, &packet) {
+                return resume;
+            }
+        }
+    }
+
+    /// Carries out what the dispatcher decided; `Some` lets go of the vCPU.
+    fn act(&mut self, t: &dyn Target, action: Action, packet: &[u8]) -> Option<Resume> {
+        match action {
+            Action::Reply(r) => self.send(&r),
+            Action::Monitor(text) => {
+                for p in console_packets(&text) {
+                    self.send(&p);
+                }
+                self.send(b"OK");
+            }
+            Action::Resume { step } => return self.resume(t, step),
+            Action::Kill => {
+                if packet.starts_with(b"vKill") {
+                    self.send(b"OK"); // `k` has no reply, `vKill` has
+                }
+                self.close();
+                return Some(Resume::Kill);
+            }
+            Action::Detach => {
+                self.send(b"OK");
+                return Some(self.detach(t));
+            }
+        }
+        None
+    }
+
+    /// gdb resumes the guest: after a crash that ends the VM; else the vCPU is programmed.
+    fn resume(&mut self, t: &dyn Target, step: bool) -> Option<Resume> {
+        if self.crashed {
+            // The guest is gone: gdb hears that it died of SIGSEGV.
+            self.send(b"X0b");
+            self.close();
+            return Some(Resume::Go);
+        }
+        if let Err(e) = self.session.resume(t, step) {
+            self.send(format!("E{:02x}", e.raw_os_error().unwrap_or(1) & 0xff).as_bytes());
+            return None;
+        }
+        self.print_notes();
+        if let Some(conn) = &mut self.conn {
+            self.link.run(conn);
+        }
+        Some(Resume::Go)
+    }
+
+    /// Takes every breakpoint out and lets go of gdb.
+    fn detach(&mut self, t: &dyn Target) -> Resume {
+        self.session.forget_breakpoints();
+        self.session.unprogram(t);
+        self.close();
+        diag!("mini_hypervisor: gdb detached: the guest runs on");
+        Resume::Detached
+    }
+
+    /// The session's notices, on stderr.
+    fn print_notes(&mut self) {
+        if !self.session.notes.is_empty() {
+            for note in self.session.notes.drain(..) {
+                diag!("{note}");
+            }
+        }
+    }
+
+    /// Sends one packet to gdb, if connected.
+    fn send(&mut self, data: &[u8]) {
+        if let Some(conn) = &mut self.conn {
+            conn.send(data);
+        }
+    }
+
+    /// Closes the connection, if any.
+    fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close();
+        }
+    }
+}
+
+/// A 2-instruction probe guest: `mov [0x100], al; hlt`.
+const PROBE_CODE: [u8; 8] = [0x88, 0x04, 0x25, 0x00, 0x01, 0x00, 0x00, 0xf4];
+/// The byte the probe writes.
+const PROBE_WATCHED: u64 = 0x100;
+
+/// For the version's probe of whether this host's KVM fires DR7 data breakpoints: the code of
+/// a tiny guest that writes the byte at 0x100 and then halts (to load at 0 and run from RIP 0,
+/// in long mode with RAM identity-mapped), and the [`GuestDebug`] that watches that write.
+/// The probe VM either exits for the debugger (the host fires them) or runs on to its `hlt`
+/// (it does not); the answer is [`Debugger::new`]'s `data_watch`.
+pub fn data_watch_probe() -> ([u8; 8], GuestDebug) {
+    let mut points = Breakpoints::new(true);
+    let _ = points.insert_watch(Watch { kind: WatchKind::Write, addr: PROBE_WATCHED, len: 1 });
+    (PROBE_CODE, points.guest_debug(false).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::fake::{FakeTarget, machine};
+    use super::protocol::frame;
+    use super::*;
+
+    /// Counts what the stub asks of the version.
+    #[derive(Default)]
+    struct Counted {
+        pauses: AtomicUsize,
+        forgotten: AtomicUsize,
+    }
+
+    impl Pause for Counted {
+        fn pause(&self) {
+            self.pauses.fetch_add(1, Ordering::SeqCst);
+        }
+        fn forget_pause(&self) {
+            self.forgotten.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// gdb's side: sends packets and reads replies (acknowledgements skipped).
+    struct Client(TcpStream);
+
+    impl Client {
+        fn send(&mut self, data: &str) {
+            self.0.write_all(&frame(data.as_bytes())).unwrap();
+        }
+
+        /// The next packet's data; `None` when the connection ends first.
+        fn reply(&mut self) -> Option<String> {
+            let mut bytes = Vec::new();
+            let mut b = [0u8];
+            while bytes.len() < 1 << 16 {
+                if self.0.read(&mut b).ok()? == 0 {
+                    return None;
+                }
+                match (bytes.first(), b[0]) {
+                    (None, b'+') => {}
+                    _ => bytes.push(b[0]),
+                }
+                if bytes.len() >= 4 && bytes[bytes.len() - 3] == b'#' {
+                    return Some(String::from_utf8_lossy(&bytes[1..bytes.len() - 3]).into_owned());
+                }
+            }
+            None
+        }
+    }
+
+    /// A debugger on an ephemeral port, and gdb connecting to it from a thread running `gdb`.
+    fn session(gdb: impl FnOnce(&mut Client) + Send + 'static) -> (Debugger, Arc<Counted>, thread::JoinHandle<()>) {
+        let listener = listen(0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pause = Arc::new(Counted::default());
+        let debugger = Debugger::new(listener, pause.clone(), Path::new("guest.img"), machine(), false);
+        let client = thread::spawn(move || {
+            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            gdb(&mut Client(stream));
+        });
+        (debugger, pause, client)
+    }
+
+    /// Waits (a bounded while) until `done`.
+    fn until(done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() && start.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(done(), "not within 10 s");
+    }
+
+    #[test]
+    fn ctrl_c_pauses_the_running_guest_and_k_kills_it() {
+        let (mut debugger, pause, client) = session(|gdb| {
+            gdb.send("qAttached");
+            assert_eq!(gdb.reply().as_deref(), Some("1"));
+            gdb.send("p10");
+            assert_eq!(gdb.reply().as_deref(), Some("3412000000000000"), "rip");
+            gdb.send("c");
+            gdb.0.write_all(&[0x03]).unwrap(); // Ctrl-C while the guest runs
+            assert_eq!(gdb.reply().as_deref(), Some("T02thread:01;"));
+            gdb.send("k");
+            assert_eq!(gdb.reply(), None, "`k` has no reply: the connection ends");
+        });
+        let t = FakeTarget::new(true);
+        let never = || false;
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &never), Resume::Go);
+        assert_eq!(pause.forgotten.load(Ordering::SeqCst), 1, "taking over drops an old pause");
+        until(|| pause.pauses.load(Ordering::SeqCst) == 1);
+        // The run loop acted on the pause.
+        assert_eq!(debugger.on_stop(&t, Stop::Interrupt, &never), Resume::Kill);
+        assert_eq!(pause.forgotten.load(Ordering::SeqCst), 2);
+        client.join().unwrap();
+        assert_eq!(pause.pauses.load(Ordering::SeqCst), 1, "a stopped guest is not paused");
+    }
+
+    #[test]
+    fn a_halted_guest_is_an_exit_and_a_vanished_gdb_a_detach() {
+        let (mut debugger, _, client) = session(|gdb| {
+            gdb.send("Z0,30,1");
+            assert_eq!(gdb.reply().as_deref(), Some("OK"));
+            gdb.send("c");
+            assert_eq!(gdb.reply().as_deref(), Some("W00"));
+            assert_eq!(gdb.reply(), None);
+        });
+        let t = FakeTarget::new(true);
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| false), Resume::Go);
+        assert_eq!(t.debug.borrow().unwrap().debugreg[0], 0x30, "the breakpoint is in DR0");
+        debugger.exited();
+        client.join().unwrap();
+        assert_eq!(debugger.on_stop(&t, Stop::Trap { pc: 0x30, dr6: 1 }, &|| false), Resume::Detached);
+        // gdb goes away while the guest runs: the guest is paused, and the stub detaches.
+        let (mut debugger, pause, client) = session(|gdb| {
+            gdb.send("c");
+        });
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| false), Resume::Go);
+        client.join().unwrap();
+        until(|| pause.pauses.load(Ordering::SeqCst) == 1);
+        assert_eq!(debugger.on_stop(&t, Stop::Interrupt, &|| false), Resume::Detached);
+        assert_eq!(*t.debug.borrow(), Some(GuestDebug::default()), "breakpoints out");
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_for_gdb() {
+        let listener = listen(0).unwrap();
+        let mut debugger =
+            Debugger::new(listener, Arc::new(Counted::default()), Path::new("guest.img"), machine(), true);
+        let t = FakeTarget::new(false);
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| true), Resume::Go);
+    }
+
+    #[test]
+    fn the_probe_watches_the_byte_its_code_writes() {
+        let (code, debug) = data_watch_probe();
+        assert_eq!(code, [0x88, 0x04, 0x25, 0x00, 0x01, 0x00, 0x00, 0xf4], "mov [0x100], al; hlt");
+        assert!(debug.enable && !debug.single_step);
+        assert_eq!(debug.debugreg[0], 0x100);
+        // L0, R/W0 = 01 (writes), LEN0 = 00 (1 byte), and the fixed bits.
+        assert_eq!(debug.debugreg[7], 1 | 0b01 << 16 | 0x600);
+        assert_eq!(debug.debugreg[1..7], [0; 6]);
+    }
+
+    #[test]
+    fn the_debugger_can_move_to_the_vm_thread() {
+        fn send<T: Send>() {}
+        send::<Debugger>();
+    }
+}

@@ -1,0 +1,32 @@
+//! mini_hypervisor's toolbox: what the course's C never had, written once for every version.
+//!
+//! - [`gdb`]: `--gdb PORT`, a GDB remote-protocol stub;
+//! - [`symbols`]: guest symbols and source lines from `NAME.elf` (ELF and DWARF, read here);
+//! - [`crash`]: the crash report in words, and the code-overwritten check;
+//! - [`trace`] and [`stats`]: `--trace` and `--stats`;
+//! - [`test_rng`]: the seeded generator of every crate's fuzz tests.
+//!
+//! The toolbox sees a VM only through [`Target`], a trait of its own that each version
+//! implements over its KVM handles, and plain structs ([`Regs`], [`SystemRegs`],
+//! [`GuestDebug`], [`MemoryMap`], [`Exit`]). No `unsafe`, no dependency.
+#![forbid(unsafe_code)]
+
+/// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
+/// a full disk) is dropped.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub mod crash;
+pub mod gdb;
+mod page_walk;
+pub mod stats;
+pub mod symbols;
+mod target;
+pub mod test_rng;
+pub mod trace;
+
+pub use target::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};

@@ -1,0 +1,228 @@
+//! Where this version meets the toolbox (`inspect`, the crate of what the C never had: the GDB
+//! stub, guest symbols, the crash report in words, `--trace`, `--stats`).
+//!
+//! The toolbox sees a stopped VM only through its own trait, [`inspect::Target`], implemented
+//! here in a few lines over `kvm/` ([`Stopped`]). [`Tools`] holds the tools a run asked for;
+//! the run loop calls each through one line, and none is built, or its ELF read, unless it is
+//! needed: `--trace`, `--stats` and `--gdb` when given, the crash report when the VM fails,
+//! the code check when the guest changed its image's bytes.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+
+use crate::kvm::{
+    GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, Machine, Vcpu, VcpuExit,
+};
+use crate::signals::Kick;
+use inspect::crash::Explain;
+use inspect::gdb::{self, Debugger, Pause};
+use inspect::stats::Stats;
+use inspect::symbols::SymbolFile;
+use inspect::trace::Trace;
+use inspect::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};
+
+use crate::image::Image;
+use crate::long_mode::{self, Layout, MIB, PageSize};
+
+/// The tools of the VM. Only what was asked for exists; the symbols are read at first use.
+#[derive(Debug)]
+pub struct Tools {
+    pub trace: Option<Trace>,
+    pub stats: Option<Stats>,
+    pub debugger: Option<Debugger>,
+    /// For the crash report and the code check.
+    pub layout: Layout,
+    pub image: Image,
+    pub symbols: OnceLock<Arc<SymbolFile>>,
+}
+
+impl Tools {
+    /// The image's symbols, from `NAME.elf` beside it: read the first time a tool asks.
+    pub fn symbols(&self) -> Arc<SymbolFile> {
+        Arc::clone(
+            self.symbols.get_or_init(|| Arc::new(SymbolFile::new(&self.image.path, Arc::clone(&self.image.bytes)))),
+        )
+    }
+
+    /// What the toolbox knows of the VM's memory.
+    pub fn memory_map(&self) -> MemoryMap {
+        MemoryMap {
+            ram_size: self.layout.mem_size,
+            large_pages: self.layout.page == PageSize::Large2M,
+            tables_base: self.layout.tables_base,
+            image_len: self.image.bytes.len() as u64,
+        }
+    }
+
+    /// The crash report and the code check, for the VM's end.
+    pub fn explain(&self) -> Explain {
+        Explain::new(self.memory_map(), self.symbols())
+    }
+
+    /// `--gdb`: the debugger for the VM, on the listening socket; gdb's Ctrl-C goes through
+    /// `kick`.
+    pub fn debug_with(&mut self, kvm: &Kvm, listener: TcpListener, kick: Kick) {
+        let pause = Arc::new(GdbPause(kick));
+        let data_watch = data_breakpoints_fire(kvm);
+        self.debugger = Some(Debugger::new(listener, pause, &self.image.path, self.memory_map(), data_watch));
+    }
+}
+
+/// gdb's Ctrl-C, through the VM's kick.
+struct GdbPause(Kick);
+
+impl Pause for GdbPause {
+    fn pause(&self) {
+        self.0.pause();
+    }
+    fn forget_pause(&self) {
+        self.0.take_pause();
+    }
+}
+
+/// A stopped vCPU and its RAM, as the toolbox sees them.
+pub struct Stopped<'a> {
+    pub vcpu: &'a Vcpu,
+    pub ram: &'a GuestRam,
+}
+
+/// `kvm_regs` and the toolbox's `Regs` have the same fields.
+macro_rules! copy_regs {
+    ($from:expr => $to:ident) => {{
+        let r = $from;
+        $to {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rsp: r.rsp,
+            rbp: r.rbp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }};
+}
+
+impl Target for Stopped<'_> {
+    fn regs(&self) -> io::Result<Regs> {
+        Ok(copy_regs!(self.vcpu.get(KVM_GET_REGS)? => Regs))
+    }
+
+    fn set_regs(&self, regs: &Regs) -> io::Result<()> {
+        self.vcpu.set(KVM_SET_REGS, &copy_regs!(regs => KvmRegs))
+    }
+
+    fn system_regs(&self) -> io::Result<SystemRegs> {
+        let s = self.vcpu.get(KVM_GET_SREGS)?;
+        Ok(SystemRegs {
+            cs: s.cs.selector,
+            ss: s.ss.selector,
+            ds: s.ds.selector,
+            es: s.es.selector,
+            fs: s.fs.selector,
+            gs: s.gs.selector,
+            fs_base: s.fs.base,
+            gs_base: s.gs.base,
+            cr0: s.cr0,
+            cr2: s.cr2,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+            idt_base: s.idt.base,
+            idt_limit: s.idt.limit,
+        })
+    }
+
+    fn set_system_regs(&self, new: &SystemRegs) -> io::Result<()> {
+        let mut s = self.vcpu.get(KVM_GET_SREGS)?;
+        (s.fs.base, s.gs.base) = (new.fs_base, new.gs_base);
+        (s.cr0, s.cr2, s.cr3, s.cr4, s.efer) = (new.cr0, new.cr2, new.cr3, new.cr4, new.efer);
+        self.vcpu.set(KVM_SET_SREGS, &s)
+    }
+
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.ram.read(gpa, buf)
+    }
+
+    fn write_phys(&self, gpa: u64, buf: &[u8]) -> io::Result<()> {
+        self.ram.write(gpa, buf)
+    }
+
+    fn set_debug(&self, debug: &GuestDebug) -> io::Result<()> {
+        let on = if debug.enable { KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP } else { 0 };
+        let step = if debug.single_step { KVM_GUESTDBG_SINGLESTEP } else { 0 };
+        self.vcpu.set(KVM_SET_GUEST_DEBUG, &KvmGuestDebug { control: on | step, pad: 0, debugreg: debug.debugreg })
+    }
+}
+
+/// An exit as `--trace` and `--stats` see it.
+pub fn exit(exit: &VcpuExit) -> Exit {
+    match *exit {
+        VcpuExit::Io(io) => Exit::Io { out: io.out, port: io.port, size: io.size, count: io.count },
+        VcpuExit::Hlt => Exit::Hlt,
+        VcpuExit::Mmio { phys_addr, len, is_write } => Exit::Mmio { phys_addr, len, is_write },
+        VcpuExit::Shutdown => Exit::Shutdown,
+        VcpuExit::FailEntry { reason, cpu } => Exit::FailEntry { reason, cpu },
+        VcpuExit::InternalError { suberror } => Exit::InternalError { suberror },
+        VcpuExit::Debug { exception, pc, dr6 } => Exit::Debug { exception, pc, dr6 },
+        VcpuExit::Intr => Exit::Intr,
+        VcpuExit::BadIo { size, count, data_offset } => Exit::BadIo { size, count, data_offset },
+        VcpuExit::Unknown(reason) => Exit::Unknown(reason),
+    }
+}
+
+/// `--trace`: the line of exit number `n`, after it was handled (an `in` shows its answer).
+pub fn trace_exit(trace: &Trace, machine: &mut Machine, n: u64, result: &io::Result<VcpuExit>) {
+    let (vcpu, ram) = machine.parts();
+    let mut first = [0u8; 8];
+    let data = match result {
+        Ok(VcpuExit::Io(io)) => {
+            let len = io.bytes.min(first.len());
+            if vcpu.io_data(io, 0, &mut first[..len]).is_ok() { &first[..len] } else { &[][..] }
+        }
+        _ => &[][..],
+    };
+    let converted = result.as_ref().map(exit);
+    trace.exit(&Stopped { vcpu, ram }, n, converted.as_ref().map_err(|e| *e), data);
+}
+
+/// Whether this host's KVM fires DR7 data breakpoints: a tiny VM writes a watched byte, and
+/// either exits for the debugger (yes) or runs on to its `hlt` (no). Any error counts as no.
+pub fn data_breakpoints_fire(kvm: &Kvm) -> bool {
+    let probe = || -> io::Result<bool> {
+        let layout = Layout::new(2 * MIB, PageSize::Large2M);
+        let (code, debug) = gdb::data_watch_probe();
+        let mut machine = Machine::new(kvm, layout.mem_size as usize)?;
+        let (vcpu, ram) = machine.parts();
+        ram.write(layout.tables_base, &layout.page_tables())?;
+        ram.write(0, &code)?;
+        vcpu.set(KVM_SET_SREGS, &long_mode::long_mode_sregs(vcpu.get(KVM_GET_SREGS)?, &layout))?;
+        vcpu.set(KVM_SET_REGS, &KvmRegs { rsp: layout.tables_base, rflags: 0x2, ..KvmRegs::default() })?;
+        Stopped { vcpu, ram }.set_debug(&debug)?;
+        for _ in 0..8 {
+            match vcpu.run() {
+                Ok(VcpuExit::Debug { .. }) => return Ok(true),
+                Ok(VcpuExit::Intr) => continue,
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    };
+    probe().unwrap_or(false)
+}
+
+/// `TcpListener` for `--gdb`, re-exported for `main`.
+pub use inspect::gdb::listen;
