@@ -71,8 +71,9 @@ fn rs_pagefault_is_reported_at_its_function_and_line() {
     let r = run(&["-m", "2", "-p", "2", "-g", &guest("rs_pagefault.img")]);
     assert_eq!((r.status, r.stdout()), (1, "writing to 0x40000000\n".to_owned()), "{}", r.stderr);
     let line = r.stderr.lines().find(|l| l.contains("failed at RIP")).unwrap_or_else(|| panic!("{}", r.stderr));
-    // The function is named by its symbol (rs_pagefault::store, mangled or not).
-    assert!(line.contains("store") && line.contains("(rs_pagefault.rs:30)"), "{line}");
+    // The function by its path, demangled from its v0 symbol (_RNvCs..._12rs_pagefault5store).
+    assert!(line.contains(" in rs_pagefault::store+0x4 (rs_pagefault.rs:30): "), "{line}");
+    assert!(!r.stderr.contains("_RNv"), "no mangled name: {}", r.stderr);
     assert!(line.contains("triple fault"), "{line}");
     assert!(r.stderr.contains("page fault at 0x40000000 (CR2): beyond the 2 MiB of RAM"), "{}", r.stderr);
 }
