@@ -1,7 +1,8 @@
 //! mini_hypervisor's toolbox: what the course's C never had, written once for every version.
 //!
 //! - [`gdb`]: `--gdb PORT`, a GDB remote-protocol stub;
-//! - [`symbols`]: guest symbols and source lines from `NAME.elf` (ELF and DWARF, read here);
+//! - [`symbols`]: guest symbols and source lines from `NAME.elf` (ELF and DWARF, read here;
+//!   Rust names demangled);
 //! - [`crash`]: the crash report in words, and the code-overwritten check;
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
 //! - [`text`]: how a name from a guest's ELF is escaped before it is shown;

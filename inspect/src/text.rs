@@ -1,14 +1,26 @@
 //! Names from a guest's ELF (symbols, source file names) are text to show, never commands to a
 //! terminal: [`escape`] is how every one of them is written before it reaches stderr, once,
-//! here, when the ELF is read. It is the escaping version C's `--trace` gives a guest's file
-//! names (`<[u8]>::escape_ascii`): printable ASCII as it is, except `\`, `'` and `"`, which
-//! get a backslash; tab, carriage return and newline as `\t`, `\r`, `\n`; any other byte
-//! (control characters, DEL, every byte of a non-ASCII character) as `\xNN`. So a hostile
-//! ELF can neither split a line, forge one, nor send a terminal control sequence.
+//! here, when the ELF is read: printable ASCII as it is (a backslash doubled, so that an
+//! escape cannot be forged), any other byte (control characters, DEL, every byte of a
+//! non-ASCII character) as `\xNN`. So a hostile ELF can neither split a line, forge one, nor
+//! send a terminal control sequence. (Version C's `--trace` quotes a guest's file names the
+//! same way, with `\"` for a quote and `\n`, `\t`, `\r` for those three.)
+
+use std::fmt::Write as _;
 
 /// `bytes` as printable ASCII (see the module's documentation).
 pub fn escape(bytes: &[u8]) -> String {
-    bytes.escape_ascii().to_string()
+    let mut text = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => text.push_str("\\\\"),
+            0x20..=0x7e => text.push(char::from(b)),
+            _ => {
+                let _ = write!(text, "\\x{b:02x}");
+            }
+        }
+    }
+    text
 }
 
 /// Whether `text` could have come out of [`escape`]: printable ASCII only.
@@ -23,9 +35,9 @@ mod tests {
     #[test]
     fn only_printable_ascii_comes_out() {
         assert_eq!(escape(b"guest_main"), "guest_main");
-        assert_eq!(escape(b"a\nb\x1b[2J\x7f"), "a\\nb\\x1b[2J\\x7f");
+        assert_eq!(escape(b"a\nb\x1b[2J\x7f"), "a\\x0ab\\x1b[2J\\x7f");
         assert_eq!(escape("é\u{202e}".as_bytes()), "\\xc3\\xa9\\xe2\\x80\\xae");
-        assert_eq!(escape(b"\"q\" \\"), "\\\"q\\\" \\\\");
+        assert_eq!(escape(b"\"q\" 'a \\x41"), "\"q\" 'a \\\\x41");
         for b in 0..=255u8 {
             assert!(is_printable(&escape(&[b])), "{b:#x}");
         }

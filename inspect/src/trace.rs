@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::crash::{self, backtrace};
 use crate::symbols::SymbolFile;
-use crate::{Exit, Target, text};
+use crate::{Exit, Target};
 
 /// The most bytes of an I/O exit a trace line shows.
 const MAX_DATA: usize = 8;
@@ -63,8 +63,9 @@ impl Trace {
             Ok(Exit::Io { out, port, size, count }) => {
                 let shown = &data[..data.len().min(MAX_DATA)];
                 let hex = shown.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
-                // The same bytes as text, escaped as names are: `data=[48 0a] "H\n"`.
-                let text = if shown.is_empty() { String::new() } else { format!(" \"{}\"", text::escape(shown)) };
+                // The same bytes as text, quoted as version C quotes a guest's file names (printable
+                // ASCII only): `data=[48 0a] "H\n"`.
+                let text = if shown.is_empty() { String::new() } else { format!(" \"{}\"", shown.escape_ascii()) };
                 format!(
                     "trace: {label} exit {n}: io {} port={port:#x} size={size} count={count} data=[{hex}]{text} rip={rip}",
                     if *out { "out" } else { "in" },

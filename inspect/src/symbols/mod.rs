@@ -9,14 +9,18 @@
 //! `.debug_line_str` and `.debug_str`), read once into sorted tables. The ELF is used only
 //! if its loadable bytes are exactly the image's, so that stale names never show up.
 //!
-//! Every name read (function names, source file names) is escaped as it is read
-//! ([`crate::text::escape`]): whatever prints one prints printable ASCII only.
+//! Function names are shown as a person reads them: a Rust symbol (v0 `_R...` or legacy
+//! `_ZN...E`) demangled into its path (`rs_hello::fib`, `<u64 as core::fmt::Display>::fmt`,
+//! see `demangle.rs`), any other name (C) as it is; at most [`MAX_NAME`] bytes. Every name
+//! shown (function names, source file names) is escaped ([`crate::text::escape`]): whatever
+//! prints one prints printable ASCII only.
 //!
 //! The file is untrusted: it is read only if it is a regular file of at most
 //! [`MAX_ELF_SIZE`] bytes, every offset and count is checked, every table is capped, and
 //! nothing recurses or loops without consuming input. Whatever is wrong with it gives one
 //! error, never a panic.
 
+mod demangle;
 mod elf;
 pub(crate) mod frame;
 mod line;
@@ -39,8 +43,12 @@ use read::string_at;
 pub const MAX_ELF_SIZE: u64 = 32 << 20;
 /// At most this many symbol table entries are looked at.
 const MAX_SYMBOLS: usize = 1 << 18;
-/// Function names longer than this are cut.
-const MAX_NAME: usize = 128;
+/// A function's name as shown (demangled): a longer one is cut, ending in `...`.
+pub const MAX_NAME: usize = 128;
+/// A symbol's name as read from the ELF (mangled): a longer one is cut, and a cut Rust name
+/// cannot be demangled (it is shown as it is, cut to [`MAX_NAME`]). Long enough for the
+/// mangled names of core's generic functions.
+const MAX_SYMBOL_NAME: usize = 1024;
 const SYMBOL_SIZE: usize = 24;
 const STT_NOTYPE: u8 = 0;
 const STT_FUNC: u8 = 2;
@@ -93,8 +101,11 @@ impl fmt::Display for SymbolError {
 struct Function {
     start: u64,
     end: u64,
-    /// Escaped ([`crate::text::escape`]): printable ASCII only.
-    name: Box<str>,
+    /// Where its name (mangled, for a Rust function) is in [`Symbols::names`].
+    name: u64,
+    /// The name as shown, made the first time it is asked for (demangling every symbol of a
+    /// large ELF up front would be work for names nobody sees).
+    shown: OnceLock<Box<str>>,
 }
 
 /// The symbols and line table of one guest, read from its ELF.
@@ -102,6 +113,8 @@ struct Function {
 pub struct Symbols {
     /// Sorted by start, no two at the same address.
     functions: Vec<Function>,
+    /// The ELF's symbol string table (`.strtab`), where the functions' names are.
+    names: Box<[u8]>,
     lines: Lines,
     /// The executable sections: address and the bytes the image has there.
     code: Vec<(u64, Vec<u8>)>,
@@ -166,7 +179,7 @@ impl Symbols {
         let lines = line::parse(data(".debug_line"), strings)?;
         let code = code(&parsed.sections, image)?;
         let frames = frame::FrameTable::parse(data(".debug_frame"));
-        Ok(Symbols { functions, lines, code, image_end, frames })
+        Ok(Symbols { functions, names: strtab.into(), lines, code, image_end, frames })
     }
 
     /// `function+0xOFF (file.c:LINE)`, or `function+0xOFF` without line information, or
@@ -208,11 +221,22 @@ impl Symbols {
         self.frames.row(pc)
     }
 
-    /// The function `addr` lies in, and its offset there.
+    /// The function `addr` lies in (its name as shown: demangled, see `shown_name`), and
+    /// its offset there.
     pub fn function(&self, addr: u64) -> Option<(&str, u64)> {
         let after = self.functions.partition_point(|f| f.start <= addr);
         let f = self.functions.get(after.checked_sub(1)?)?;
-        (addr < f.end).then(|| (&*f.name, addr - f.start))
+        if addr >= f.end {
+            return None;
+        }
+        let name = f.shown.get_or_init(|| {
+            // Read as a whole up to MAX_SYMBOL_NAME; if that is not UTF-8 (beyond the part
+            // read when the table was made), the part read then.
+            let raw =
+                string_at(&self.names, f.name, MAX_SYMBOL_NAME).or_else(|| string_at(&self.names, f.name, MAX_NAME));
+            shown_name(raw.unwrap_or("?"))
+        });
+        Some((name, addr - f.start))
     }
 
     /// The source file (its name without directories) and line of the code at `addr`.
@@ -255,6 +279,14 @@ impl SymbolFile {
         SymbolFile::warning_to(image_path, image, |line| diag!("{line}"))
     }
 
+    /// A symbol file already read, as `symbols` (for tests of what prints names).
+    #[cfg(test)]
+    pub(crate) fn preloaded(image_path: &Path, image: Arc<[u8]>, symbols: Option<Symbols>) -> SymbolFile {
+        let file = SymbolFile::new(image_path, image);
+        let _ = file.read.set(symbols);
+        file
+    }
+
     /// [`SymbolFile::new`], with the warning given to `warn`.
     fn warning_to(image_path: &Path, image: Arc<[u8]>, warn: fn(&str)) -> SymbolFile {
         SymbolFile { image_path: image_path.to_owned(), image, read: OnceLock::new(), warn }
@@ -276,14 +308,6 @@ impl SymbolFile {
         read.as_ref()
     }
 
-    /// A symbol file already read, as `symbols` (for tests of what prints names).
-    #[cfg(test)]
-    pub(crate) fn preloaded(image_path: &Path, image: Arc<[u8]>, symbols: Option<Symbols>) -> SymbolFile {
-        let file = SymbolFile::new(image_path, image);
-        let _ = file.read.set(symbols);
-        file
-    }
-
     /// Whether [`SymbolFile::get`] has run (the ELF was looked for).
     pub fn is_read(&self) -> bool {
         self.read.get().is_some()
@@ -302,6 +326,23 @@ impl fmt::Debug for SymbolFile {
             .field("image_len", &self.image.len())
             .field("read", &self.read.get().map(Option::is_some))
             .finish_non_exhaustive()
+    }
+}
+
+/// How the symbol `name` is shown: demangled if it is a Rust name (v0 or legacy), else as it
+/// is; a control character, or one of the invisible characters that change how a terminal
+/// lays out the text around them (zero-width, bidirectional overrides), as `?`; at most
+/// [`MAX_NAME`] bytes, a longer name cut at a character boundary and ending in `...`.
+fn shown_name(name: &str) -> Box<str> {
+    let demangled = demangle::demangle(name);
+    let name = demangled.as_deref().unwrap_or(name);
+    let cut = match name.char_indices().nth(MAX_NAME - "...".len()) {
+        Some((at, _)) if name.len() > MAX_NAME => Some(at),
+        _ => None,
+    };
+    match cut {
+        Some(at) => format!("{}...", crate::text::escape(name[..at].as_bytes())).into(),
+        None => crate::text::escape(name.as_bytes()).into(),
     }
 }
 
@@ -331,8 +372,9 @@ fn matches_image(loads: &[Load], image: &[u8]) -> Result<(), SymbolError> {
 /// The function symbols of `symtab` (and code labels: untyped symbols in executable
 /// sections), sorted and with their ends, and the value of `_image_end` if there is one.
 fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Function>, Option<u64>) {
-    // (start, size, rank: the lowest is kept when several share an address, section index, name)
-    let mut found: Vec<(u64, u64, u8, usize, &str)> = Vec::new();
+    // (start, size, rank: the lowest is kept when several share an address, section index,
+    // where the name is in strtab)
+    let mut found: Vec<(u64, u64, u8, usize, u64)> = Vec::new();
     let mut image_end = None;
     for entry in symtab.chunks_exact(SYMBOL_SIZE).take(MAX_SYMBOLS) {
         let field = |at: usize, n: usize| entry.get(at..at + n).unwrap_or_default();
@@ -341,7 +383,10 @@ fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Functio
         let shndx = u16::from_le_bytes(field(6, 2).try_into().unwrap_or_default());
         let value = u64::from_le_bytes(field(8, 8).try_into().unwrap_or_default());
         let size = u64::from_le_bytes(field(16, 8).try_into().unwrap_or_default());
-        let Some(name) = string_at(strtab, u64::from(name), MAX_NAME).filter(|n| !n.is_empty()) else {
+        let name_at = u64::from(name);
+        // (Its first MAX_NAME bytes: enough to tell it is there, and whether it is _image_end;
+        // `Symbols::function` reads it whole, for the one function it names.)
+        let Some(name) = string_at(strtab, name_at, MAX_NAME).filter(|n| !n.is_empty()) else {
             continue;
         };
         if name == "_image_end" {
@@ -356,7 +401,7 @@ fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Functio
             (STT_NOTYPE, _) if section.flags & SHF_EXECINSTR != 0 => 2,
             _ => continue,
         };
-        found.push((value, size, rank, usize::from(shndx), name));
+        found.push((value, size, rank, usize::from(shndx), name_at));
     }
     found.sort_unstable_by_key(|&(start, _, rank, _, _)| (start, rank));
     found.dedup_by_key(|f| f.0);
@@ -370,7 +415,7 @@ fn functions(symtab: &[u8], strtab: &[u8], sections: &[Section]) -> (Vec<Functio
             let section_end = sections.get(shndx).map_or(0, |s| s.addr.saturating_add(s.data.len() as u64));
             next.min(section_end)
         };
-        functions.push(Function { start, end, name: crate::text::escape(name.as_bytes()).into() });
+        functions.push(Function { start, end, name, shown: OnceLock::new() });
     }
     (functions, image_end)
 }

@@ -1,6 +1,7 @@
 //! Unit tests of the symbol reader: the project's own guest ELFs, cross-checked against
-//! binutils (`nm`, `addr2line`, which the guest build needs anyway); ELFs built here with
-//! DWARF 4, 5 and 64-bit DWARF; unusable files; and a seeded fuzz test of mutated ELFs.
+//! binutils (`nm`, `addr2line`, `c++filt`, which the guest build needs anyway); ELFs built here
+//! with DWARF 4, 5 and 64-bit DWARF; names as shown (Rust names demangled, bounded, no control
+//! character); unusable files; and a seeded fuzz test of mutated ELFs.
 use super::*;
 use crate::test_rng::Rng;
 
@@ -66,7 +67,8 @@ fn agrees_with_binutils(elf_path: &Path, elf: &[u8], image: &[u8]) -> Symbols {
     let symbols = Symbols::parse(elf, image).unwrap_or_else(|e| panic!("{}: {e}", elf_path.display()));
     for (addr, names) in nm(elf_path) {
         let (name, offset) = symbols.function(addr).unwrap_or_else(|| panic!("{addr:#x} {names:?}"));
-        assert!(names.iter().any(|n| n == name) && offset == 0, "{}: {addr:#x}: {name} {names:?}", elf_path.display());
+        let shown = names.iter().any(|n| *shown_name(n) == *name);
+        assert!(shown && offset == 0, "{}: {addr:#x}: {name} {names:?}", elf_path.display());
     }
     let addrs: Vec<u64> = symbols.code().flat_map(|(start, bytes)| start..start + bytes.len() as u64).collect();
     assert!(!addrs.is_empty());
@@ -109,6 +111,98 @@ fn crash_and_debugme_read_as_expected() {
     let described = s.describe(square).unwrap();
     assert!(described.starts_with("square+0x0 (debugme.c:") && described.ends_with(')'), "{described}");
     assert!(s.describe(image.len() as u64 + 0x1000).is_none());
+}
+
+/// The Rust guests' symbols, demangled here as binutils' `c++filt` does (less the crate hashes
+/// it shows, `core[c1f1a4ba060b9bfa]`), and shown so by the symbol reader: rs_pagefault's crash
+/// report names `rs_pagefault::store`.
+#[test]
+fn rust_names_are_demangled_as_cxxfilt_does() {
+    let mut rust = 0;
+    for name in ["rs_hello", "rs_counter", "rs_panic", "rs_pagefault", "rs_filecopy"] {
+        let (path, elf, image) = guest(name);
+        let symbols = Symbols::parse(&elf, &image).unwrap();
+        for (addr, names) in nm(&path) {
+            let (shown, _) = symbols.function(addr).unwrap();
+            let Some(raw) = names.iter().find(|n| *shown_name(n) == *shown) else { continue };
+            if !raw.starts_with("_R") && !raw.starts_with("_ZN") {
+                assert_eq!(shown, raw, "a C name is shown as it is");
+                continue;
+            }
+            let theirs = tool("c++filt", &[raw]);
+            let mut theirs = theirs.trim_end().to_owned();
+            while let Some(open) = theirs.find('[') {
+                let close = theirs[open..].find(']').map_or(theirs.len(), |c| open + c + 1);
+                theirs.replace_range(open..close, "");
+            }
+            assert_eq!(shown, theirs, "{}: {raw}", path.display());
+            rust += 1;
+        }
+    }
+    assert!(rust >= 10, "only {rust} Rust names");
+    let (_, elf, image) = guest("rs_pagefault");
+    let s = Symbols::parse(&elf, &image).unwrap();
+    let store = (0..image.len() as u64).find(|&a| s.function(a) == Some(("rs_pagefault::store", 0))).expect("store");
+    assert_eq!(s.describe(store + 4).as_deref(), Some("rs_pagefault::store+0x4 (rs_pagefault.rs:30)"));
+}
+
+#[test]
+fn shown_names_are_demangled_bounded_and_free_of_control_characters() {
+    assert_eq!(&*shown_name("guest_main"), "guest_main", "C names as they are");
+    assert_eq!(&*shown_name("_RNvCs6GOSKOG1BEw_8rs_hello3fib"), "rs_hello::fib");
+    assert_eq!(&*shown_name("_ZN8rs_hello3fib17h4e7ecfad8b3ada5aE"), "rs_hello::fib");
+    assert_eq!(&*shown_name("_RNvC3foo3barX"), "_RNvC3foo3barX", "not a Rust name after all: as it is");
+    assert_eq!(&*shown_name("red\u{1b}[31mname\u{7f}"), "red\\x1b[31mname\\x7f");
+    assert_eq!(&*shown_name("a\u{202e}b\té"), "a\\xe2\\x80\\xaeb\\x09\\xc3\\xa9");
+    // Long: cut to MAX_NAME bytes, at a character boundary, ending in "...".
+    let long = shown_name(&"x".repeat(300));
+    assert_eq!((long.len(), long.ends_with("xx...")), (MAX_NAME, true));
+    let wide = shown_name(&"é".repeat(200));
+    assert!(wide.ends_with("\\xc3\\xa9...") && wide.is_ascii(), "{wide}");
+    assert_eq!(&*shown_name(&"y".repeat(MAX_NAME)), "y".repeat(MAX_NAME), "MAX_NAME bytes fit");
+    // A Rust name whose path is longer than MAX_NAME: its demangled form, cut.
+    let deep = format!("_R{}C3foo{}", "Nv".repeat(30), "3bar".repeat(30));
+    let shown = shown_name(&deep);
+    assert!(shown.starts_with("foo::bar::bar::") && shown.ends_with("...") && shown.len() <= MAX_NAME, "{shown}");
+}
+
+/// In a real ELF: a Rust name longer than `MAX_NAME` mangled (not demangled) is read whole
+/// and demangled; a name holding a terminal escape is shown without it; C names as they are.
+#[test]
+fn an_elfs_long_rust_names_and_control_characters() {
+    // eight generic arguments that are crate roots, each 18 bytes mangled and 3 shown
+    let root = "Cs779nruZdk0e_3zoo";
+    let long = format!("_RINv{root}3bar{}E", root.repeat(8));
+    assert!(long.len() > MAX_NAME);
+    let source = format!(
+        "int rust_v0(int x) __asm__(\"{long}\");
+int rust_v0(int x) {{ return x + 1; }}
+int rust_legacy(int x) __asm__(\"_ZN2hv4file4File9read_bulk17h693971a2a270e3f7E\");
+int rust_legacy(int x) {{ return rust_v0(x) * 3; }}
+int evil(int x) __asm__(\"evil_PLACEHOLDER_red\");
+int evil(int x) {{ return rust_legacy(x) - 2; }}
+{SMALL_GUEST}"
+    );
+    let dir = temp_dir("names");
+    let (path, mut elf, image) = build(&dir, "names", &source, &["-O0", "-g"]);
+    let names = nm(&path);
+    let at = |symbol: &str| {
+        *names.iter().find(|(_, n)| n.iter().any(|n| n == symbol)).unwrap_or_else(|| panic!("{symbol}")).0
+    };
+    let (v0, legacy, evil) =
+        (at(&long), at("_ZN2hv4file4File9read_bulk17h693971a2a270e3f7E"), at("evil_PLACEHOLDER_red"));
+    // The placeholder becomes terminal escapes, a bell and a backspace, wherever the ELF has it
+    // (the string table, the debug information: the image is the same).
+    while let Some(place) = elf.windows(11).position(|w| w == b"PLACEHOLDER") {
+        elf[place..place + 11].copy_from_slice(b"\x1b[31m\x07\x1b[0m\x08");
+    }
+    let s = Symbols::parse(&elf, &image).unwrap();
+    assert_eq!(s.function(v0), Some(("zoo::bar::<zoo, zoo, zoo, zoo, zoo, zoo, zoo, zoo>", 0)));
+    assert_eq!(s.function(legacy), Some(("hv::file::File::read_bulk", 0)));
+    assert_eq!(s.function(evil), Some(("evil_\\x1b[31m\\x07\\x1b[0m\\x08_red", 0)));
+    assert!(s.describe(evil + 1).unwrap().starts_with("evil_\\x1b[31m\\x07\\x1b[0m\\x08_red+0x1 (names.c:"));
+    assert_eq!(s.function(0).map(|(n, _)| n), Some("_start"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Builds a one-file guest with `flags` (a DWARF version) into `dir`: (elf path, elf, image).
@@ -332,7 +426,7 @@ fn fuzz(seed: u64, rounds: usize, bases: &[Base]) -> usize {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mutated = mutate(&mut rng, elf, *debug_line);
             let s = Symbols::parse(&mutated, image).ok()?;
-            for addr in [0, 0x10, 0x123, image.len() as u64, u64::MAX] {
+            for addr in [0, 0x10, 0x123, image.len() as u64 / 2, image.len() as u64, u64::MAX] {
                 let _ = (s.describe(addr), s.line(addr), s.describe_return(addr), s.function_file(addr));
                 let _ = s.frame_row(addr);
             }
@@ -358,11 +452,15 @@ fn thousands_of_mutated_and_truncated_elfs_never_panic_or_hang() {
         Ok(s) => s.parse().expect("MH_SYMBOLS_SEED: a decimal number"),
         Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     };
-    // A real guest (every unit of hv.c), and the small guest in each DWARF flavour, whose
-    // line tables are small enough that the mutations often land in them.
+    // A real guest (every unit of hv.c), a Rust guest (mangled names, demangled when shown),
+    // and the small guest in each DWARF flavour, whose line tables are small enough that the
+    // mutations often land in them.
     let dir = temp_dir("fuzz");
-    let (path, elf, image) = guest("crash");
-    let mut bases = vec![(elf, image, debug_line_of(&path))];
+    let mut bases = Vec::new();
+    for name in ["crash", "rs_panic"] {
+        let (path, elf, image) = guest(name);
+        bases.push((elf, image, debug_line_of(&path)));
+    }
     for (_, path, elf, image) in small_guests(&dir) {
         bases.push((elf, image, debug_line_of(&path)));
     }

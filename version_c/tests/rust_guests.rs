@@ -1,0 +1,232 @@
+//! The Rust guests of `guest/` (`rs_*.rs`, built by `make guests` with the hv library in
+//! `guest/rust/hv/`) on the built hypervisor under real KVM: stdout bytes, exit status, and the
+//! hypervisor's report of a panic and of a page fault; and gdb on a Rust guest's ELF. Then
+//! several Rust (and C) guests at once, and files with `hv::File` (rs_filecopy).
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Guarded, guest, kvm_available, run, run_in, run_with_input, temp_dir};
+
+const HELLO: &str = "Hello from Rust!\nfib(20) = 6765\n";
+
+#[test]
+fn rs_hello_prints_and_halts_in_every_memory_and_page_size() {
+    if !kvm_available() {
+        return;
+    }
+    for (mem, page) in [("2", "4"), ("2", "2"), ("4", "4"), ("8", "2")] {
+        let r = run(&["-m", mem, "-p", page, "-g", &guest("rs_hello.img")]);
+        assert_eq!((r.status, r.stdout()), (0, HELLO.to_owned()), "-m {mem} -p {page}: {}", r.stderr);
+        assert!(r.stderr.contains("halted"), "{}", r.stderr);
+        assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn rs_counter_counts_stdin_to_its_end() {
+    if !kvm_available() {
+        return;
+    }
+    let args = ["-q", "-m", "2", "-p", "4", "-g", &guest("rs_counter.img")];
+    let r = run_with_input(&args, b"one two\nthree\n");
+    assert_eq!((r.status, r.stdout(), r.stderr.as_str()), (0, "lines 2, words 3, bytes 14\n".to_owned(), ""));
+    let r = run(&args);
+    assert_eq!((r.status, r.stdout()), (0, "lines 0, words 0, bytes 0\n".to_owned()), "{}", r.stderr);
+    // Every byte but 0xFF (which reads as the end), then a last line without a newline: 7 words
+    // (the 4 runs of bytes 0..=254 between \t \n \r and space, then last, word, end).
+    let input: Vec<u8> = (0u8..0xff).chain(*b"\tlast  word\r\nend").collect();
+    let r = run_with_input(&args, &input);
+    assert_eq!(r.stdout(), format!("lines 2, words 7, bytes {}\n", input.len()), "{}", r.stderr);
+}
+
+#[test]
+fn rs_panic_prints_where_and_why_then_fails_in_hv_fail() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "2", "-p", "4", "-g", &guest("rs_panic.img")]);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert_eq!(
+        r.stdout(),
+        "day 0 is mon\nday 1 is tue\nday 2 is wed\n\
+         panicked at rs_panic.rs:34: index out of bounds: the len is 3 but the index is 3\n"
+    );
+    let line = r.stderr.lines().find(|l| l.contains("failed at RIP")).unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(line.contains("in hv_fail+") && line.contains("triple fault"), "{line}");
+    assert!(r.stderr.contains("ud2") && r.stderr.contains("IDTR limit 0"), "{}", r.stderr);
+    // A message without arguments (assert! with a plain string) is printed as it is.
+    let r = run_with_input(&["-q", "-m", "2", "-p", "2", "-g", &guest("rs_panic.img")], b"a");
+    assert_eq!((r.status, r.stdout()), (1, "panicked at rs_panic.rs:38: a week has seven days\n".to_owned()));
+}
+
+#[test]
+fn rs_pagefault_is_reported_at_its_function_and_line() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-m", "2", "-p", "2", "-g", &guest("rs_pagefault.img")]);
+    assert_eq!((r.status, r.stdout()), (1, "writing to 0x40000000\n".to_owned()), "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("failed at RIP")).unwrap_or_else(|| panic!("{}", r.stderr));
+    // The function by its path, demangled from its v0 symbol (_RNvCs..._12rs_pagefault5store).
+    assert!(line.contains(" in rs_pagefault::store+0x4 (rs_pagefault.rs:30): "), "{line}");
+    assert!(!r.stderr.contains("_RNv"), "no mangled name: {}", r.stderr);
+    assert!(line.contains("triple fault"), "{line}");
+    assert!(r.stderr.contains("page fault at 0x40000000 (CR2): beyond the 2 MiB of RAM"), "{}", r.stderr);
+}
+
+/// gdb 13 on rs_hello.elf: a breakpoint on a Rust function, an argument, the backtrace through
+/// the hv library's `_start`, `finish` with the value returned, `next`, and the run to the end.
+#[test]
+fn gdb_breaks_on_a_rust_function_and_walks_its_stack() {
+    if !kvm_available() || !gdb_installed() {
+        return;
+    }
+    let guard = Duration::from_secs(60);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let args = ["-m", "2", "-p", "4", "--gdb", &port, "-g", &guest("rs_hello.img")];
+    let mut hv = Guarded::spawn(&std::env::temp_dir(), &args, guard);
+    hv.input(b"", true);
+    hv.wait_for_stderr("the waiting for GDB line", |e| e.contains("waiting for GDB"));
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-batch", "-nx", "-ex", "set confirm off", "-ex", "set pagination off"]);
+    cmd.arg(guest("rs_hello.elf"));
+    cmd.args(["-ex", &format!("target remote 127.0.0.1:{port}")]);
+    for c in ["break rs_hello::fib", "continue", "print n", "backtrace", "delete", "finish", "next", "continue"] {
+        cmd.args(["-ex", c]);
+    }
+    let mut gdb = Guarded::command(cmd, guard);
+    gdb.input(b"", true);
+    let gdb = gdb.finish();
+    let out = format!("{}{}", gdb.stdout(), gdb.stderr);
+    for wanted in [
+        "Breakpoint 1, rs_hello::fib (n=20) at rs_hello.rs:11",
+        "$1 = 20",
+        "in rs_hello::main () at rs_hello.rs:17",
+        "in _start ()",
+        "Value returned is $2 = 6765",
+        "18\t    hv::putln!(\"fib(\", n, \") = \", result);",
+        "[Inferior 1 (Remote target) exited normally]",
+    ] {
+        assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
+    }
+    assert!(!out.contains("Internal error"), "{out}");
+    let r = hv.finish();
+    assert_eq!((r.status, r.stdout()), (0, HELLO.to_owned()), "{}", r.stderr);
+}
+
+fn gdb_installed() -> bool {
+    match Command::new("gdb").arg("--version").output() {
+        Ok(out) if out.status.success() => true,
+        _ if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP: gdb is not installed");
+            false
+        }
+        _ => panic!("gdb must be installed in CI"),
+    }
+}
+
+/// The lines of one VM, prefix removed, in the order they were written.
+fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
+    let prefix = format!("[vm{vm}] ");
+    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+}
+
+#[test]
+fn rust_and_c_guests_side_by_side_two_fail_the_others_run_to_their_end() {
+    if !kvm_available() {
+        return;
+    }
+    let images = ["rs_hello.img", "rs_counter.img", "rs_panic.img", "rs_pagefault.img", "guest.img"];
+    let paths: Vec<String> = images.iter().map(|i| guest(i)).collect();
+    let mut args = vec!["-m", "2", "-p", "2", "-g"];
+    args.extend(paths.iter().map(String::as_str));
+    let r = run(&args); // stdin empty: rs_counter counts nothing, rs_panic reads no `a`
+    assert_eq!(r.status, 1, "two VMs failed: {}", r.stderr);
+    let out = r.stdout();
+    assert_eq!(lines_of(&out, 0), ["Hello from Rust!", "fib(20) = 6765"]);
+    assert_eq!(lines_of(&out, 1), ["lines 0, words 0, bytes 0"]);
+    assert_eq!(
+        lines_of(&out, 2),
+        [
+            "day 0 is mon",
+            "day 1 is tue",
+            "day 2 is wed",
+            "panicked at rs_panic.rs:34: index out of bounds: the len is 3 but the index is 3"
+        ]
+    );
+    assert_eq!(lines_of(&out, 3), ["writing to 0x40000000"]);
+    assert_eq!(lines_of(&out, 4), ["Hello, world!"]);
+    assert_eq!(out.lines().count(), 9, "every line prefixed: {out}");
+    for (vm, image, end) in [
+        (0, "rs_hello.img", "halted"),
+        (1, "rs_counter.img", "halted"),
+        (2, "rs_panic.img", "failed at RIP"),
+        (3, "rs_pagefault.img", "failed at RIP"),
+        (4, "guest.img", "halted"),
+    ] {
+        let said = r.stderr.lines().any(|l| l.contains(&format!("vm{vm} (")) && l.contains(image) && l.contains(end));
+        assert!(said, "vm{vm} {image} {end}: {}", r.stderr);
+    }
+}
+
+/// rs_filecopy in a fresh directory: `host/shared.txt` holding `shared` (shared with `-f`), the
+/// private files under `files/`. Runs it `runs` times; returns the last stdout and the private
+/// copy.txt.
+fn filecopy(tag: &str, shared: &[u8], runs: usize) -> (Vec<u8>, Vec<u8>) {
+    let dir = temp_dir(tag);
+    fs::create_dir_all(dir.join("host")).unwrap();
+    fs::write(dir.join("host/shared.txt"), shared).unwrap();
+    let args = ["-q", "-m", "2", "-p", "4", "-f", "host/shared.txt", "--files-dir", "files", "-g"];
+    let mut args = args.to_vec();
+    let image = guest("rs_filecopy.img");
+    args.push(&image);
+    let mut stdout = Vec::new();
+    for _ in 0..runs {
+        let r = run_in(&dir, &args, b"");
+        assert_eq!((r.status, r.stderr.as_str()), (0, ""));
+        stdout = r.stdout;
+    }
+    let copy = fs::read(dir.join("files/rs_filecopy_vm0_files/copy.txt")).unwrap();
+    assert_eq!(fs::read(dir.join("host/shared.txt")).unwrap(), shared, "the shared original is never written");
+    let _ = fs::remove_dir_all(&dir);
+    (stdout, copy)
+}
+
+#[test]
+fn rs_filecopy_copies_prints_the_copy_and_reports_a_missing_file() {
+    if !kvm_available() {
+        return;
+    }
+    let shared = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
+    let (stdout, copy) = filecopy("rs_copy", shared, 1);
+    let mut expected = format!("copied {} bytes\n", shared.len()).into_bytes();
+    expected.extend_from_slice(shared);
+    expected.extend_from_slice(b"missing.txt: refused\n");
+    assert_eq!(String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&expected));
+    assert_eq!(copy, shared);
+    // Larger than one request (127 bytes) and one bulk read (512), every byte value but none
+    // lost; and a second run appends (write-opens append), so the copy holds it twice.
+    let big: Vec<u8> = (0..1500u32).map(|i| (i * 7 + 3) as u8).collect();
+    let (stdout, copy) = filecopy("rs_copy_big", &big, 2);
+    let mut twice = big.clone();
+    twice.extend_from_slice(&big);
+    let mut expected = format!("copied {} bytes\n", big.len()).into_bytes();
+    expected.extend_from_slice(&twice);
+    expected.extend_from_slice(b"missing.txt: refused\n");
+    assert!(stdout == expected, "stdout differs: {} bytes, {} expected", stdout.len(), expected.len());
+    assert!(copy == twice, "copy.txt differs: {} bytes", copy.len());
+}
+
+#[test]
+fn rs_filecopy_without_the_shared_file_says_why() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("rs_filecopy.img")]);
+    assert_eq!((r.status, r.stdout(), r.stderr.as_str()), (0, "copy: refused\n".to_owned(), ""));
+}
