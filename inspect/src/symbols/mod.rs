@@ -341,7 +341,7 @@ fn shown_name(name: &str) -> Box<str> {
         _ => None,
     };
     match cut {
-        Some(at) => format!("{}...", crate::text::escape(name[..at].as_bytes())).into(),
+        Some(at) => format!("{}...", crate::text::escape(&name.as_bytes()[..at])).into(),
         None => crate::text::escape(name.as_bytes()).into(),
     }
 }
