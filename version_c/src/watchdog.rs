@@ -192,6 +192,14 @@ impl<'a> Watchdog<'a> {
     }
 }
 
+/// The rules are tested here, with a clock of the test's own and VMs that never end because
+/// nobody takes their kicks, rather than end to end: a second stop signal matters only while
+/// a VM thread is held by something a stop cannot end, and the hypervisor leaves nothing such
+/// on purpose (`KVM_RUN` returns at the kick; every wait for stdin or stdout polls the
+/// signalfd too; the gdb stub looks for a stop while it waits; host files are regular files,
+/// opened `O_NONBLOCK`), so no test can make a real VM ignore a stop. What is left of the path
+/// is `main`'s answer to [`Watched::ExitNow`] (write what stdout takes without waiting:
+/// `Console::flush_without_waiting`, unit-tested in `serial.rs`, then exit status 1).
 #[cfg(test)]
 mod tests {
     use super::*;
