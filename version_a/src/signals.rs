@@ -289,7 +289,8 @@ impl Kick {
 
     /// Runs `body` on this thread with kicks delivered here (the VM runs its whole life inside
     /// this). Kicks sent while no thread is inside are recorded and found later. The kick
-    /// signal must be blocked on this thread (asserted in debug builds), or it would kill it.
+    /// signal must be blocked on this thread (asserted in debug builds), or it would be lost
+    /// (SIGURG's default action is to be ignored): neither `KVM_RUN` nor a wait would end.
     pub fn deliver_here<R>(&self, body: impl FnOnce() -> R) -> R {
         /// Clears the slot when `body` returns or unwinds.
         struct Unregister<'a>(&'a KickShared);
