@@ -107,8 +107,7 @@ fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<S
     let gdb = config.gdb.map(hooks::listen).transpose().map_err(StartError::Gdb)?;
     let kick = gdb.is_some().then(Kick::default);
     let timeout = config.timeout.as_ref().map(|t| t.after);
-    let interrupts =
-        Interrupts::new(Arc::clone(&listener), timeout, kick.clone()).map_err(|e| StartError::Host("setitimer", e))?;
+    let interrupts = Interrupts::new(Arc::clone(&listener), timeout, kick.clone());
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdout", e))?);
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdin", e))?);
     let (line_buffered, label) = (stdout.is_terminal(), format!("vm0 ({})", image.path.display()));

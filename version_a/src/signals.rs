@@ -18,9 +18,10 @@
 //! A blocking read of stdin or write to stdout waits with `poll(2)` on its file and on the
 //! signalfd together ([`Interruptible`]), so a stop ends those waits too.
 //!
-//! This needs Linux 4.15 or later, as the rest of the hypervisor does (`KVM_CAP_COALESCED_PIO`
-//! is 4.19): `signalfd` and `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a
-//! blocked signal that `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
+//! This needs Linux 4.15 or later, the minimum of the whole hypervisor (docs/UNSAFE.md; the
+//! serial ring's `KVM_CAP_COALESCED_PIO` is 4.19, but optional): `signalfd` and
+//! `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a blocked signal that
+//! `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
 //!
 //! Safety: the `unsafe` blocks below are system calls that take plain integers or pointers to
 //! live local values (`rt_sigprocmask`, `signalfd4`, `poll`, `setitimer`, `pthread_kill`,
@@ -289,7 +290,8 @@ impl Kick {
 
     /// Runs `body` on this thread with kicks delivered here (the VM runs its whole life inside
     /// this). Kicks sent while no thread is inside are recorded and found later. The kick
-    /// signal must be blocked on this thread (asserted in debug builds), or it would kill it.
+    /// signal must be blocked on this thread (asserted in debug builds), or it would be lost
+    /// (SIGURG's default action is to be ignored): neither `KVM_RUN` nor a wait would end.
     pub fn deliver_here<R>(&self, body: impl FnOnce() -> R) -> R {
         /// Clears the slot when `body` returns or unwinds.
         struct Unregister<'a>(&'a KickShared);
@@ -310,14 +312,21 @@ impl Kick {
     }
 }
 
+/// `d` as a `timeval`, rounded *up* to the microsecond: a timer set with it never fires before
+/// `d` has passed (rounded down, a SIGALRM could come a fraction of a microsecond before the
+/// `--timeout` deadline, find it not due, and be the last one).
+fn timeval_at_least(d: Duration) -> libc::timeval {
+    let micros = d.as_nanos().div_ceil(1000);
+    libc::timeval {
+        tv_sec: libc::time_t::try_from(micros / 1_000_000).unwrap_or(libc::time_t::MAX),
+        tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+    }
+}
+
 /// The process's interval timer: SIGALRM after `first`, then every `every` (zero: once).
 /// `first` zero turns it off.
 fn set_alarm(first: Duration, every: Duration) -> io::Result<()> {
-    let tv = |d: Duration| libc::timeval {
-        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
-    };
-    let it = libc::itimerval { it_interval: tv(every), it_value: tv(first) };
+    let it = libc::itimerval { it_interval: timeval_at_least(every), it_value: timeval_at_least(first) };
     // SAFETY: `it` is an initialised itimerval; a null old-value pointer is allowed.
     let r = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
@@ -344,7 +353,9 @@ pub struct Interrupts {
     /// words): the listener's signals unblocked.
     pub run_mask: [u32; 2],
     listener: Arc<Listener>,
-    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    /// The start plus `timeout`, fixed by [`Interrupts::start_clock`].
+    deadline: Cell<Option<Instant>>,
     /// Signals taken but not yet acted on (taken inside a wait, acted on at the next exit).
     taken: Cell<SigSet>,
     /// Set once a stop came: the VM is ending.
@@ -352,15 +363,27 @@ pub struct Interrupts {
 }
 
 impl Interrupts {
-    /// `timeout` arms the timer now: the deadline is fixed first, so that however soon the
-    /// SIGALRM comes, it finds the deadline due. `kick`: the debugger's, with `--gdb`.
-    pub fn new(listener: Arc<Listener>, timeout: Option<Duration>, kick: Option<Kick>) -> io::Result<Interrupts> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        if let Some(t) = timeout {
-            set_alarm(t.max(Duration::from_micros(1)), Duration::ZERO)?;
-        }
+    /// The VM's signals, `timeout` not counting yet ([`Interrupts::start_clock`]). `kick`: the
+    /// debugger's, with `--gdb`.
+    pub fn new(listener: Arc<Listener>, timeout: Option<Duration>, kick: Option<Kick>) -> Interrupts {
         let run_mask = [listener.run_mask.0 as u32, (listener.run_mask.0 >> 32) as u32];
-        Ok(Interrupts { run_mask, listener, kick, deadline, taken: Cell::new(SigSet::EMPTY), stop: Cell::new(None) })
+        let (deadline, taken, stop) = (Cell::new(None), Cell::new(SigSet::EMPTY), Cell::new(None));
+        Interrupts { run_mask, listener, kick, timeout, deadline, taken, stop }
+    }
+
+    /// The VM starts at `start` (before its first instruction, or its wait for gdb): `--timeout`
+    /// counts from there, as in every version (docs/REFERENCE.md §2). The deadline is fixed
+    /// first, then the timer armed, so that however soon the SIGALRM comes, it finds the
+    /// deadline due.
+    pub fn start_clock(&self, start: Instant) -> io::Result<()> {
+        self.start_clock_with(start, |after| set_alarm(after, Duration::ZERO))
+    }
+
+    /// [`Interrupts::start_clock`] with the timer armed by `arm(after)` (a test's own).
+    fn start_clock_with(&self, start: Instant, arm: impl FnOnce(Duration) -> io::Result<()>) -> io::Result<()> {
+        let Some(t) = self.timeout else { return Ok(()) };
+        self.deadline.set(start.checked_add(t));
+        arm(t.max(Duration::from_micros(1)))
     }
 
     /// The serial ring is on and stdout is a terminal: bytes waiting in it must be drained
@@ -399,14 +422,21 @@ impl Interrupts {
     fn collect(&self) {
         let taken = self.taken.get().union(self.listener.take());
         self.taken.set(taken);
-        if self.stop.get().is_some() {
-            return;
+        if self.stop.get().is_none() {
+            self.stop.set(self.stop_for(taken, Instant::now()));
         }
-        let due = self.deadline.is_some_and(|d| Instant::now() >= d);
+    }
+
+    /// What the signals `taken` mean at `now`: a stop signal stops; a SIGALRM stops only once
+    /// the deadline is due (it may be a drain tick, or give a stopped VM's output up).
+    fn stop_for(&self, taken: SigSet, now: Instant) -> Option<StopReason> {
+        let due = self.deadline.get().is_some_and(|d| now >= d);
         if let Some(signal) = taken.minus(SigSet::of(&[libc::SIGALRM, KICK_SIGNAL])).first() {
-            self.stop.set(Some(StopReason::Signal(signal)));
+            Some(StopReason::Signal(signal))
         } else if taken.contains(libc::SIGALRM) && due {
-            self.stop.set(Some(StopReason::Timeout));
+            Some(StopReason::Timeout)
+        } else {
+            None
         }
     }
 
@@ -460,6 +490,55 @@ mod tests {
         assert!(!kick.take_pause(), "a pause is taken once");
         kick.pause(); // nobody registered any more: recorded, no signal sent
         assert!(kick.take_pause());
+    }
+
+    /// The timer race, with a clock of the test's own: the deadline must be fixed before the
+    /// timer is armed, so that a SIGALRM, which comes `after` the arming at the soonest, finds
+    /// it due. (The other order, arming first, gave a deadline later than the alarm: the one
+    /// SIGALRM came, was not due, and the VM ran on for ever.)
+    #[test]
+    fn the_deadline_is_fixed_before_the_timer_is_armed() {
+        let listener = Arc::new(Listener::block(SigSet::of(&[KICK_SIGNAL])).unwrap());
+        let t = Duration::from_millis(200);
+        let interrupts = Interrupts::new(listener, Some(t), None);
+        let start = Instant::now();
+        let mut armed = false;
+        interrupts
+            .start_clock_with(start, |after| {
+                // The thread may be slow to get here: the clock has moved on since `start`.
+                let armed_at = start + Duration::from_millis(5);
+                let deadline = interrupts.deadline.get().expect("the deadline is fixed before the timer is armed");
+                assert_eq!(after, t);
+                assert!(deadline <= armed_at + after, "the alarm cannot come before the deadline");
+                armed = true;
+                Ok(())
+            })
+            .unwrap();
+        assert!(armed);
+        let alarm = SigSet::of(&[libc::SIGALRM]);
+        assert_eq!(interrupts.stop_for(alarm, start + t), Some(StopReason::Timeout), "an alarm at the deadline");
+        assert_eq!(interrupts.stop_for(alarm, start + t - Duration::from_nanos(1)), None, "a drain tick before it");
+        assert_eq!(interrupts.stop_for(SigSet::EMPTY, start + 2 * t), None, "only a SIGALRM looks at the clock");
+        let hup = SigSet::of(&[libc::SIGHUP, libc::SIGALRM]);
+        assert_eq!(interrupts.stop_for(hup, start), Some(StopReason::Signal(libc::SIGHUP)));
+        // Without --timeout the clock starts nothing: no deadline, no timer.
+        let listener = Arc::new(Listener::block(SigSet::of(&[KICK_SIGNAL])).unwrap());
+        let untimed = Interrupts::new(listener, None, None);
+        untimed.start_clock_with(start, |_| panic!("no timer without --timeout")).unwrap();
+        assert_eq!(untimed.stop_for(alarm, start + Duration::from_secs(1_000_000)), None);
+    }
+
+    #[test]
+    fn the_timer_never_fires_before_its_time() {
+        let tv = |d| {
+            let t = timeval_at_least(d);
+            (t.tv_sec, t.tv_usec)
+        };
+        assert_eq!(tv(Duration::from_millis(200)), (0, 200_000));
+        assert_eq!(tv(Duration::from_nanos(1_000_500)), (0, 1001), "a part of a microsecond rounds up");
+        assert_eq!(tv(Duration::from_nanos(1_999_999_001)), (2, 0));
+        assert_eq!(tv(Duration::from_secs(1_000_000)), (1_000_000, 0));
+        assert_eq!(tv(Duration::ZERO), (0, 0), "zero still turns the timer off");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum Failure {
     UnexpectedDebug(u64),
     /// `k` in gdb.
     Killed,
+    /// The guest never ran: why (its `--timeout` timer could not be armed).
+    NotRun(String),
 }
 
 /// What `run` hands back to `main`.
@@ -137,10 +139,13 @@ impl Vm {
     /// failure on stderr (one line naming the VM, the reason and RIP, then the registers).
     pub fn run(mut self) -> Report {
         let start = Instant::now();
-        // With --gdb, gdb's Ctrl-C reaches this thread while the guest runs (signals.rs).
-        let outcome = match self.interrupts.kick.clone() {
-            Some(kick) => kick.deliver_here(|| self.run_loop()),
-            None => self.run_loop(),
+        // --timeout counts from here, before the first instruction (or the wait for gdb), as in
+        // every version (docs/REFERENCE.md §2).
+        let outcome = match (self.interrupts.start_clock(start), self.interrupts.kick.clone()) {
+            (Err(e), _) => Outcome::Failed(Failure::NotRun(format!("cannot arm the --timeout timer: {e}"))),
+            // With --gdb, gdb's Ctrl-C reaches this thread while the guest runs (signals.rs).
+            (Ok(()), Some(kick)) => kick.deliver_here(|| self.run_loop()),
+            (Ok(()), None) => self.run_loop(),
         };
         let outcome = self.finish(outcome);
         Report { outcome, exits: self.exits, wall: start.elapsed(), stats: self.tools.stats.take() }
@@ -353,6 +358,7 @@ impl fmt::Display for Failure {
             Failure::Stopped(StopReason::Signal(signal), _) => write!(f, "interrupted ({})", signal_name(*signal)),
             Failure::UnexpectedDebug(pc) => write!(f, "unexpected debug exit at {pc:#x} (no debugger attached)"),
             Failure::Killed => f.write_str("killed by the debugger"),
+            Failure::NotRun(why) => f.write_str(why),
         }
     }
 }

@@ -37,7 +37,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
@@ -54,7 +54,7 @@ use serial::{Console, Ports, Serial};
 use serial_ring::SerialRing;
 use signals::{Interruptible, Interrupts, KICK_SIGNAL, Kick, Listener, SigSet};
 use vm::{Failure, Outcome, Report, Setup, Vm};
-use watchdog::{Watch, Watched};
+use watchdog::{Event, Watch, Watched};
 
 /// Exit statuses (docs/REFERENCE.md §1).
 const EXIT_FAILED: u8 = 1;
@@ -115,7 +115,7 @@ fn run_all(
     labels: &[String],
     mut gdb: Option<TcpListener>,
 ) -> Vec<Report> {
-    let (ended_tx, ended) = mpsc::channel();
+    let (events_tx, events) = mpsc::channel();
     let watchdog = Kick::default();
     // Each image's symbols, read at most once however many VMs run it (and only if needed).
     let mut symbols: HashMap<&Path, Arc<SymbolFile>> = HashMap::new();
@@ -131,13 +131,13 @@ fn run_all(
                 let gdb = gdb.take().map(|listener| (listener, kick.clone()));
                 let setup = shared.setup(index, image, &labels[index], (kick.clone(), Arc::clone(symbols)), gdb);
                 announce(shared.config, &labels[index], image.bytes.len());
-                let done = Done { index, tx: ended_tx.clone(), watchdog: watchdog.clone() };
+                let done = Done { index, tx: events_tx.clone(), watchdog: watchdog.clone() };
                 threads.push(spawn_vm(s, shared, image, setup, done));
                 kicks.push(kick);
             }
             let drains = shared.line_buffered && shared.config.coalesce;
             let timeout = shared.config.timeout.as_ref().map(|t| t.after);
-            let watch = Watch { kicks: &kicks, ended: &ended, listener, timeout, drains };
+            let watch = Watch { kicks: &kicks, events: &events, listener, timeout, drains };
             if watchdog::watch(&watch) == Watched::ExitNow {
                 shared.console.flush_without_waiting();
                 std::process::exit(EXIT_FAILED.into());
@@ -159,9 +159,10 @@ fn spawn_vm<'scope>(
     let name = format!("vm{}", done.index);
     let (kvm, layout) = (shared.kvm, shared.layout);
     let body = move || {
-        let _done = done; // tells the watchdog when this thread ends, even by a panic
+        let done = done; // tells the watchdog when this thread ends, even by a panic
         match Vm::create(kvm, layout, image, setup) {
-            Ok(vm) => vm.run(),
+            // The VM's --timeout counts from its start (docs/REFERENCE.md §2).
+            Ok(vm) => vm.run(|at| done.started(at)),
             Err(e) => failed(not_run(&label, format!("cannot create the VM: {e}"))),
         }
     };
@@ -189,17 +190,26 @@ fn failed(failure: Failure) -> Report {
     Report { outcome: Outcome::Failed(failure), exits: 0, wall: Duration::ZERO, stats: None }
 }
 
-/// Tells the watchdog that VM `index` ended: its number on the channel, then a kick.
+/// Tells the watchdog that VM `index` started, and (when dropped) that its thread ended: an
+/// [`Event`] on the channel, then a kick.
 #[derive(Debug)]
 struct Done {
     index: usize,
-    tx: mpsc::Sender<usize>,
+    tx: mpsc::Sender<Event>,
     watchdog: Kick,
+}
+
+impl Done {
+    /// The VM is made and about to run: its `--timeout` counts from `at`.
+    fn started(&self, at: Instant) {
+        let _ = self.tx.send(Event::Started(self.index, at));
+        self.watchdog.wake();
+    }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let _ = self.tx.send(self.index);
+        let _ = self.tx.send(Event::Ended(self.index));
         self.watchdog.wake();
     }
 }

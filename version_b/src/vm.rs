@@ -134,8 +134,11 @@ impl Vm {
 
     /// Runs the guest until it halts or fails, then writes out its output and reports a
     /// failure on stderr (one line naming the VM, the reason and RIP, then the registers).
-    pub fn run(mut self) -> Report {
+    /// `started` hears the instant the VM starts, before its first instruction (or its wait for
+    /// gdb): its `--timeout` counts from there, in every version (docs/REFERENCE.md §2).
+    pub fn run(mut self, started: impl FnOnce(Instant)) -> Report {
         let start = Instant::now();
+        started(start);
         // The watchdog's stops and drains, and gdb's Ctrl-C, reach this thread (signals.rs).
         let kick = self.interrupts.kick.clone();
         let outcome = kick.deliver_here(|| self.run_loop());

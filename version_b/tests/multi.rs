@@ -105,6 +105,29 @@ fn timeout_stops_a_spinning_vm_while_another_finishes() {
     assert!(r.stderr.contains("counter.img): halted"), "{}", r.stderr);
 }
 
+/// Each VM's `--timeout` counts from its own start (docs/REFERENCE.md §2), not from a clock
+/// the watchdog started before the VMs were made: of 16 VMs, made one after another, even the
+/// last runs its full 0.2 s (its closing line's time counts from the same start).
+#[test]
+fn each_vm_gets_its_whole_timeout_however_late_it_started() {
+    if !kvm_available() {
+        return;
+    }
+    let spin = guest("spin.img");
+    let mut args = vec!["-m", "2", "-p", "2", "--timeout", "0.2", "-g"];
+    args.extend([spin.as_str(); 16]);
+    let r = run(&args);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    let times: Vec<f64> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(": failed after ")?.1.rsplit(" in ").next()?.strip_suffix(" ms")?.parse().ok())
+        .collect();
+    assert_eq!(times.len(), 16, "{}", r.stderr);
+    assert!(times.iter().all(|&ms| ms >= 200.0), "a VM stopped before its 0.2 s: {times:?}");
+    assert_eq!(r.stderr.matches("timed out after 0.2 s").count(), 16, "{}", r.stderr);
+}
+
 #[test]
 fn stdin_is_shared_each_byte_going_to_one_vm() {
     if !kvm_available() {

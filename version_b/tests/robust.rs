@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, GUARD, Guarded, guest, kvm_available};
+use common::{BIN, GUARD, Guarded, guest, kvm_available, temp_dir};
 
 /// Runs the binary with stdout a pipe that nobody reads (kept open), stderr collected; once
 /// stderr shows `signal_after`, sends SIGTERM. Kills it and fails past `guard`. Returns the
@@ -145,6 +145,53 @@ fn two_sigterms_at_once_from_timeout_1_lose_no_output() {
         assert_eq!(r.status, 124, "timeout(1) ended it (run {run}): {}", r.stderr);
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "spinning\n", "run {run}: {}", r.stderr);
         assert!(r.stderr.contains("interrupted (SIGINT/SIGTERM)"), "run {run}: {}", r.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What flood.img writes before its sign on stderr: every byte of it.
+fn flood_output() -> Vec<u8> {
+    (0..1000).flat_map(|i| format!("flood line {i} of 1000 ..........\n").into_bytes()).collect()
+}
+
+/// Every signal that ends a terminal session or asks a program to end stops the run as SIGTERM
+/// does (docs/REFERENCE.md §9): exit status 1, the VM reported as interrupted by that signal,
+/// and stdout (a file, so block-buffered) holds every byte the guest wrote before the signal.
+/// flood.img says on stderr that all its output has reached the serial port (the last of it
+/// still in the hypervisor's buffer), then computes for ever: the signal is sent then.
+#[test]
+fn every_stop_signal_ends_the_run_as_sigterm_does_and_loses_no_output() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = temp_dir("stop_signals");
+    let flood = guest("flood.img");
+    let cases = [
+        ("HUP", "interrupted (SIGHUP)"),
+        ("QUIT", "interrupted (SIGQUIT)"),
+        ("USR1", "interrupted (SIGUSR1)"),
+        ("USR2", "interrupted (SIGUSR2)"),
+        ("INT", "interrupted (SIGINT/SIGTERM)"),
+        ("TERM", "interrupted (SIGINT/SIGTERM)"),
+    ];
+    for (signal, report) in cases {
+        let out = dir.join(format!("stdout_{signal}"));
+        let file = std::fs::File::create(&out).unwrap();
+        let mut hv = Guarded::spawn_to(&dir, &["-m", "2", "-p", "2", "-g", &flood], GUARD, file);
+        hv.wait_for_stderr("flood.img's sign", |e| e.contains("unknown port 0x80"));
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(hv.pid().to_string()).status().unwrap();
+        assert!(sent.success(), "kill -{signal}");
+        let r = hv.try_finish().unwrap_or_else(|| panic!("SIG{signal} killed the hypervisor"));
+        assert_eq!(r.status, 1, "SIG{signal}: {}", r.stderr);
+        assert!(r.stderr.contains("flood.img): failed at RIP "), "SIG{signal}: {}", r.stderr);
+        assert!(r.stderr.contains(report), "SIG{signal}: {}", r.stderr);
+        let written = std::fs::read(&out).unwrap();
+        assert!(
+            written == flood_output(),
+            "SIG{signal}: stdout has {} of the {} bytes",
+            written.len(),
+            flood_output().len()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
 //! mini_hypervisor, version C: the FFI room. Every `unsafe` of version C is in this library:
 //! `kvm/` (the KVM ioctls, guest RAM and the vCPU's run area), `signals.rs` (signal masks,
-//! the signalfd, `poll`) and `hostfs.rs` (`openat`, `unlinkat` in a VM's private directory). The program itself (`main.rs` and its modules) forbids
-//! `unsafe` and reaches the kernel only through the safe types declared here.
+//! the signalfd, `poll`) and `hostfs.rs` (`openat`, `unlinkat` in a VM's private directory).
+//! The program itself (`main.rs` and its modules) forbids `unsafe` and reaches the kernel only
+//! through the safe types declared here.
 //!
 //! What those types rule out does not compile. RAM never leaves its machine, so nothing can
 //! free or replace it while KVM maps it:
@@ -33,6 +34,19 @@
 //! ```compile_fail,E0277
 //! fn share(ram: &version_c::kvm::GuestRam) {
 //!     std::thread::scope(|s| { s.spawn(|| ram.read(0, &mut [0u8; 1])); });
+//! }
+//! ```
+//! A name reaches `openat` only as a checked [`hostfs::FileName`] (no `/`, not `..`): a path
+//! does not compile...
+//! ```compile_fail,E0308
+//! fn escape(dir: &std::fs::File) -> std::io::Result<std::fs::File> {
+//!     version_c::hostfs::openat(dir, c"../../etc/passwd", 0, 0)
+//! }
+//! ```
+//! ...and no `FileName` can be made but by [`hostfs::FileName::new`], which checks it:
+//! ```compile_fail,E0451
+//! fn forge() -> version_c::hostfs::FileName {
+//!     version_c::hostfs::FileName { bytes: [b'.'; 255], len: 2 }
 //! }
 //! ```
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]

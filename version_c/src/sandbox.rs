@@ -6,7 +6,10 @@
 //! - the VM's **private directory** `<stem>_vm<N>_files/` ([`private_dir_name`]), created on
 //!   the first write-open and kept after the run;
 //! - the **shared files** given with `-f` ([`SharedFiles`]), visible to every VM under their
-//!   file name and never written.
+//!   file name and never written. Each is checked and opened read-only once, at startup; every
+//!   guest open of it and every copy-on-write reopens that descriptor (through
+//!   `/proc/self/fd`), never the path, so a path renamed over or replaced by a symbolic link
+//!   after the start changes nothing a guest reads.
 //!
 //! | guest open | private file exists | else shared file of that name | else |
 //! |---|---|---|---|
@@ -18,11 +21,14 @@
 //!
 //! Where the C original (`hypercall_open`, `is_shared_file`, `copy_file`) fell short, and what
 //! this module does instead: private files are opened only with `openat(2)` relative to a
-//! descriptor of the private directory, always `O_NOFOLLOW`, so neither a crafted name nor a
-//! symbolic link planted in the directory can lead outside it; a shared file is copied once,
+//! descriptor of the private directory, always `O_NOFOLLOW`, and only by a checked
+//! [`FileName`] (the one argument type `hostfs::openat` takes), so neither a crafted name nor
+//! a symbolic link planted in the directory can lead outside it; a shared file is the file
+//! checked at startup, not whatever its path names at the time of the open (the C reopened
+//! the path); a shared file is copied once,
 //! not on every write-open; reads after the copy go to the copy.
 //!
-//! Every open also adds `O_NONBLOCK` and then checks that it got a regular file: if a FIFO or a
+//! Every open of a private file also adds `O_NONBLOCK` and then checks that it got a regular file: if a FIFO or a
 //! device has been put where a file was expected, the open fails instead of blocking the vCPU
 //! thread forever. (`O_NONBLOCK` has no effect on reads and writes of regular files.) A private
 //! file with more than one hard link is never opened, for reading or for writing: `O_NOFOLLOW`
@@ -34,10 +40,11 @@
 //! readable, every write-open fails, and the first failure prints one warning on stderr.
 #![forbid(unsafe_code)]
 
-use std::ffi::{CStr, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -45,50 +52,15 @@ use std::sync::Arc;
 
 use crate::hostfs; // openat(2)/unlinkat(2) relative to the private directory
 
-/// The longest guest file name: the open request's length byte is 1..=254.
-const MAX_NAME_LEN: usize = 254;
+pub use crate::hostfs::{FileName, MAX_NAME_LEN, NameError};
 
 /// Permission bits of files the guest creates (before the umask), as `fopen(3)` would use.
 const NEW_FILE_MODE: libc::mode_t = 0o666;
 
-/// Why a guest file name is not a plain file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameError {
-    Empty,
-    /// Its length in bytes (above 254).
-    TooLong(usize),
-    Slash,
-    Nul,
-    Dots,
-}
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameError::Empty => f.write_str("empty name"),
-            NameError::TooLong(n) => write!(f, "a name of {n} bytes, more than {MAX_NAME_LEN}"),
-            NameError::Slash => f.write_str("'/' in a name"),
-            NameError::Nul => f.write_str("NUL in a name"),
-            NameError::Dots => f.write_str("\".\" and \"..\" are not file names"),
-        }
-    }
-}
-
-/// Plain guest file name check: 1..=254 bytes, no `b'/'`, no NUL, not `"."` or `".."`.
+/// Plain guest file name check: 1..=254 bytes, no `b'/'`, no NUL, not `"."` or `".."`
+/// ([`FileName::new`], which makes the only names `openat` takes).
 pub fn check_name(name: &[u8]) -> Result<(), NameError> {
-    if name.is_empty() {
-        Err(NameError::Empty)
-    } else if name.len() > MAX_NAME_LEN {
-        Err(NameError::TooLong(name.len()))
-    } else if name.contains(&b'/') {
-        Err(NameError::Slash)
-    } else if name.contains(&0) {
-        Err(NameError::Nul)
-    } else if name == b"." || name == b".." {
-        Err(NameError::Dots)
-    } else {
-        Ok(())
-    }
+    FileName::new(name).map(drop)
 }
 
 /// [`check_name`] as a yes/no.
@@ -106,30 +78,36 @@ pub fn private_dir_name(image: &Path, vm_index: usize) -> OsString {
     name
 }
 
-/// The `-f` files, checked once at startup (before any VM starts) and shared read-only by all VMs.
+/// The `-f` files: each checked and opened once, read-only, at startup (before any VM starts),
+/// and shared by all VMs. Every guest open and every copy-on-write of a shared file works
+/// from the descriptor opened then, never from the path again: a path renamed, replaced or
+/// made a symbolic link after the start changes nothing a guest reads.
 #[derive(Debug)]
 pub struct SharedFiles {
     files: Vec<SharedFile>,
 }
 
-/// One `-f` file: the name guests use and the path the user gave.
+/// One `-f` file: the name guests use, the path the user gave, and the file opened at startup.
 #[derive(Debug)]
 struct SharedFile {
     name: Vec<u8>,
     path: PathBuf,
+    /// Opened read-only (`O_NONBLOCK`) at startup; only reopened, never read itself.
+    file: File,
 }
 
 impl SharedFiles {
     /// Each path must exist, be a regular readable file; two paths with the same file name (last
-    /// component) are an error, said in one line by [`SharedFileError`]'s `Display`.
+    /// component) are an error, said in one line by [`SharedFileError`]'s `Display`. Each is
+    /// opened here, once.
     pub fn check(paths: &[PathBuf]) -> Result<SharedFiles, SharedFileError> {
         let mut files: Vec<SharedFile> = Vec::with_capacity(paths.len());
         for path in paths {
-            let name = check_shared(path)?;
+            let (name, file) = check_shared(path)?;
             if let Some(earlier) = files.iter().find(|f| f.name == name) {
                 return Err(SharedFileError::SameName { path: path.clone(), earlier: earlier.path.clone() });
             }
-            files.push(SharedFile { name: name.to_vec(), path: path.clone() });
+            files.push(SharedFile { name: name.to_vec(), path: path.clone(), file });
         }
         Ok(SharedFiles { files })
     }
@@ -144,17 +122,30 @@ impl SharedFiles {
         self.files.is_empty()
     }
 
-    /// The command-line path of the shared file a guest calls `name`.
-    fn find(&self, name: &[u8]) -> Option<&Path> {
-        self.files.iter().find(|f| f.name == name).map(|f| f.path.as_path())
+    /// The shared file a guest calls `name`.
+    fn find(&self, name: &[u8]) -> Option<&SharedFile> {
+        self.files.iter().find(|f| f.name == name)
     }
 }
 
-/// One `-f` path checked: a readable regular file whose file name a guest can use. Returns
-/// that name.
-fn check_shared(path: &Path) -> Result<&[u8], SharedFileError> {
+impl SharedFile {
+    /// The file opened at startup, opened again read-only: a new open file description of the
+    /// same file, with its own read position (two guest opens of one name read independently,
+    /// docs/REFERENCE.md §9). It goes through the descriptor's entry in `/proc/self/fd`, a link
+    /// the kernel resolves to the open file itself, not to the path it was opened by: whatever
+    /// happened to that path since (renamed over, replaced by a symbolic link, removed), this
+    /// is the file checked at startup.
+    fn reopen(&self) -> io::Result<File> {
+        let fd = Path::new("/proc/self/fd").join(self.file.as_raw_fd().to_string());
+        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fd)
+    }
+}
+
+/// One `-f` path checked and opened: a readable regular file whose file name a guest can use.
+/// Returns that name and the file, opened read-only once and for all.
+fn check_shared(path: &Path) -> Result<(&[u8], File), SharedFileError> {
     let fail = |make: fn(PathBuf) -> SharedFileError| make(path.to_path_buf());
-    // Metadata first: opening a FIFO to test readability could block.
+    // Metadata first: the type of what is there says why it cannot be shared, before opening it.
     let meta = fs::metadata(path).map_err(|error| SharedFileError::Missing { path: path.to_path_buf(), error })?;
     if meta.is_dir() {
         return Err(fail(SharedFileError::Directory));
@@ -162,12 +153,24 @@ fn check_shared(path: &Path) -> Result<&[u8], SharedFileError> {
     if !meta.is_file() {
         return Err(fail(SharedFileError::NotRegular));
     }
-    open_shared(path).map_err(|error| SharedFileError::Unreadable { path: path.to_path_buf(), error })?;
+    // O_NONBLOCK: should a FIFO have been put there since, the open does not wait for a writer;
+    // the check of what was opened then refuses it.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| SharedFileError::Unreadable { path: path.to_path_buf(), error })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(fail(SharedFileError::NotRegular));
+    }
     let name = path.file_name().ok_or_else(|| fail(SharedFileError::NoFileName))?.as_bytes();
     if !valid_name(name) {
         return Err(SharedFileError::NameTooLong { path: path.to_path_buf(), len: name.len() });
     }
-    Ok(name)
+    // Every guest open reopens it (`SharedFile::reopen`): that must work now, not only later.
+    let shared = SharedFile { name: Vec::new(), path: path.to_path_buf(), file };
+    shared.reopen().map_err(|error| SharedFileError::Reopen { path: path.to_path_buf(), error })?;
+    Ok((name, shared.file))
 }
 
 /// Why a `-f` file cannot be shared. `Display` says it in one line naming the path, the reason
@@ -199,6 +202,11 @@ pub enum SharedFileError {
     SameName {
         path: PathBuf,
         earlier: PathBuf,
+    },
+    /// Opened, but it cannot be opened again through `/proc/self/fd` (as every guest open does).
+    Reopen {
+        path: PathBuf,
+        error: io::Error,
     },
 }
 
@@ -234,6 +242,11 @@ impl fmt::Display for SharedFileError {
                 "shared file {}: same file name as shared file {}, and guests name shared files by file name alone: rename one of them",
                 path.display(),
                 earlier.display()
+            ),
+            SharedFileError::Reopen { path, error } => write!(
+                f,
+                "shared file {}: cannot be opened again through /proc/self/fd ({error}): mount /proc",
+                path.display()
             ),
         }
     }
@@ -432,11 +445,10 @@ impl Sandbox {
     /// The private file if it exists, else the shared file of that name, else `Err`. When the
     /// private directory cannot be used, the shared files are still found.
     pub fn open_read(&mut self, name: &[u8]) -> Result<File, OpenError> {
-        let mut buf = [0; MAX_NAME_LEN + 1];
-        let c_name = c_name(name, &mut buf)?;
+        let name = FileName::new(name).map_err(OpenError::Name)?;
         let mut dir_error = None;
         match private_dir(&mut self.dir, &self.private_dir, &self.label, false) {
-            Ok(Some(dir)) => match hostfs::openat(dir, c_name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+            Ok(Some(dir)) => match hostfs::openat(dir, &name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
                 Ok(file) => return private_file(file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // A private entry exists but cannot be used (a symbolic link, no permission):
@@ -446,8 +458,8 @@ impl Sandbox {
             Ok(None) => {}
             Err(e) => dir_error = Some(e),
         }
-        match (self.shared.find(name), dir_error) {
-            (Some(path), _) => open_shared(path).map_err(OpenError::Shared).and_then(regular),
+        match (self.shared.find(name.as_bytes()), dir_error) {
+            (Some(shared), _) => shared.reopen().map_err(OpenError::Shared),
             (None, Some(e)) => Err(e),
             (None, None) => Err(OpenError::NotFound),
         }
@@ -457,21 +469,20 @@ impl Sandbox {
     /// directory; else a new empty private file. Opened for append (`O_APPEND`).
     pub fn open_write(&mut self, name: &[u8]) -> Result<File, OpenError> {
         const APPEND: libc::c_int = libc::O_WRONLY | libc::O_APPEND | libc::O_NONBLOCK;
-        let mut buf = [0; MAX_NAME_LEN + 1];
-        let c_name = c_name(name, &mut buf)?;
+        let name = FileName::new(name).map_err(OpenError::Name)?;
         let Some(dir) = private_dir(&mut self.dir, &self.private_dir, &self.label, true)? else {
             return Err(OpenError::NotFound);
         };
-        match hostfs::openat(dir, c_name, APPEND, 0) {
+        match hostfs::openat(dir, &name, APPEND, 0) {
             Ok(file) => return private_file(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(OpenError::Private(e)),
         }
-        if let Some(path) = self.shared.find(name) {
-            copy_on_write(path, dir, c_name)?;
-            return private_file(hostfs::openat(dir, c_name, APPEND, 0).map_err(OpenError::Private)?);
+        if let Some(shared) = self.shared.find(name.as_bytes()) {
+            copy_on_write(shared, dir, &name)?;
+            return private_file(hostfs::openat(dir, &name, APPEND, 0).map_err(OpenError::Private)?);
         }
-        private_file(hostfs::openat(dir, c_name, APPEND | libc::O_CREAT, NEW_FILE_MODE).map_err(OpenError::Private)?)
+        private_file(hostfs::openat(dir, &name, APPEND | libc::O_CREAT, NEW_FILE_MODE).map_err(OpenError::Private)?)
     }
 }
 
@@ -524,12 +535,13 @@ fn unusable_warning(label: &str, path: &Path, problem: &DirProblem) -> String {
     )
 }
 
-/// Copy the shared original at `path` into a new file `name` in the private directory.
+/// Copy the shared original (the file opened at startup) into a new file `name` in the private
+/// directory.
 ///
 /// The copy is created with `O_CREAT | O_EXCL`; if copying fails half-way, the partial copy is
 /// removed, so that a truncated copy never poses as the VM's private file.
-fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> Result<(), OpenError> {
-    let mut original = regular(open_shared(path).map_err(OpenError::Shared)?)?;
+fn copy_on_write(shared: &SharedFile, dir: &File, name: &FileName) -> Result<(), OpenError> {
+    let mut original = shared.reopen().map_err(OpenError::Shared)?;
     let mut copy = hostfs::openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, NEW_FILE_MODE)
         .map_err(OpenError::Private)?;
     if let Err(e) = io::copy(&mut original, &mut copy) {
@@ -539,18 +551,6 @@ fn copy_on_write(path: &Path, dir: &File, name: &CStr) -> Result<(), OpenError> 
         return Err(OpenError::Copy(e));
     }
     Ok(())
-}
-
-/// Open a shared original read-only by its command-line path. The original is never opened
-/// for writing.
-fn open_shared(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
-}
-
-/// `file` if it is a regular file (one `fstat(2)`).
-fn regular(file: File) -> Result<File, OpenError> {
-    let meta = file.metadata().map_err(OpenError::Stat)?;
-    if meta.is_file() { Ok(file) } else { Err(OpenError::NotRegular) }
 }
 
 /// A file opened in the private directory: `file` if it is a regular file with a single hard
@@ -567,17 +567,6 @@ fn private_file(file: File) -> Result<File, OpenError> {
     } else {
         Ok(file)
     }
-}
-
-/// `name` checked with [`check_name`] and NUL-terminated in `buf` (no allocation).
-fn c_name<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME_LEN + 1]) -> Result<&'a CStr, OpenError> {
-    check_name(name).map_err(OpenError::Name)?;
-    let invalid = || OpenError::Name(NameError::TooLong(name.len()));
-    let with_nul = buf.get_mut(..=name.len()).ok_or_else(invalid)?;
-    let (last, text) = with_nul.split_last_mut().ok_or_else(invalid)?;
-    text.copy_from_slice(name);
-    *last = 0;
-    CStr::from_bytes_with_nul(with_nul).map_err(|_| OpenError::Name(NameError::Nul))
 }
 
 #[cfg(test)]
@@ -637,8 +626,8 @@ mod tests {
         let shared = shared_setup(&tmp, &[("a.txt", b"A"), ("b.bin", b"")]);
         assert_eq!(shared.len(), 2);
         assert!(!shared.is_empty());
-        assert_eq!(shared.find(b"a.txt"), Some(tmp.join("host/a.txt").as_path()));
-        assert_eq!(shared.find(b"c"), None);
+        assert_eq!(shared.find(b"a.txt").map(|f| f.path.as_path()), Some(tmp.join("host/a.txt").as_path()));
+        assert!(shared.find(b"c").is_none());
     }
 
     #[test]
@@ -922,18 +911,44 @@ mod tests {
         assert!(sb.open_write(b"d").is_err());
     }
 
+    /// The shared files are opened at startup: whatever happens to their paths afterwards,
+    /// guests read, and copy on write, the files that were checked.
     #[test]
-    fn a_shared_original_replaced_by_a_directory_fails_cleanly() {
+    fn a_shared_path_changed_after_the_check_still_leads_to_the_original() {
         let tmp = TempDir::new("replaced");
-        let shared = shared_setup(&tmp, &[("s", b"x")]);
-        fs::remove_file(tmp.join("host/s")).unwrap();
-        fs::create_dir(tmp.join("host/s")).unwrap();
+        let names = ["renamed", "linked", "dir", "removed"];
+        let shared = shared_setup(&tmp, &names.map(|n| (n, n.as_bytes())));
+        let host = tmp.join("host");
+        fs::write(tmp.join("other"), b"another file").unwrap();
+        fs::rename(tmp.join("other"), host.join("renamed")).unwrap();
+        fs::write(tmp.join("target"), b"what the link leads to").unwrap();
+        fs::remove_file(host.join("linked")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("target"), host.join("linked")).unwrap();
+        fs::remove_file(host.join("dir")).unwrap();
+        fs::create_dir(host.join("dir")).unwrap();
+        fs::remove_file(host.join("removed")).unwrap();
         let private = tmp.join("p");
         let mut sb = test_sandbox(shared, private.clone());
-        assert!(sb.open_read(b"s").is_err());
-        assert!(sb.open_write(b"s").is_err());
-        // No partial copy poses as the private file.
-        assert!(!private.join("s").exists());
+        for name in names {
+            assert_eq!(read_all(sb.open_read(name.as_bytes()).unwrap()), name.as_bytes(), "{name}");
+            sb.open_write(name.as_bytes()).unwrap().write_all(b"+").unwrap();
+            assert_eq!(fs::read(private.join(name)).unwrap(), format!("{name}+").as_bytes(), "{name}");
+        }
+        assert_eq!(fs::read(host.join("renamed")).unwrap(), b"another file");
+        assert_eq!(fs::read(tmp.join("target")).unwrap(), b"what the link leads to");
+    }
+
+    #[test]
+    fn two_opens_of_a_shared_file_read_from_their_own_positions() {
+        let tmp = TempDir::new("positions");
+        let mut sb = test_sandbox(shared_setup(&tmp, &[("s", b"0123456789")]), tmp.join("p"));
+        let (mut one, mut two) = (sb.open_read(b"s").unwrap(), sb.open_read(b"s").unwrap());
+        let mut buf = [0u8; 4];
+        one.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"0123");
+        two.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"0123", "its own position, not the other's");
+        assert_eq!(read_all(one), b"456789");
     }
 
     // ---- an unusable private directory --------------------------------------------------

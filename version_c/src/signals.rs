@@ -22,9 +22,10 @@
 //! A blocking read of stdin or write to stdout waits with `poll(2)` on its file and on the
 //! signalfd together ([`Interruptible`]), so a stop ends those waits too.
 //!
-//! This needs Linux 4.15 or later, as the rest of the hypervisor does (`KVM_CAP_COALESCED_PIO`
-//! is 4.19): `signalfd` and `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a
-//! blocked signal that `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
+//! This needs Linux 4.15 or later, the minimum of the whole hypervisor (docs/UNSAFE.md; the
+//! serial ring's `KVM_CAP_COALESCED_PIO` is 4.19, but optional): `signalfd` and
+//! `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a blocked signal that
+//! `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
 //!
 //! Safety: the `unsafe` blocks below are system calls that take plain integers or pointers to
 //! live local values (`rt_sigprocmask`, `signalfd4`, `poll`, `pthread_kill`, `pthread_self`)

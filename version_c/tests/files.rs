@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Run, guest, kvm_available, run_in, temp_dir};
+use common::{GUARD, Guarded, Run, guest, kvm_available, run_in, temp_dir};
 
 const SHARED: &[u8] = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
 
@@ -389,6 +389,43 @@ fn shared_files_are_checked_before_any_vm_starts() {
     let r = run_in(&s.dir, &["-m", "2", "-p", "2", "-g", &hello, "--files-dir", "host/shared.txt"], b"");
     assert_eq!(r.status, 1);
     assert!(r.stderr.contains("not a directory"), "{}", r.stderr);
+}
+
+/// The shared file is opened once, at startup: a path swapped after the start (another file
+/// renamed over it, then a symbolic link put in its place) changes nothing the guest reads or
+/// copies. fileshell.img waits for its commands on stdin, so each open comes after a swap.
+#[test]
+fn a_shared_path_swapped_after_the_start_still_reads_the_original() {
+    if !kvm_available() {
+        return;
+    }
+    let s = Setup::new("swap", SHARED);
+    fs::write(s.dir.join("impostor.txt"), b"not the shared file").unwrap();
+    fs::write(s.dir.join("secret.txt"), b"a file the guest must never see").unwrap();
+    let shared = s.shared.to_str().unwrap();
+    let args = ["-m", "2", "-p", "2", "-f", shared, "--files-dir", "files", "-g", &guest("fileshell.img")];
+    let mut hv = Guarded::spawn(&s.dir, &args, GUARD);
+    // The startup checks, which open the shared file, are over once the VM is announced.
+    hv.wait_for_stderr("the VM's opening line", |e| e.contains("byte image"));
+    let read_whole = format!("{} {}", SHARED.len(), hex(SHARED));
+    let lines = |out: &[u8]| out.iter().filter(|&&b| b == b'\n').count();
+
+    fs::rename(s.dir.join("impostor.txt"), &s.shared).unwrap();
+    hv.send(b"o 0 shared.txt\nr 0 127\nc 0\n");
+    hv.wait_for_stdout("3 lines", |out| lines(out) == 3);
+
+    fs::remove_file(&s.shared).unwrap();
+    std::os::unix::fs::symlink(s.dir.join("secret.txt"), &s.shared).unwrap();
+    hv.send(b"o 0 shared.txt\nr 0 127\nc 0\no 1 shared.txt\nw 0 2b\nc 0\nq\n");
+    hv.close_input();
+    let r = hv.finish();
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    let out: Vec<String> = r.stdout().lines().map(str::to_owned).collect();
+    assert_eq!(out, ["0", read_whole.as_str(), "0", "0", read_whole.as_str(), "0", "0", "1", "0"]);
+    let mut copy = SHARED.to_vec();
+    copy.push(b'+');
+    assert_eq!(s.private("fileshell_vm0_files", "shared.txt"), copy, "copy-on-write copied the original");
+    assert_eq!(fs::read(s.dir.join("secret.txt")).unwrap(), b"a file the guest must never see");
 }
 
 #[test]

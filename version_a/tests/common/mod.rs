@@ -115,22 +115,39 @@ impl Guarded {
         Guarded::command(command, guard)
     }
 
+    /// Starts the binary under test in `cwd` with its stdout going to `stdout` (a file), stdin
+    /// and stderr pipes. [`Run::stdout`] is then empty: the file has the output.
+    pub fn spawn_to<S: AsRef<OsStr>>(cwd: &Path, args: &[S], guard: Duration, stdout: std::fs::File) -> Guarded {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(cwd);
+        Guarded::start(command, guard, Some(stdout))
+    }
+
     /// Starts `command` (any program) under `guard`, every stdio a pipe.
-    pub fn command(mut command: Command, guard: Duration) -> Guarded {
+    pub fn command(command: Command, guard: Duration) -> Guarded {
+        Guarded::start(command, guard, None)
+    }
+
+    /// Starts `command` under `guard`: stdout to `stdout` if given, else a pipe; stdin and
+    /// stderr pipes.
+    fn start(mut command: Command, guard: Duration, stdout: Option<std::fs::File>) -> Guarded {
         let shown = std::iter::once(command.get_program())
             .chain(command.get_args())
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ");
+        let to_file = stdout.is_some();
         let mut child = command
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
         let deadline = Instant::now() + guard;
         let (tx, events) = mpsc::channel();
-        reader(child.stdout.take().unwrap(), tx.clone(), Event::Stdout);
+        if let Some(stdout) = child.stdout.take() {
+            reader(stdout, tx.clone(), Event::Stdout);
+        }
         reader(child.stderr.take().unwrap(), tx, Event::Stderr);
         let stdin = child.stdin.take();
         Guarded {
@@ -139,7 +156,7 @@ impl Guarded {
             guard,
             deadline,
             events,
-            open: 2,
+            open: if to_file { 1 } else { 2 },
             stdin,
             writer: None,
             stdout: Vec::new(),
@@ -166,6 +183,18 @@ impl Guarded {
             let _ = stdin.write_all(&input);
             (!close).then_some(stdin)
         }));
+    }
+
+    /// Writes `bytes` to stdin now; stdin stays open (it must not have been given to
+    /// [`Guarded::input`]). For the few bytes of a command, which a pipe takes at once.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin was closed or given away");
+        stdin.write_all(bytes).unwrap_or_else(|e| panic!("{}: writing to its stdin: {e}", self.shown));
+    }
+
+    /// Closes stdin: the process reads end of file.
+    pub fn close_input(&mut self) {
+        self.stdin = None;
     }
 
     /// Waits until the stderr written so far satisfies `done` (`what` says what it waits for);
