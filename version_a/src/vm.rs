@@ -141,7 +141,8 @@ impl Vm {
         let start = Instant::now();
         // --timeout counts from here, before the first instruction (or the wait for gdb), as in
         // every version (docs/REFERENCE.md §2).
-        let outcome = match (self.interrupts.start_clock(start), self.interrupts.kick.clone()) {
+        let armed = if self.timeout.is_some() { self.interrupts.start_clock(start) } else { Ok(()) };
+        let outcome = match (armed, self.interrupts.kick.clone()) {
             (Err(e), _) => Outcome::Failed(Failure::NotRun(format!("cannot arm the --timeout timer: {e}"))),
             // With --gdb, gdb's Ctrl-C reaches this thread while the guest runs (signals.rs).
             (Ok(()), Some(kick)) => kick.deliver_here(|| self.run_loop()),
