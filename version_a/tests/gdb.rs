@@ -637,3 +637,80 @@ fn a_client_that_floods_a_running_guest_loses_the_connection() {
     assert_eq!(run.status, 1);
     expect(&run.stderr, &["gdb detached: the guest runs on", "timed out"]);
 }
+
+// A client can never hold the VM: one that stops reading its replies is dropped, and
+// `--timeout` and stop signals work whatever it does.
+
+/// A request for 8 KiB of guest memory: a 16 KiB reply.
+const BIG_READ: &[u8] = b"$m0,2000#8b";
+
+/// Connects and asks for 8 KiB of memory `requests` times, one request a millisecond (a slow
+/// client: the pace is its behaviour, not a synchronisation), and never reads a reply. The
+/// connection stays open (returned) until the test drops it. Stops early when the stub has
+/// closed the connection.
+fn never_reads(port: u16, requests: usize) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..requests {
+        if s.write_all(BIG_READ).is_err() {
+            break; // dropped by the stub
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s
+}
+
+/// 280 paced requests: 4.6 MB of replies, more than Linux (its default limits) holds for a
+/// client that reads nothing (the sender's buffer grows to `tcp_wmem`'s 4 MiB, the receiver's
+/// stays small: about 250 replies here), and fewer than 64 requests beyond that point (the
+/// stub once queued up to 64 and dropped the client past that: this client was the one that
+/// held it).
+const PACED: usize = 280;
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_the_vm_past_its_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &["--timeout", "2"], b"");
+    let t0 = std::time::Instant::now();
+    let client = never_reads(port, PACED);
+    let run = finish(hv);
+    let took = t0.elapsed();
+    drop(client);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    expect(&run.stderr, &["timed out after 2 s"]);
+    assert!(took < Duration::from_secs(5), "the VM ended {took:?} after the client connected:\n{}", run.stderr);
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_the_vm_against_sigterm() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &[], b"");
+    let client = never_reads(port, PACED);
+    let t0 = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &hv.pid().to_string()]).status().unwrap().success());
+    let run = finish(hv);
+    let took = t0.elapsed();
+    drop(client);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    expect(&run.stderr, &["interrupted (SIGINT/SIGTERM)"]);
+    assert!(took < Duration::from_secs(3), "the VM ended {took:?} after SIGTERM:\n{}", run.stderr);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_the_guest_runs_on() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("debugme.img"), &[], b"");
+    // 64 MiB of replies asked for at once: far beyond any kernel's socket buffers.
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = client.write_all(&BIG_READ.repeat(4096));
+    let run = finish(hv);
+    drop(client);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), DEBUGME_OUT);
+    expect(&run.stderr, &["takes none of its replies", "gdb detached: the guest runs on"]);
+}
