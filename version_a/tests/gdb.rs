@@ -304,6 +304,29 @@ impl Client {
         self.send(data);
         self.reply()
     }
+
+    /// Resumes with `data` and returns the stop reply's signal and RIP (the stop reply carries
+    /// rip, rsp and rbp, as `T05thread:01;10:RIP;07:RSP;06:RBP;`).
+    fn stop_after(&mut self, data: &str) -> (String, u64) {
+        self.send(data);
+        stop_of(&self.reply())
+    }
+}
+
+/// A stop reply's signal and RIP.
+fn stop_of(reply: &str) -> (String, u64) {
+    let fields: Vec<&str> = reply.split(';').collect();
+    assert!(fields.len() == 5 && fields[0].ends_with("thread:01") && fields[4].is_empty(), "{reply}");
+    let reg = |i: usize, n: &str| {
+        let (num, hex) = fields[i].split_once(':').unwrap();
+        assert_eq!(num, n, "{reply}");
+        assert_eq!(hex.len(), 16, "{reply}");
+        u64::from_str_radix(hex, 16).unwrap().swap_bytes()
+    };
+    let rip = reg(1, "10");
+    reg(2, "07");
+    reg(3, "06");
+    (fields[0][..3].to_owned(), rip)
 }
 
 #[test]
@@ -318,7 +341,10 @@ fn raw_protocol_edge_cases() {
     c.raw(b"$g#00");
     assert_eq!(c.byte(), b'-');
     assert_eq!(c.ask("?"), "T05thread:01;");
-    assert_eq!(c.ask("qSupported:multiprocess+"), "PacketSize=4000;qXfer:features:read+");
+    assert_eq!(
+        c.ask("qSupported:multiprocess+"),
+        "PacketSize=4000;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+"
+    );
     assert_eq!(c.ask("vCont?"), "vCont;c;C;s;S");
     assert_eq!(c.ask("qNoSuchThing"), "", "an unknown packet gets the empty reply");
     assert_eq!(c.ask("qAttached"), "1");
@@ -354,17 +380,16 @@ fn interrupt_byte_stops_a_running_guest() {
     assert_eq!(c.ask("?"), "T05thread:01;");
     // Run to spin's endless `jmp .` (at 0x20: see objdump -d guest/spin.elf) first.
     assert_eq!(c.ask("Z0,20,1"), "OK");
-    assert_eq!(c.ask("c"), "T05thread:01;");
+    assert_eq!(c.stop_after("c"), ("T05".to_owned(), 0x20));
     assert_eq!(c.ask("p10"), "2000000000000000");
     assert_eq!(c.ask("z0,20,1"), "OK");
     c.send("c");
     c.raw(b"\x03");
-    assert_eq!(c.reply(), "T02thread:01;");
-    assert_eq!(c.ask("p10"), "2000000000000000", "still in the loop");
+    assert_eq!(stop_of(&c.reply()), ("T02".to_owned(), 0x20), "still in the loop");
     // Stopped, not ended: it can be resumed, stopped again, then killed.
     c.send("vCont;c");
     c.raw(b"\x03");
-    assert_eq!(c.reply(), "T02thread:01;");
+    assert_eq!(stop_of(&c.reply()).0, "T02");
     c.send("k");
     let run = finish(hv);
     assert_eq!(run.status, 1);
@@ -380,17 +405,38 @@ fn single_steps_and_a_breakpoint_at_the_current_instruction() {
     let mut c = Client::connect(port);
     // A breakpoint on the first instruction does not stop the guest before it has run it.
     assert_eq!(c.ask("Z0,0,1"), "OK");
-    assert_eq!(c.ask("s"), "T05thread:01;");
-    let after_one = c.ask("p10");
-    assert_eq!(&after_one[..2], "07", "mov %rsp, hv_entry_rsp(%rip) is 7 bytes: {after_one}");
+    assert_eq!(c.stop_after("s"), ("T05".to_owned(), 7), "mov %rsp, hv_entry_rsp(%rip) is 7 bytes");
+    assert_eq!(c.ask("p10"), "0700000000000000", "the stop reply's rip is the register's");
     assert_eq!(c.ask("z0,0,1"), "OK");
     // A breakpoint two instructions on (cld is one byte): continue stops there.
     assert_eq!(c.ask("Z0,8,1"), "OK");
-    assert_eq!(c.ask("c"), "T05thread:01;");
+    assert_eq!(c.stop_after("c"), ("T05".to_owned(), 8));
     assert_eq!(c.ask("p10"), "0800000000000000");
     assert_eq!(c.ask("D"), "OK");
     let run = finish(hv);
     assert_eq!(run.status, 0, "{}", run.stderr);
+}
+
+#[test]
+fn stepi_costs_two_packets_in_no_ack_mode() {
+    if !ready() {
+        return;
+    }
+    // gdb's own log of its packets: the stop reply carries rip, rsp and rbp, so a stepi is
+    // `vCont;s` and the stack read gdb needs to unwind the frame: no `g`, no acknowledgement;
+    // the thread list gdb asks for at each prompt is one packet.
+    let (hv, port) = start(&guest("debugme.img"), &[], b"");
+    let out = gdb(port, &["set debug remote 1", "stepi", "stepi", "set debug remote 0", "print/x $pc", "kill"]);
+    let log: Vec<&str> = out.lines().filter(|l| l.contains("[remote] ")).collect();
+    let sent: Vec<&str> = log.iter().filter_map(|l| l.split("Sending packet: $").nth(1)).collect();
+    let steps = sent.iter().filter(|p| p.starts_with("vCont;s")).count();
+    assert_eq!(steps, 2, "{out}");
+    assert!(!sent.iter().any(|p| p.starts_with("g#") || p.starts_with("qfThreadInfo")), "{out}");
+    assert_eq!(sent.iter().filter(|p| p.starts_with("qXfer:threads:read")).count(), 2, "{out}");
+    assert!(!log.iter().any(|l| l.contains("Ack")), "no-ack mode:\n{out}");
+    assert_eq!(log.iter().filter(|l| l.contains("Packet received: T05thread:01;10:")).count(), 2, "{out}");
+    expect(&out, &["$1 = 0x8"]); // mov %rsp, hv_entry_rsp(%rip) (7 bytes), then cld
+    assert_eq!(finish(hv).status, 1);
 }
 
 // `hlt` ends the VM however it is reached: a single-stepped `hlt` comes back from KVM as a

@@ -129,6 +129,8 @@ pub struct Conn {
     nonblocking: bool,
     /// The last packet sent, for a `-`.
     last: Vec<u8>,
+    /// `QStartNoAckMode` was accepted: no `+` or `-` any more, either way.
+    pub no_ack: bool,
     /// The guest was resumed and has not stopped since.
     running: bool,
     /// A write failed: later writes do nothing and the next wait says so.
@@ -340,7 +342,7 @@ pub fn accept(listener: TcpListener, pause: &Arc<dyn Pause>, stop_requested: &dy
         return None;
     }
     diag!("mini_hypervisor: gdb connected");
-    Some(Conn { stream, shared, nonblocking: false, last: Vec::new(), running: false, failed: None })
+    Some(Conn { stream, shared, nonblocking: false, last: Vec::new(), no_ack: false, running: false, failed: None })
 }
 
 /// The first connection on `listener`; the listener closes after it (one debugger per run).

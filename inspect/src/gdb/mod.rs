@@ -12,6 +12,7 @@
 //! - `breakpoints.rs`: breakpoints, watchpoints and the four debug registers (pure);
 //! - `stepping.rs`: resuming the guest and making sense of its debug exits (the fast path);
 //! - `session.rs`: the packet dispatcher, over [`Target`];
+//! - `cached.rs`: the registers read once per stop;
 //! - `monitor.rs`: the `monitor` commands;
 //! - `connection.rs`: the socket, read and written by the VM thread while the guest is stopped
 //!   and by a watcher thread while it runs; the one use of [`Pause`];
@@ -19,6 +20,7 @@
 //!   breakpoints ([`data_watch_probe`]).
 
 mod breakpoints;
+mod cached;
 mod connection;
 #[cfg(test)]
 mod fake;
@@ -38,6 +40,7 @@ use std::sync::Arc;
 pub use connection::listen;
 
 use breakpoints::{Breakpoints, Watch, WatchKind};
+use cached::Cached;
 use connection::{Conn, Lost, Wait};
 use protocol::{Input, console_packets};
 use session::{Action, Session};
@@ -147,11 +150,13 @@ impl Debugger {
     /// [`Resume::Go`], and the run loop ends the VM. A debug exit of a single step that gdb
     /// need not hear of returns at once, with no system call.
     pub fn on_stop(&mut self, t: &dyn Target, why: Stop, stop_requested: &dyn Fn() -> bool) -> Resume {
+        // The registers are read at most once while the guest stays stopped.
+        let t = &Cached::new(t);
         if why == Stop::Start && !self.connect(stop_requested) {
             return Resume::Go; // being stopped: the run loop sees it at once
         }
         let Some(conn) = &mut self.conn else { return Resume::Detached };
-        let stop = match why {
+        let mut stop = match why {
             Stop::Trap { pc, dr6 } => match self.session.on_trap(t, pc, dr6) {
                 Some(stop) => stop,
                 None => {
@@ -165,6 +170,10 @@ impl Debugger {
         conn.hold();
         self.print_notes();
         if why != Stop::Start {
+            // The registers gdb reads at every stop come with it: no `g` round trip.
+            if let Ok(r) = t.regs() {
+                registers::expedite(&mut stop, &r);
+            }
             self.send(&stop, stop_requested);
         }
         self.serve(t, stop_requested)
@@ -204,11 +213,12 @@ impl Debugger {
             let Some(conn) = &mut self.conn else { return Resume::Detached };
             let packet = match conn.wait(stop) {
                 Wait::Input(Input::Packet(p)) => p,
-                Wait::Input(Input::BadChecksum) => {
+                // In no-ack mode there is nobody to ask again: the packet is dropped.
+                Wait::Input(Input::BadChecksum) if !conn.no_ack => {
                     conn.write_raw(b"-", stop);
                     continue;
                 }
-                Wait::Input(Input::Nack) => {
+                Wait::Input(Input::Nack) if !conn.no_ack => {
                     conn.resend(stop);
                     continue;
                 }
@@ -220,7 +230,9 @@ impl Debugger {
                     return self.detach(t);
                 }
             };
-            conn.write_raw(b"+", stop);
+            if !conn.no_ack {
+                conn.write_raw(b"+", stop);
+            }
             let action = self.session.handle(&packet, t);
             self.print_notes();
             if let Some(resume) = self.act(t, action, &packet, stop) {
@@ -233,6 +245,12 @@ impl Debugger {
     fn act(&mut self, t: &dyn Target, action: Action, packet: &[u8], stop: &dyn Fn() -> bool) -> Option<Resume> {
         match action {
             Action::Reply(r) => self.send(&r, stop),
+            Action::NoAck => {
+                self.send(b"OK", stop);
+                if let Some(conn) = &mut self.conn {
+                    conn.no_ack = true;
+                }
+            }
             Action::Monitor(text) => {
                 for p in console_packets(&text) {
                     self.send(&p, stop);
@@ -430,7 +448,9 @@ mod tests {
             assert_eq!(gdb.reply().as_deref(), Some("3412000000000000"), "rip");
             gdb.send("c");
             gdb.0.write_all(&[0x03]).unwrap(); // Ctrl-C while the guest runs
-            assert_eq!(gdb.reply().as_deref(), Some("T02thread:01;"));
+            // The stop reply carries rip, rsp and rbp.
+            let stop = "T02thread:01;10:3412000000000000;07:0700000000000000;06:0800000000000000;";
+            assert_eq!(gdb.reply().as_deref(), Some(stop));
             gdb.send("k");
             assert_eq!(gdb.reply(), None, "`k` has no reply: the connection ends");
         });
@@ -470,6 +490,32 @@ mod tests {
         until(|| pause.pauses.load(Ordering::SeqCst) == 1);
         assert_eq!(debugger.on_stop(&t, Stop::Interrupt, &|| false), Resume::Detached);
         assert_eq!(*t.debug.borrow(), Some(GuestDebug::default()), "breakpoints out");
+    }
+
+    #[test]
+    fn no_ack_mode_sends_and_expects_no_acknowledgements() {
+        let (mut debugger, _, client) = session(|gdb| {
+            let exact = |gdb: &mut Client, want: &[u8]| {
+                let mut got = vec![0u8; want.len()];
+                gdb.0.read_exact(&mut got).unwrap();
+                assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+            };
+            gdb.0.write_all(b"$QStartNoAckMode#b0").unwrap();
+            exact(gdb, b"+$OK#9a"); // the request is still acknowledged, the reply is the last
+            gdb.0.write_all(b"+").unwrap(); // gdb's ack of that reply
+            gdb.0.write_all(b"$g#00").unwrap(); // a bad checksum: dropped, no `-`
+            gdb.0.write_all(b"$qAttached#8f").unwrap();
+            exact(gdb, b"$1#31");
+            gdb.0.write_all(b"$vCont;s:1;c#c1").unwrap();
+            exact(gdb, b"$T05thread:01;10:3412000000000000;07:0700000000000000;06:0800000000000000;#ad");
+            gdb.send("D");
+            assert_eq!(gdb.reply().as_deref(), Some("OK"));
+        });
+        let t = FakeTarget::new(true);
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| false), Resume::Go);
+        assert!(t.debug.borrow().unwrap().single_step);
+        assert_eq!(debugger.on_stop(&t, Stop::Trap { pc: 0x1234, dr6: 0xffff_4ff0 }, &|| false), Resume::Detached);
+        client.join().unwrap();
     }
 
     /// gdb's side of a client that asks for 16 KiB of memory `requests` times and reads
