@@ -141,6 +141,20 @@ fn watch_stops_where_the_variable_changes() {
 }
 
 #[test]
+fn rwatch_and_awatch_are_refused_and_the_stub_says_why_once() {
+    if !ready() {
+        return;
+    }
+    // This KVM fires no data breakpoints: gdb's own words for the refusal are about "too many
+    // hardware breakpoints"; the hypervisor says why, once.
+    let commands = ["rwatch counter", "continue", "awatch counter", "continue", "delete", "continue"];
+    let (out, stderr) = to_the_end(b"", &commands);
+    expect(&out, &["Could not insert hardware watchpoint 1."]);
+    let said = "mini_hypervisor: gdb: rwatch/awatch refused: this KVM fires no data breakpoints";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_crash_is_sigsegv_with_its_registers_then_the_vm_fails() {
     if !ready() {
         return;

@@ -187,7 +187,12 @@ impl Session {
         let kind = match ty {
             b"0" | b"1" => None,
             // Reads cannot be seen by single-stepping: only where the host fires them.
-            b"3" | b"4" if !self.data_watch => return reply(""),
+            b"3" | b"4" if !self.data_watch => {
+                if insert {
+                    self.say_no_read_watch();
+                }
+                return reply("");
+            }
             b"2" => Some(WatchKind::Write),
             b"3" => Some(WatchKind::Read),
             b"4" => Some(WatchKind::Access),
@@ -218,6 +223,20 @@ impl Session {
             return reply("OK");
         }
         reply(if self.points.insert_watch(w) { "OK" } else { E_FULL })
+    }
+
+    /// Says once why `rwatch`/`awatch` are refused: gdb's own words for the empty reply ("Could
+    /// not insert hardware watchpoint", "too many hardware breakpoints/watchpoints") do not.
+    fn say_no_read_watch(&mut self) {
+        if !self.said.read_watch {
+            self.said.read_watch = true;
+            self.notes.push(
+                "mini_hypervisor: gdb: rwatch/awatch refused: this KVM fires no data breakpoints, and a read \
+                 cannot be seen by single-stepping (only a change can); use `watch` for writes, or break on the \
+                 code that reads (docs/GDB.md)"
+                    .to_owned(),
+            );
+        }
     }
 
     fn write_all_registers<T: Target + ?Sized>(&mut self, t: &T, hex: &[u8]) -> Action {
@@ -384,9 +403,14 @@ mod tests {
         assert_eq!(ask(&mut s, &t, "Z2,1000,101"), "E01");
         assert_eq!(ask(&mut s, &t, "Z2,1000,0"), "E01");
         assert_eq!(ask(&mut s, &t, "Z2,ffffffffffffffff,2"), "E01", "wraps around");
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
         assert_eq!(ask(&mut s, &t, "Z3,1000,4"), "");
         assert_eq!(ask(&mut s, &t, "Z4,1000,4"), "");
+        assert_eq!(ask(&mut s, &t, "z3,1000,4"), "");
         assert_eq!(ask(&mut s, &t, "Z9,1000,4"), "");
+        // ... and the stub says why, once (gdb's own message does not).
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].contains("rwatch/awatch refused: this KVM fires no data breakpoints"), "{:?}", s.notes);
         assert_eq!(ask(&mut s, &t, "Z0,zz,1"), "E01");
         // Where they fire, a debug register takes 1, 2, 4 or 8 aligned bytes.
         let mut native = session(true);

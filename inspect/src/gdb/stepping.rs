@@ -30,6 +30,8 @@ pub struct Said {
     watch: bool,
     breakpoints: bool,
     rate: bool,
+    /// Why `rwatch`/`awatch` are refused (said in `session.rs`).
+    pub(super) read_watch: bool,
 }
 
 /// How the guest was resumed, to make sense of its next debug exit.
