@@ -79,6 +79,14 @@ pub trait Target {
     fn write_phys(&self, gpa: u64, buf: &[u8]) -> io::Result<()>;
     /// Sets what the vCPU stops for (KVM: `KVM_SET_GUEST_DEBUG`).
     fn set_debug(&self, debug: &GuestDebug) -> io::Result<()>;
+    /// The registers and system registers as KVM stored them at the exit the vCPU stopped at,
+    /// if the version has them and no register was written since (KVM: `KVM_CAP_SYNC_REGS`,
+    /// which a version may turn on while [`Target::set_debug`] enables debugging): the
+    /// debugger then reads them without `regs` and `system_regs`, which cost an ioctl each.
+    /// `None` (the default): it calls those.
+    fn exit_regs(&self) -> Option<(Regs, SystemRegs)> {
+        None
+    }
 }
 
 /// Where things are in a VM's RAM, as the version set it up (its `long_mode.rs`): for the
