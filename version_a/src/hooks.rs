@@ -146,17 +146,19 @@ impl Target for Stopped<'_> {
         self.ram.write(gpa, buf)
     }
 
-    /// While debugging is on, KVM also stores the registers at every exit ([`Target::exit_regs`]).
     fn set_debug(&self, debug: &GuestDebug) -> io::Result<()> {
         let on = if debug.enable { KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP } else { 0 };
         let step = if debug.single_step { KVM_GUESTDBG_SINGLESTEP } else { 0 };
-        self.vcpu.set(KVM_SET_GUEST_DEBUG, &KvmGuestDebug { control: on | step, pad: 0, debugreg: debug.debugreg })?;
-        self.vcpu.store_regs_at_exits(debug.enable)
+        self.vcpu.set(KVM_SET_GUEST_DEBUG, &KvmGuestDebug { control: on | step, pad: 0, debugreg: debug.debugreg })
     }
 
     fn exit_regs(&self) -> Option<(Regs, SystemRegs)> {
         let (r, s) = self.vcpu.stored_regs().ok()??;
         Some((copy_regs!(r => Regs), system_regs(&s)))
+    }
+
+    fn store_exit_regs(&self, on: bool) {
+        let _ = self.vcpu.store_regs_at_exits(on);
     }
 }
 
@@ -244,8 +246,8 @@ pub use inspect::gdb::listen;
 mod tests {
     use super::*;
 
-    /// While debugging is on, the registers come from the exit, and a write makes them stale
-    /// until the next exit: a tiny VM single-steps `nop; nop; hlt`.
+    /// Asked for, the registers come from the exit, and a write makes them stale until the
+    /// next exit: a tiny VM single-steps `nop; nop; hlt`.
     #[test]
     fn registers_stored_at_the_exit_match_the_ioctls_and_go_stale_on_a_write() {
         let Ok(kvm) = Kvm::open() else {
@@ -261,6 +263,7 @@ mod tests {
         vcpu.set(KVM_SET_REGS, &KvmRegs { rsp: layout.tables_base, rflags: 0x2, ..KvmRegs::default() }).unwrap();
         let step = GuestDebug { enable: true, single_step: true, debugreg: [0; 8] };
         Stopped { vcpu, ram }.set_debug(&step).unwrap();
+        Stopped { vcpu, ram }.store_exit_regs(true);
         assert_eq!(Stopped { vcpu, ram }.exit_regs(), None, "nothing stored before an exit");
         assert!(matches!(vcpu.run().unwrap(), VcpuExit::Debug { pc: 1, .. }));
         let t = Stopped { vcpu, ram };
@@ -276,8 +279,9 @@ mod tests {
         s.cr2 = 0x1234;
         t.set_system_regs(&s).unwrap();
         assert_eq!(t.exit_regs(), None, "stale after a write of the system registers");
+        t.store_exit_regs(false);
         t.set_debug(&GuestDebug::default()).unwrap();
         assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hlt));
-        assert_eq!(Stopped { vcpu, ram }.exit_regs(), None, "not stored without debugging");
+        assert_eq!(Stopped { vcpu, ram }.exit_regs(), None, "not stored once turned off");
     }
 }

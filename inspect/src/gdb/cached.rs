@@ -17,18 +17,30 @@ pub struct Cached<'a> {
     t: &'a dyn Target,
     regs: Cell<Option<Regs>>,
     system: Cell<Option<SystemRegs>>,
+    /// [`Target::exit_regs`] was asked (at the first read: a silent step reads none).
+    asked: Cell<bool>,
 }
 
 impl<'a> Cached<'a> {
-    /// Starts with what the version stored at the exit ([`Target::exit_regs`]), if anything.
     pub fn new(t: &'a dyn Target) -> Cached<'a> {
-        let (regs, system) = t.exit_regs().unzip();
-        Cached { t, regs: Cell::new(regs), system: Cell::new(system) }
+        Cached { t, regs: Cell::new(None), system: Cell::new(None), asked: Cell::new(false) }
+    }
+
+    /// The first time: what the version stored at the exit, if anything, and nothing was
+    /// written since (the version says so: it answers `None` then).
+    fn take_exit_regs(&self) {
+        if !self.asked.replace(true)
+            && let Some((r, s)) = self.t.exit_regs()
+        {
+            self.regs.set(Some(r));
+            self.system.set(Some(s));
+        }
     }
 }
 
 impl Target for Cached<'_> {
     fn regs(&self) -> io::Result<Regs> {
+        self.take_exit_regs();
         if let Some(r) = self.regs.get() {
             return Ok(r);
         }
@@ -38,6 +50,7 @@ impl Target for Cached<'_> {
     }
 
     fn set_regs(&self, regs: &Regs) -> io::Result<()> {
+        self.asked.set(true); // what was stored is stale now
         self.regs.set(None);
         self.t.set_regs(regs)?;
         self.regs.set(Some(*regs));
@@ -45,6 +58,7 @@ impl Target for Cached<'_> {
     }
 
     fn system_regs(&self) -> io::Result<SystemRegs> {
+        self.take_exit_regs();
         if let Some(s) = self.system.get() {
             return Ok(s);
         }
@@ -55,6 +69,7 @@ impl Target for Cached<'_> {
 
     /// KVM may keep bits of its own (CR0, EFER): they are read again when next asked for.
     fn set_system_regs(&self, s: &SystemRegs) -> io::Result<()> {
+        self.asked.set(true); // what was stored is stale now
         self.system.set(None);
         self.t.set_system_regs(s)
     }
@@ -69,6 +84,10 @@ impl Target for Cached<'_> {
 
     fn set_debug(&self, debug: &GuestDebug) -> io::Result<()> {
         self.t.set_debug(debug)
+    }
+
+    fn store_exit_regs(&self, on: bool) {
+        self.t.store_exit_regs(on);
     }
 }
 
