@@ -3,8 +3,9 @@
 //! stderr. Exit status 1 if any run fails or prints the wrong output, 2 for a usage error.
 //!
 //! Usage: `bench [--other PATH]... [NAME...]` from anywhere (paths are relative to the workspace
-//! root); NAME is one of startup, serial, copy, vms, parallel (default: all). It needs the release
-//! binaries in `version_*/mini_hypervisor` and the guest images, so run it through `make bench`.
+//! root); NAME is one of startup, serial, copy, vms, parallel, stepping, stepi (default: all).
+//! It needs the release binaries in `version_*/mini_hypervisor` and the guest images, so run it
+//! through `make bench`.
 //! `--other PATH` (repeatable; a value with spaces names several) sets another hypervisor binary
 //! beside ours in the startup, memory and serial benchmarks, run with the same `-m -p -g` options
 //! (e.g. the C hypervisor this project re-implements, as a yardstick).
@@ -14,6 +15,7 @@
 
 mod benches;
 mod harness;
+mod stepi;
 mod stepping;
 mod sys;
 
@@ -26,17 +28,18 @@ use harness::{Env, Hv, Row, progress};
 type Bench = fn(&Env) -> Result<Vec<Row>, String>;
 type Named = (&'static str, Bench);
 
-const BENCHES: [Named; 6] = [
+const BENCHES: [Named; 7] = [
     ("startup", benches::startup),
     ("serial", benches::serial),
     ("copy", benches::copy),
     ("vms", benches::many_vms),
     ("parallel", benches::parallel),
     ("stepping", stepping::stepping),
+    ("stepi", stepi::stepi),
 ];
 
 /// Files the benchmarks need, relative to the workspace root.
-const NEEDED: [&str; 10] = [
+const NEEDED: [&str; 11] = [
     "version_a/mini_hypervisor",
     "version_b/mini_hypervisor",
     "version_c/mini_hypervisor",
@@ -47,6 +50,7 @@ const NEEDED: [&str; 10] = [
     "guest/bench_bulkcopy.img",
     "guest/compute.img",
     "guest/bench_step.img",
+    "guest/bench_step.elf",
 ];
 
 fn usage() -> String {

@@ -71,12 +71,12 @@ impl Client {
     }
 }
 
-/// Starts version A on `bench_step.img` with `--gdb`, and waits until it listens.
-fn start(env: &Env) -> Result<(Child, u16), String> {
+/// Starts version A on `image` with `--gdb`, and waits until it listens.
+pub fn start(env: &Env, image: &str) -> Result<(Child, u16), String> {
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let exe = env.root.join("version_a/mini_hypervisor");
     let mut child = Command::new(&exe)
-        .args(words(&format!("-q -m 2 -p 2 --gdb {port} -g guest/bench_step.img")))
+        .args(words(&format!("-q -m 2 -p 2 --gdb {port} -g guest/{image}")))
         .current_dir(&env.root)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -101,7 +101,7 @@ fn start(env: &Env) -> Result<(Child, u16), String> {
 
 /// One stepped run: microseconds per instruction.
 fn stepped_once(env: &Env) -> Result<f64, String> {
-    let (mut child, port) = start(env)?;
+    let (mut child, port) = start(env, "bench_step.img")?;
     let result = (|| {
         let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
         stream.set_read_timeout(Some(GUARD)).map_err(|e| e.to_string())?;
@@ -122,7 +122,7 @@ fn stepped_once(env: &Env) -> Result<f64, String> {
 }
 
 /// Wall time of one run, in microseconds.
-fn free_run(env: &Env, image: &str, extra: &str) -> Result<f64, String> {
+pub fn free_run(env: &Env, image: &str, extra: &str) -> Result<f64, String> {
     let o = env.hypervisor('a', &words(&format!("-q {extra}-m 2 -p 2 -g guest/{image}")), Stdout::Discard)?;
     Ok(o.wall.as_secs_f64() * 1e6)
 }

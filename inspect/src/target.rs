@@ -79,6 +79,19 @@ pub trait Target {
     fn write_phys(&self, gpa: u64, buf: &[u8]) -> io::Result<()>;
     /// Sets what the vCPU stops for (KVM: `KVM_SET_GUEST_DEBUG`).
     fn set_debug(&self, debug: &GuestDebug) -> io::Result<()>;
+    /// The registers and system registers as KVM stored them at the exit the vCPU stopped at,
+    /// if the version stores them ([`Target::store_exit_regs`]) and no register was written
+    /// since: the debugger then reads them without `regs` and `system_regs`, which cost an
+    /// ioctl each. `None` (the default): it calls those.
+    fn exit_regs(&self) -> Option<(Regs, SystemRegs)> {
+        None
+    }
+    /// Asks the version to store the registers at the vCPU's next exits, for
+    /// [`Target::exit_regs`] (KVM: `KVM_CAP_SYNC_REGS`): `true` when the debugger resumes the
+    /// guest for one of gdb's single steps, whose stop it reports at once; `false` otherwise
+    /// (an exit that stores them costs a little, and most exits of a continue are not
+    /// reported) and when it detaches. The default does nothing.
+    fn store_exit_regs(&self, _on: bool) {}
 }
 
 /// Where things are in a VM's RAM, as the version set it up (its `long_mode.rs`): for the

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::kvm::{
     GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, Machine, Vcpu, VcpuExit,
+    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, KvmSregs, Machine, Vcpu, VcpuExit,
 };
 use crate::signals::Kick;
 use inspect::crash::Explain;
@@ -124,35 +124,20 @@ impl Target for Stopped<'_> {
     }
 
     fn set_regs(&self, regs: &Regs) -> io::Result<()> {
-        self.vcpu.set(KVM_SET_REGS, &copy_regs!(regs => KvmRegs))
+        self.vcpu.set(KVM_SET_REGS, &copy_regs!(regs => KvmRegs))?;
+        self.vcpu.stale_stored_regs()
     }
 
     fn system_regs(&self) -> io::Result<SystemRegs> {
-        let s = self.vcpu.get(KVM_GET_SREGS)?;
-        Ok(SystemRegs {
-            cs: s.cs.selector,
-            ss: s.ss.selector,
-            ds: s.ds.selector,
-            es: s.es.selector,
-            fs: s.fs.selector,
-            gs: s.gs.selector,
-            fs_base: s.fs.base,
-            gs_base: s.gs.base,
-            cr0: s.cr0,
-            cr2: s.cr2,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-            idt_base: s.idt.base,
-            idt_limit: s.idt.limit,
-        })
+        Ok(system_regs(&self.vcpu.get(KVM_GET_SREGS)?))
     }
 
     fn set_system_regs(&self, new: &SystemRegs) -> io::Result<()> {
         let mut s = self.vcpu.get(KVM_GET_SREGS)?;
         (s.fs.base, s.gs.base) = (new.fs_base, new.gs_base);
         (s.cr0, s.cr2, s.cr3, s.cr4, s.efer) = (new.cr0, new.cr2, new.cr3, new.cr4, new.efer);
-        self.vcpu.set(KVM_SET_SREGS, &s)
+        self.vcpu.set(KVM_SET_SREGS, &s)?;
+        self.vcpu.stale_stored_regs()
     }
 
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -167,6 +152,36 @@ impl Target for Stopped<'_> {
         let on = if debug.enable { KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP } else { 0 };
         let step = if debug.single_step { KVM_GUESTDBG_SINGLESTEP } else { 0 };
         self.vcpu.set(KVM_SET_GUEST_DEBUG, &KvmGuestDebug { control: on | step, pad: 0, debugreg: debug.debugreg })
+    }
+
+    fn exit_regs(&self) -> Option<(Regs, SystemRegs)> {
+        let (r, s) = self.vcpu.stored_regs().ok()??;
+        Some((copy_regs!(r => Regs), system_regs(&s)))
+    }
+
+    fn store_exit_regs(&self, on: bool) {
+        let _ = self.vcpu.store_regs_at_exits(on);
+    }
+}
+
+/// `kvm_sregs` as the toolbox sees it.
+fn system_regs(s: &KvmSregs) -> SystemRegs {
+    SystemRegs {
+        cs: s.cs.selector,
+        ss: s.ss.selector,
+        ds: s.ds.selector,
+        es: s.es.selector,
+        fs: s.fs.selector,
+        gs: s.gs.selector,
+        fs_base: s.fs.base,
+        gs_base: s.gs.base,
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer,
+        idt_base: s.idt.base,
+        idt_limit: s.idt.limit,
     }
 }
 
@@ -228,3 +243,47 @@ pub fn data_breakpoints_fire(kvm: &Kvm) -> bool {
 
 /// `TcpListener` for `--gdb`, re-exported for `main`.
 pub use inspect::gdb::listen;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Asked for, the registers come from the exit, and a write makes them stale until the
+    /// next exit: a tiny VM single-steps `nop; nop; hlt`.
+    #[test]
+    fn registers_stored_at_the_exit_match_the_ioctls_and_go_stale_on_a_write() {
+        let Ok(kvm) = Kvm::open() else {
+            eprintln!("SKIP: no /dev/kvm");
+            return;
+        };
+        let layout = Layout::new(2 * MIB, PageSize::Large2M);
+        let mut machine = Machine::new(&kvm, layout.mem_size as usize).unwrap();
+        let (vcpu, ram) = machine.parts();
+        ram.write(layout.tables_base, &layout.page_tables()).unwrap();
+        ram.write(0, &[0x90, 0x90, 0xf4]).unwrap();
+        vcpu.set(KVM_SET_SREGS, &long_mode::long_mode_sregs(vcpu.get(KVM_GET_SREGS).unwrap(), &layout)).unwrap();
+        vcpu.set(KVM_SET_REGS, &KvmRegs { rsp: layout.tables_base, rflags: 0x2, ..KvmRegs::default() }).unwrap();
+        let step = GuestDebug { enable: true, single_step: true, debugreg: [0; 8] };
+        Stopped { vcpu, ram }.set_debug(&step).unwrap();
+        Stopped { vcpu, ram }.store_exit_regs(true);
+        assert_eq!(Stopped { vcpu, ram }.exit_regs(), None, "nothing stored before an exit");
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Debug { pc: 1, .. }));
+        let t = Stopped { vcpu, ram };
+        let (r, s) = t.exit_regs().expect("stored at the exit");
+        assert_eq!((r, s), (t.regs().unwrap(), t.system_regs().unwrap()), "as the ioctls read them");
+        assert_eq!(r.rip, 1);
+        t.set_regs(&Regs { rip: 0, ..r }).unwrap();
+        assert_eq!(t.exit_regs(), None, "stale after a write");
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Debug { pc: 1, .. }));
+        let t = Stopped { vcpu, ram };
+        assert_eq!(t.exit_regs().map(|(r, _)| r.rip), Some(1), "stored again at the next exit");
+        let mut s = t.system_regs().unwrap();
+        s.cr2 = 0x1234;
+        t.set_system_regs(&s).unwrap();
+        assert_eq!(t.exit_regs(), None, "stale after a write of the system registers");
+        t.store_exit_regs(false);
+        t.set_debug(&GuestDebug::default()).unwrap();
+        assert!(matches!(vcpu.run().unwrap(), VcpuExit::Hlt));
+        assert_eq!(Stopped { vcpu, ram }.exit_regs(), None, "not stored once turned off");
+    }
+}

@@ -46,6 +46,8 @@ int main(void) {
     V("KVM_EXIT_INTERNAL_ERROR", KVM_EXIT_INTERNAL_ERROR);
     V("KVM_EXIT_IO_IN", KVM_EXIT_IO_IN);
     V("KVM_EXIT_IO_OUT", KVM_EXIT_IO_OUT);
+    V("KVM_SYNC_X86_REGS", KVM_SYNC_X86_REGS);
+    V("KVM_SYNC_X86_SREGS", KVM_SYNC_X86_SREGS);
     SIZE(kvm_regs); SIZE(kvm_segment); SIZE(kvm_dtable); SIZE(kvm_sregs);
     SIZE(kvm_userspace_memory_region);
     SIZE(kvm_guest_debug); SIZE(kvm_coalesced_mmio_zone); SIZE(kvm_coalesced_mmio);
@@ -91,6 +93,8 @@ int main(void) {
     OFF(kvm_run, fail_entry.hardware_entry_failure_reason, "fail_entry_reason");
     OFF(kvm_run, fail_entry.cpu, "fail_entry_cpu");
     OFF(kvm_run, internal.suberror, "internal_suberror"); OFF(kvm_run, internal.ndata, "internal_ndata");
+    OFF(kvm_run, kvm_valid_regs, "valid_regs"); OFF(kvm_run, s.regs.regs, "sync_regs");
+    OFF(kvm_run, s.regs.sregs, "sync_sregs");
     return 0;
 }
 "#;
@@ -249,5 +253,11 @@ fn ioctl_numbers_structs_and_offsets_match_linux_kvm_h() {
     eq("off_kvm_run_internal_suberror", u + offset_of!(KvmRunInternal, suberror) as u64);
     eq("off_kvm_run_internal_ndata", u + offset_of!(KvmRunInternal, ndata) as u64);
     eq("off_kvm_run_debug_arch", u);
+    // The registers KVM stores at each exit while the debugger asks for them.
+    eq("off_kvm_run_valid_regs", RUN_VALID_REGS as u64);
+    eq("off_kvm_run_sync_regs", RUN_SYNC_REGS as u64);
+    eq("off_kvm_run_sync_sregs", (RUN_SYNC_REGS + size_of::<KvmRegs>()) as u64);
+    eq("KVM_SYNC_X86_REGS", KVM_SYNC_X86_REGS);
+    eq("KVM_SYNC_X86_SREGS", KVM_SYNC_X86_SREGS);
     assert_eq!(checked, c.len(), "every value the probe printed is compared");
 }

@@ -141,6 +141,20 @@ fn watch_stops_where_the_variable_changes() {
 }
 
 #[test]
+fn rwatch_and_awatch_are_refused_and_the_stub_says_why_once() {
+    if !ready() {
+        return;
+    }
+    // This KVM fires no data breakpoints: gdb's own words for the refusal are about "too many
+    // hardware breakpoints"; the hypervisor says why, once.
+    let commands = ["rwatch counter", "continue", "awatch counter", "continue", "delete", "continue"];
+    let (out, stderr) = to_the_end(b"", &commands);
+    expect(&out, &["Could not insert hardware watchpoint 1."]);
+    let said = "mini_hypervisor: gdb: rwatch/awatch refused: this KVM fires no data breakpoints";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_crash_is_sigsegv_with_its_registers_then_the_vm_fails() {
     if !ready() {
         return;
@@ -237,7 +251,7 @@ fn a_timeout_while_the_guest_runs_under_gdb_ends_the_vm_and_tells_gdb() {
 
 #[test]
 fn the_other_vms_run_while_vm0_waits() {
-    if !kvm_available() || common::BIN.ends_with("mini_hypervisor_a") {
+    if !kvm_available() || common::BIN.ends_with("mini_hypervisor_c") {
         return; // version A runs one VM
     }
     let (mut hv, port) = start(&guest("debugme.img"), &[&guest("debugme.img")], b"");
@@ -304,6 +318,29 @@ impl Client {
         self.send(data);
         self.reply()
     }
+
+    /// Resumes with `data` and returns the stop reply's signal and RIP (the stop reply carries
+    /// rip, rsp and rbp, as `T05thread:01;10:RIP;07:RSP;06:RBP;`).
+    fn stop_after(&mut self, data: &str) -> (String, u64) {
+        self.send(data);
+        stop_of(&self.reply())
+    }
+}
+
+/// A stop reply's signal and RIP.
+fn stop_of(reply: &str) -> (String, u64) {
+    let fields: Vec<&str> = reply.split(';').collect();
+    assert!(fields.len() == 5 && fields[0].ends_with("thread:01") && fields[4].is_empty(), "{reply}");
+    let reg = |i: usize, n: &str| {
+        let (num, hex) = fields[i].split_once(':').unwrap();
+        assert_eq!(num, n, "{reply}");
+        assert_eq!(hex.len(), 16, "{reply}");
+        u64::from_str_radix(hex, 16).unwrap().swap_bytes()
+    };
+    let rip = reg(1, "10");
+    reg(2, "07");
+    reg(3, "06");
+    (fields[0][..3].to_owned(), rip)
 }
 
 #[test]
@@ -318,7 +355,10 @@ fn raw_protocol_edge_cases() {
     c.raw(b"$g#00");
     assert_eq!(c.byte(), b'-');
     assert_eq!(c.ask("?"), "T05thread:01;");
-    assert_eq!(c.ask("qSupported:multiprocess+"), "PacketSize=4000;qXfer:features:read+");
+    assert_eq!(
+        c.ask("qSupported:multiprocess+"),
+        "PacketSize=4000;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+"
+    );
     assert_eq!(c.ask("vCont?"), "vCont;c;C;s;S");
     assert_eq!(c.ask("qNoSuchThing"), "", "an unknown packet gets the empty reply");
     assert_eq!(c.ask("qAttached"), "1");
@@ -354,17 +394,16 @@ fn interrupt_byte_stops_a_running_guest() {
     assert_eq!(c.ask("?"), "T05thread:01;");
     // Run to spin's endless `jmp .` (at 0x20: see objdump -d guest/spin.elf) first.
     assert_eq!(c.ask("Z0,20,1"), "OK");
-    assert_eq!(c.ask("c"), "T05thread:01;");
+    assert_eq!(c.stop_after("c"), ("T05".to_owned(), 0x20));
     assert_eq!(c.ask("p10"), "2000000000000000");
     assert_eq!(c.ask("z0,20,1"), "OK");
     c.send("c");
     c.raw(b"\x03");
-    assert_eq!(c.reply(), "T02thread:01;");
-    assert_eq!(c.ask("p10"), "2000000000000000", "still in the loop");
+    assert_eq!(stop_of(&c.reply()), ("T02".to_owned(), 0x20), "still in the loop");
     // Stopped, not ended: it can be resumed, stopped again, then killed.
     c.send("vCont;c");
     c.raw(b"\x03");
-    assert_eq!(c.reply(), "T02thread:01;");
+    assert_eq!(stop_of(&c.reply()).0, "T02");
     c.send("k");
     let run = finish(hv);
     assert_eq!(run.status, 1);
@@ -380,17 +419,38 @@ fn single_steps_and_a_breakpoint_at_the_current_instruction() {
     let mut c = Client::connect(port);
     // A breakpoint on the first instruction does not stop the guest before it has run it.
     assert_eq!(c.ask("Z0,0,1"), "OK");
-    assert_eq!(c.ask("s"), "T05thread:01;");
-    let after_one = c.ask("p10");
-    assert_eq!(&after_one[..2], "07", "mov %rsp, hv_entry_rsp(%rip) is 7 bytes: {after_one}");
+    assert_eq!(c.stop_after("s"), ("T05".to_owned(), 7), "mov %rsp, hv_entry_rsp(%rip) is 7 bytes");
+    assert_eq!(c.ask("p10"), "0700000000000000", "the stop reply's rip is the register's");
     assert_eq!(c.ask("z0,0,1"), "OK");
     // A breakpoint two instructions on (cld is one byte): continue stops there.
     assert_eq!(c.ask("Z0,8,1"), "OK");
-    assert_eq!(c.ask("c"), "T05thread:01;");
+    assert_eq!(c.stop_after("c"), ("T05".to_owned(), 8));
     assert_eq!(c.ask("p10"), "0800000000000000");
     assert_eq!(c.ask("D"), "OK");
     let run = finish(hv);
     assert_eq!(run.status, 0, "{}", run.stderr);
+}
+
+#[test]
+fn stepi_costs_two_packets_in_no_ack_mode() {
+    if !ready() {
+        return;
+    }
+    // gdb's own log of its packets: the stop reply carries rip, rsp and rbp, so a stepi is
+    // `vCont;s` and the stack read gdb needs to unwind the frame: no `g`, no acknowledgement;
+    // the thread list gdb asks for at each prompt is one packet.
+    let (hv, port) = start(&guest("debugme.img"), &[], b"");
+    let out = gdb(port, &["set debug remote 1", "stepi", "stepi", "set debug remote 0", "print/x $pc", "kill"]);
+    let log: Vec<&str> = out.lines().filter(|l| l.contains("[remote] ")).collect();
+    let sent: Vec<&str> = log.iter().filter_map(|l| l.split("Sending packet: $").nth(1)).collect();
+    let steps = sent.iter().filter(|p| p.starts_with("vCont;s")).count();
+    assert_eq!(steps, 2, "{out}");
+    assert!(!sent.iter().any(|p| p.starts_with("g#") || p.starts_with("qfThreadInfo")), "{out}");
+    assert_eq!(sent.iter().filter(|p| p.starts_with("qXfer:threads:read")).count(), 2, "{out}");
+    assert!(!log.iter().any(|l| l.contains("Ack")), "no-ack mode:\n{out}");
+    assert_eq!(log.iter().filter(|l| l.contains("Packet received: T05thread:01;10:")).count(), 2, "{out}");
+    expect(&out, &["$1 = 0x8"]); // mov %rsp, hv_entry_rsp(%rip) (7 bytes), then cld
+    assert_eq!(finish(hv).status, 1);
 }
 
 // `hlt` ends the VM however it is reached: a single-stepped `hlt` comes back from KVM as a
@@ -636,4 +696,81 @@ fn a_client_that_floods_a_running_guest_loses_the_connection() {
     let run = finish(hv);
     assert_eq!(run.status, 1);
     expect(&run.stderr, &["gdb detached: the guest runs on", "timed out"]);
+}
+
+// A client can never hold the VM: one that stops reading its replies is dropped, and
+// `--timeout` and stop signals work whatever it does.
+
+/// A request for 8 KiB of guest memory: a 16 KiB reply.
+const BIG_READ: &[u8] = b"$m0,2000#8b";
+
+/// Connects and asks for 8 KiB of memory `requests` times, one request a millisecond (a slow
+/// client: the pace is its behaviour, not a synchronisation), and never reads a reply. The
+/// connection stays open (returned) until the test drops it. Stops early when the stub has
+/// closed the connection.
+fn never_reads(port: u16, requests: usize) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..requests {
+        if s.write_all(BIG_READ).is_err() {
+            break; // dropped by the stub
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s
+}
+
+/// 280 paced requests: 4.6 MB of replies, more than Linux (its default limits) holds for a
+/// client that reads nothing (the sender's buffer grows to `tcp_wmem`'s 4 MiB, the receiver's
+/// stays small: about 250 replies here), and fewer than 64 requests beyond that point (the
+/// stub once queued up to 64 and dropped the client past that: this client was the one that
+/// held it).
+const PACED: usize = 280;
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_the_vm_past_its_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &["--timeout", "2"], b"");
+    let t0 = std::time::Instant::now();
+    let client = never_reads(port, PACED);
+    let run = finish(hv);
+    let took = t0.elapsed();
+    drop(client);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    expect(&run.stderr, &["timed out after 2 s"]);
+    assert!(took < Duration::from_secs(5), "the VM ended {took:?} after the client connected:\n{}", run.stderr);
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_the_vm_against_sigterm() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("spin.img"), &[], b"");
+    let client = never_reads(port, PACED);
+    let t0 = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &hv.pid().to_string()]).status().unwrap().success());
+    let run = finish(hv);
+    let took = t0.elapsed();
+    drop(client);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    expect(&run.stderr, &["interrupted (SIGINT/SIGTERM)"]);
+    assert!(took < Duration::from_secs(3), "the VM ended {took:?} after SIGTERM:\n{}", run.stderr);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_the_guest_runs_on() {
+    if !kvm_available() {
+        return;
+    }
+    let (hv, port) = start(&guest("debugme.img"), &[], b"");
+    // 64 MiB of replies asked for at once: far beyond any kernel's socket buffers.
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = client.write_all(&BIG_READ.repeat(4096));
+    let run = finish(hv);
+    drop(client);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.stdout(), DEBUGME_OUT);
+    expect(&run.stderr, &["takes none of its replies", "gdb detached: the guest runs on"]);
 }

@@ -21,6 +21,8 @@ pub struct FakeTarget {
     /// Calls of `write_phys`, and those that reached outside RAM (refused).
     pub writes: Cell<usize>,
     pub writes_outside: Cell<usize>,
+    /// The last `store_exit_regs` asked for.
+    pub store_exit_regs: Cell<Option<bool>>,
 }
 
 impl FakeTarget {
@@ -53,6 +55,7 @@ impl FakeTarget {
             refuse_system: Cell::new(false),
             writes: Cell::new(0),
             writes_outside: Cell::new(0),
+            store_exit_regs: Cell::new(None),
         };
         if paging {
             let (pml4, pdpt, pd, pt) = (0x3f_c000u64, 0x3f_d000u64, 0x3f_e000u64, 0x3f_f000u64);
@@ -121,6 +124,9 @@ impl Target for FakeTarget {
         *self.debug.borrow_mut() = Some(*dbg);
         self.set_debug_calls.set(self.set_debug_calls.get() + 1);
         Ok(())
+    }
+    fn store_exit_regs(&self, on: bool) {
+        self.store_exit_regs.set(Some(on));
     }
 }
 

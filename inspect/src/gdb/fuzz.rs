@@ -46,7 +46,7 @@ impl Parts for Rng {
 
 /// One packet's data, from a grammar of what gdb sends, with arguments from the edges.
 fn packet(r: &mut Rng) -> Vec<u8> {
-    let text = match r.below(16) {
+    let text = match r.below(18) {
         0 => format!("m{},{}", r.hex(), r.hex()),
         1 => {
             let data = to_hex(&r.bytes(40));
@@ -75,15 +75,23 @@ fn packet(r: &mut Rng) -> Vec<u8> {
             x.extend(r.bytes(20));
             return x;
         }
+        11 => format!("qXfer:threads:read:{}:{},{}", r.pick(&["", "x"]), r.hex(), r.hex()),
+        12 => r
+            .pick(&["QStartNoAckMode", "QStartNoAckMode;x", "QNonStop:1", "Q", "qXfer:threads:read::0,fff"])
+            .to_string(),
         _ => return r.bytes(64),
     };
     text.into_bytes()
 }
 
 /// The packet framed as gdb would, or mangled: a wrong checksum, bytes around it, a run-length
-/// repeat, an interrupt byte, a torn frame, or now and then a packet far too long.
-fn wire(r: &mut Rng, data: &[u8]) -> Vec<u8> {
+/// repeat, an interrupt byte, a torn frame, or now and then a packet far too long. Before
+/// no-ack mode, gdb's `+` or `-` for the last reply may come first.
+fn wire(r: &mut Rng, data: &[u8], no_ack: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    if !no_ack && r.below(2) == 0 {
+        out.push(*r.pick(b"+++-"));
+    }
     if r.below(8) == 0 {
         out.extend(r.bytes(16));
     }
@@ -113,11 +121,16 @@ fn check_reply(p: &[u8], reply: &[u8]) {
     );
 }
 
-/// What a packet did; a resume also runs a few debug exits.
-fn apply(r: &mut Rng, s: &mut super::session::Session, t: &FakeTarget, p: &[u8]) {
+/// What a packet did; a resume also runs a few debug exits. `true`: no-ack mode begins.
+fn apply(r: &mut Rng, s: &mut super::session::Session, t: &FakeTarget, p: &[u8]) -> bool {
     let before = t.writes.get();
+    let mut no_ack = false;
     match s.handle(p, t) {
         Action::Reply(reply) => check_reply(p, &reply),
+        Action::NoAck => {
+            assert_eq!(p, b"QStartNoAckMode", "no-ack mode for {:?}", String::from_utf8_lossy(p));
+            no_ack = true;
+        }
         Action::Monitor(text) => assert!(!text.is_empty() && text.ends_with('\n'), "{text:?}"),
         Action::Resume { step } => {
             if s.resume(t, step).is_ok() {
@@ -136,6 +149,7 @@ fn apply(r: &mut Rng, s: &mut super::session::Session, t: &FakeTarget, p: &[u8])
         assert_eq!(t.writes.get(), before, "guest RAM written by {:?}", String::from_utf8_lossy(p));
     }
     assert_eq!(t.writes_outside.get(), 0, "a write outside RAM for {:?}", String::from_utf8_lossy(p));
+    no_ack
 }
 
 /// Prints the seed if the test fails (the test harness shows it with the failure).
@@ -160,13 +174,13 @@ fn fuzzed_packets_never_panic_and_only_memory_writes_change_ram() {
     let mut s = session(r.below(2) == 0);
     let t = FakeTarget::new(true);
     let mut decoder = Decoder::default();
-    let mut packets = 0;
+    let (mut packets, mut no_ack) = (0, false);
     for _ in 0..PACKETS {
         let data = packet(&mut r);
-        for b in wire(&mut r, &data) {
+        for b in wire(&mut r, &data, no_ack) {
             if let Some(Input::Packet(p)) = decoder.push(b) {
                 packets += 1;
-                apply(&mut r, &mut s, &t, &p);
+                no_ack |= apply(&mut r, &mut s, &t, &p);
                 if r.below(200) == 0 {
                     // Now and then, a guest that crashed or was interrupted.
                     let _ = s.stop_reply(*r.pick(&[Stop::Crash, Stop::Interrupt, Stop::Start]));
@@ -175,6 +189,7 @@ fn fuzzed_packets_never_panic_and_only_memory_writes_change_ram() {
         }
     }
     assert!(packets > PACKETS / 2, "only {packets} packets got through the decoder");
+    assert!(no_ack, "no-ack mode was never asked for");
     // The session still answers after all that.
     assert!(matches!(s.handle(b"qAttached", &t), Action::Reply(r) if r == b"1"));
 }

@@ -12,12 +12,15 @@
 //! - `breakpoints.rs`: breakpoints, watchpoints and the four debug registers (pure);
 //! - `stepping.rs`: resuming the guest and making sense of its debug exits (the fast path);
 //! - `session.rs`: the packet dispatcher, over [`Target`];
+//! - `cached.rs`: the registers read once per stop;
 //! - `monitor.rs`: the `monitor` commands;
-//! - `connection.rs`: the socket, the reader thread, and the one use of [`Pause`];
+//! - `connection.rs`: the socket, read and written by the VM thread while the guest is stopped
+//!   and by a watcher thread while it runs; the one use of [`Pause`];
 //! - this file: the hook the run loop calls, and the probe of whether the host fires data
 //!   breakpoints ([`data_watch_probe`]).
 
 mod breakpoints;
+mod cached;
 mod connection;
 #[cfg(test)]
 mod fake;
@@ -37,17 +40,19 @@ use std::sync::Arc;
 pub use connection::listen;
 
 use breakpoints::{Breakpoints, Watch, WatchKind};
-use connection::{Conn, Link, Wait};
+use cached::Cached;
+use connection::{Conn, Lost, Wait};
 use protocol::{Input, console_packets};
 use session::{Action, Session};
 
 use crate::{GuestDebug, MemoryMap, Target};
 
 /// How the stub stops the running guest when gdb sends its Ctrl-C (or goes away): the
-/// version's side of it, shared with the stub's reader thread.
+/// version's side of it, shared with the stub's watcher thread.
 pub trait Pause: Send + Sync {
     /// Makes the vCPU leave the guest soon; the run loop then calls [`Debugger::on_stop`] with
-    /// [`Stop::Interrupt`]. Called from the stub's reader thread, while the guest runs.
+    /// [`Stop::Interrupt`]. Called from the stub's watcher thread while the guest runs, or on
+    /// the vCPU's thread as the stub resumes the guest (a Ctrl-C that came with the resume).
     fn pause(&self);
     /// Drops a pause not yet acted on (the guest stopped for another reason just before), so
     /// that the next resume does not stop at once. A request to stop the VM is not touched.
@@ -90,7 +95,7 @@ pub struct Debugger {
     port: u16,
     listener: Option<TcpListener>,
     conn: Option<Conn>,
-    link: Link,
+    pause: Arc<dyn Pause>,
     session: Session,
     /// The ELF file to give gdb, for the message.
     elf: String,
@@ -102,8 +107,10 @@ pub struct Debugger {
 /// hypervisor, a device error): gdb hears that it was killed, instead of a lost connection.
 impl Drop for Debugger {
     fn drop(&mut self) {
-        if self.conn.is_some() && self.link.is_running() {
-            self.send(b"X09");
+        if let Some(conn) = &mut self.conn
+            && conn.is_running()
+        {
+            conn.send_now(b"X09");
         }
         self.close();
     }
@@ -130,7 +137,7 @@ impl Debugger {
             port: listener.local_addr().map_or(0, |a| a.port()),
             listener: Some(listener),
             conn: None,
-            link: Link::new(pause),
+            pause,
             session: Session::new(data_watch, map),
             elf: image.with_extension("elf").display().to_string(),
             crashed: false,
@@ -143,13 +150,13 @@ impl Debugger {
     /// [`Resume::Go`], and the run loop ends the VM. A debug exit of a single step that gdb
     /// need not hear of returns at once, with no system call.
     pub fn on_stop(&mut self, t: &dyn Target, why: Stop, stop_requested: &dyn Fn() -> bool) -> Resume {
+        // The registers are read at most once while the guest stays stopped.
+        let t = &Cached::new(t);
         if why == Stop::Start && !self.connect(stop_requested) {
             return Resume::Go; // being stopped: the run loop sees it at once
         }
-        if self.conn.is_none() {
-            return Resume::Detached;
-        }
-        let stop = match why {
+        let Some(conn) = &mut self.conn else { return Resume::Detached };
+        let mut stop = match why {
             Stop::Trap { pc, dr6 } => match self.session.on_trap(t, pc, dr6) {
                 Some(stop) => stop,
                 None => {
@@ -160,18 +167,22 @@ impl Debugger {
             why => self.session.stop_reply(why),
         };
         self.crashed |= why == Stop::Crash;
-        self.link.hold();
+        conn.hold();
         self.print_notes();
         if why != Stop::Start {
-            self.send(&stop);
+            // The registers gdb reads at every stop come with it: no `g` round trip.
+            if let Ok(r) = t.regs() {
+                registers::expedite(&mut stop, &r);
+            }
+            self.send(&stop, stop_requested);
         }
         self.serve(t, stop_requested)
     }
 
     /// The guest halted: gdb hears that it exited normally (`W00`), and the session ends.
     pub fn exited(&mut self) {
-        if self.conn.is_some() {
-            self.send(b"W00");
+        if let Some(conn) = &mut self.conn {
+            conn.send_now(b"W00");
             self.close();
         }
     }
@@ -192,58 +203,70 @@ impl Debugger {
                 "mini_hypervisor: gdb: this KVM fires no data breakpoints: `watch` single-steps the guest, rwatch/awatch are refused"
             );
         }
-        self.conn = self.link.accept(listener, stop_requested);
+        self.conn = connection::accept(listener, &self.pause, stop_requested);
         self.conn.is_some() || !stop_requested()
     }
 
     /// Answers gdb's packets until one resumes, kills or detaches.
-    fn serve(&mut self, t: &dyn Target, stop_requested: &dyn Fn() -> bool) -> Resume {
+    fn serve(&mut self, t: &dyn Target, stop: &dyn Fn() -> bool) -> Resume {
         loop {
             let Some(conn) = &mut self.conn else { return Resume::Detached };
-            let packet = match conn.wait(stop_requested) {
+            let packet = match conn.wait(stop) {
                 Wait::Input(Input::Packet(p)) => p,
-                Wait::Input(Input::BadChecksum) => {
-                    conn.write_raw(b"-");
+                // In no-ack mode there is nobody to ask again: the packet is dropped.
+                Wait::Input(Input::BadChecksum) if !conn.no_ack => {
+                    conn.write_raw(b"-", stop);
                     continue;
                 }
-                Wait::Input(Input::Nack) => {
-                    conn.resend();
+                Wait::Input(Input::Nack) if !conn.no_ack => {
+                    conn.resend(stop);
                     continue;
                 }
                 // An ack needs nothing; 0x03 while stopped: the guest is stopped already.
-                Wait::Input(Input::Ack | Input::Interrupt) => continue,
+                Wait::Input(_) => continue,
                 Wait::Stop => return Resume::Go,
-                Wait::Closed => return self.detach(t),
+                Wait::Closed(why) => {
+                    say_lost(why);
+                    return self.detach(t);
+                }
             };
-            conn.write_raw(b"+");
+            if !conn.no_ack {
+                conn.write_raw(b"+", stop);
+            }
             let action = self.session.handle(&packet, t);
             self.print_notes();
-            if let Some(resume) = self.act(t, action, &packet) {
+            if let Some(resume) = self.act(t, action, &packet, stop) {
                 return resume;
             }
         }
     }
 
     /// Carries out what the dispatcher decided; `Some` lets go of the vCPU.
-    fn act(&mut self, t: &dyn Target, action: Action, packet: &[u8]) -> Option<Resume> {
+    fn act(&mut self, t: &dyn Target, action: Action, packet: &[u8], stop: &dyn Fn() -> bool) -> Option<Resume> {
         match action {
-            Action::Reply(r) => self.send(&r),
+            Action::Reply(r) => self.send(&r, stop),
+            Action::NoAck => {
+                self.send(b"OK", stop);
+                if let Some(conn) = &mut self.conn {
+                    conn.no_ack = true;
+                }
+            }
             Action::Monitor(text) => {
                 for p in console_packets(&text) {
-                    self.send(&p);
+                    self.send(&p, stop);
                 }
-                self.send(b"OK");
+                self.send(b"OK", stop);
             }
-            Action::Resume { step } => return self.resume(t, step),
+            Action::Resume { step } => return self.resume(t, step, stop),
             Action::Kill => {
                 if packet.starts_with(b"vKill") {
-                    self.send(b"OK"); // `k` has no reply, `vKill` has
+                    self.send(b"OK", stop); // `k` has no reply, `vKill` has
                 }
                 self.close();
                 return Some(Resume::Kill);
             }
             Action::Detach => {
-                self.send(b"OK");
+                self.send(b"OK", stop);
                 return Some(self.detach(t));
             }
         }
@@ -251,20 +274,21 @@ impl Debugger {
     }
 
     /// gdb resumes the guest: after a crash that ends the VM; else the vCPU is programmed.
-    fn resume(&mut self, t: &dyn Target, step: bool) -> Option<Resume> {
+    fn resume(&mut self, t: &dyn Target, step: bool, stop: &dyn Fn() -> bool) -> Option<Resume> {
         if self.crashed {
             // The guest is gone: gdb hears that it died of SIGSEGV.
-            self.send(b"X0b");
+            self.send(b"X0b", stop);
             self.close();
             return Some(Resume::Go);
         }
         if let Err(e) = self.session.resume(t, step) {
-            self.send(format!("E{:02x}", e.raw_os_error().unwrap_or(1) & 0xff).as_bytes());
+            self.send(format!("E{:02x}", e.raw_os_error().unwrap_or(1) & 0xff).as_bytes(), stop);
             return None;
         }
         self.print_notes();
         if let Some(conn) = &mut self.conn {
-            self.link.run(conn);
+            // A single step ends after one instruction: only a continue needs the watcher.
+            conn.run(!step);
         }
         Some(Resume::Go)
     }
@@ -288,9 +312,9 @@ impl Debugger {
     }
 
     /// Sends one packet to gdb, if connected.
-    fn send(&mut self, data: &[u8]) {
+    fn send(&mut self, data: &[u8], stop: &dyn Fn() -> bool) {
         if let Some(conn) = &mut self.conn {
-            conn.send(data);
+            conn.send(data, stop);
         }
     }
 
@@ -299,6 +323,23 @@ impl Debugger {
         if let Some(conn) = self.conn.take() {
             conn.close();
         }
+    }
+}
+
+/// Why the stub let go of a client that did not leave by itself, on stderr.
+fn say_lost(why: Lost) {
+    match why {
+        Lost::Closed => {}
+        Lost::Stalled => diag!(
+            "mini_hypervisor: gdb: the client takes none of its replies (one waited {} s for room on the socket): \
+             it is dropped, as if it had detached",
+            connection::STALL.as_secs()
+        ),
+        Lost::Flooded => diag!(
+            "mini_hypervisor: gdb: the client sent more than {} packets while the guest ran (gdb sends none): \
+             it is dropped, as if it had detached",
+            connection::QUEUE
+        ),
     }
 }
 
@@ -323,6 +364,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -406,7 +448,9 @@ mod tests {
             assert_eq!(gdb.reply().as_deref(), Some("3412000000000000"), "rip");
             gdb.send("c");
             gdb.0.write_all(&[0x03]).unwrap(); // Ctrl-C while the guest runs
-            assert_eq!(gdb.reply().as_deref(), Some("T02thread:01;"));
+            // The stop reply carries rip, rsp and rbp.
+            let stop = "T02thread:01;10:3412000000000000;07:0700000000000000;06:0800000000000000;";
+            assert_eq!(gdb.reply().as_deref(), Some(stop));
             gdb.send("k");
             assert_eq!(gdb.reply(), None, "`k` has no reply: the connection ends");
         });
@@ -446,6 +490,71 @@ mod tests {
         until(|| pause.pauses.load(Ordering::SeqCst) == 1);
         assert_eq!(debugger.on_stop(&t, Stop::Interrupt, &|| false), Resume::Detached);
         assert_eq!(*t.debug.borrow(), Some(GuestDebug::default()), "breakpoints out");
+    }
+
+    #[test]
+    fn no_ack_mode_sends_and_expects_no_acknowledgements() {
+        let (mut debugger, _, client) = session(|gdb| {
+            let exact = |gdb: &mut Client, want: &[u8]| {
+                let mut got = vec![0u8; want.len()];
+                gdb.0.read_exact(&mut got).unwrap();
+                assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+            };
+            gdb.0.write_all(b"$QStartNoAckMode#b0").unwrap();
+            exact(gdb, b"+$OK#9a"); // the request is still acknowledged, the reply is the last
+            gdb.0.write_all(b"+").unwrap(); // gdb's ack of that reply
+            gdb.0.write_all(b"$g#00").unwrap(); // a bad checksum: dropped, no `-`
+            gdb.0.write_all(b"$qAttached#8f").unwrap();
+            exact(gdb, b"$1#31");
+            gdb.0.write_all(b"$vCont;s:1;c#c1").unwrap();
+            exact(gdb, b"$T05thread:01;10:3412000000000000;07:0700000000000000;06:0800000000000000;#ad");
+            gdb.send("D");
+            assert_eq!(gdb.reply().as_deref(), Some("OK"));
+        });
+        let t = FakeTarget::new(true);
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| false), Resume::Go);
+        assert!(t.debug.borrow().unwrap().single_step);
+        assert_eq!(debugger.on_stop(&t, Stop::Trap { pc: 0x1234, dr6: 0xffff_4ff0 }, &|| false), Resume::Detached);
+        client.join().unwrap();
+    }
+
+    /// gdb's side of a client that asks for 16 KiB of memory `requests` times and reads
+    /// nothing; it holds the connection open until told to go.
+    fn never_reads(requests: usize) -> (impl FnOnce(&mut Client) + Send + 'static, mpsc::Sender<()>) {
+        let (go, gone) = mpsc::channel::<()>();
+        let gdb = move |gdb: &mut Client| {
+            let _ = gdb.0.write_all(&frame(b"m0,2000").repeat(requests));
+            let _ = gone.recv();
+        };
+        (gdb, go)
+    }
+
+    #[test]
+    fn a_client_that_reads_no_replies_is_dropped() {
+        // 64 MiB of replies: far more than any kernel's socket buffers.
+        let (gdb, go) = never_reads(4096);
+        let (mut debugger, _, client) = session(gdb);
+        let t = FakeTarget::new(false);
+        let start = Instant::now();
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &|| false), Resume::Detached);
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert_eq!(*t.debug.borrow(), Some(GuestDebug::default()), "breakpoints out, as by D");
+        go.send(()).unwrap();
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_reply_that_waits_for_room() {
+        let (gdb, go) = never_reads(4096);
+        let (mut debugger, _, client) = session(gdb);
+        let t = FakeTarget::new(false);
+        let start = Instant::now();
+        // The VM is stopped (a timeout, SIGTERM) while the client reads nothing: the stub lets
+        // go well before the client counts as stalled, and the run loop ends the VM.
+        let stop = || start.elapsed() > Duration::from_millis(200);
+        assert_eq!(debugger.on_stop(&t, Stop::Start, &stop), Resume::Go);
+        go.send(()).unwrap();
+        client.join().unwrap();
     }
 
     #[test]

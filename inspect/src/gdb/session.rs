@@ -13,6 +13,11 @@ use crate::{GuestDebug, MemoryMap, SystemRegs, Target};
 
 /// The most bytes one `m` reply carries (two hex digits each, inside `PACKET_SIZE`).
 const MAX_READ: usize = PACKET_SIZE / 2 - 16;
+/// What the stub offers gdb (`qSupported`): no-ack mode and the thread list in one packet cut
+/// round trips from every step.
+pub const SUPPORTED: &str = "PacketSize=4000;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+";
+/// The thread list (`qXfer:threads:read`): the one vCPU.
+const THREADS: &str = "<?xml version=\"1.0\"?>\n<threads>\n<thread id=\"1\"/>\n</threads>\n";
 /// The error reply for unreadable memory and bad arguments.
 pub const E_BAD: &str = "E01";
 /// The error reply when there is no room for one more watchpoint.
@@ -26,6 +31,8 @@ pub enum Action {
     Reply(Vec<u8>),
     /// The answer to `monitor`: sent as console output (`O` packets), then `OK`.
     Monitor(String),
+    /// `QStartNoAckMode`: reply `OK`, then no `+`/`-` any more.
+    NoAck,
     /// Resume the guest (`step`: for one instruction). No reply now: the next stop replies.
     Resume {
         step: bool,
@@ -137,6 +144,7 @@ impl Session {
             b'k' => Action::Kill,
             b'H' | b'T' => reply("OK"), // one thread, and it is alive
             b'q' => self.query(rest, t),
+            b'Q' if rest == b"StartNoAckMode" => Action::NoAck,
             b'v' => v_packet(rest),
             _ => reply(""),
         }
@@ -144,10 +152,16 @@ impl Session {
 
     fn query<T: Target + ?Sized>(&self, q: &[u8], t: &T) -> Action {
         if q.starts_with(b"Supported") {
-            return reply(&format!("PacketSize={PACKET_SIZE:x};qXfer:features:read+"));
+            return reply(SUPPORTED);
         }
         if let Some(args) = q.strip_prefix(b"Xfer:features:read:") {
-            return self.read_description(args);
+            let Some((annex, range)) = split(args, b':') else { return reply(E_BAD) };
+            return if annex == b"target.xml" { xfer(self.xml.as_bytes(), range) } else { reply(E_BAD) };
+        }
+        // The thread list gdb asks for at every stop: one round trip (qfThreadInfo and
+        // qsThreadInfo take two).
+        if let Some(range) = q.strip_prefix(b"Xfer:threads:read::") {
+            return xfer(THREADS.as_bytes(), range);
         }
         if let Some(hex) = q.strip_prefix(b"Rcmd,") {
             return match from_hex(hex) {
@@ -164,22 +178,6 @@ impl Session {
         }
     }
 
-    /// `qXfer:features:read:target.xml:OFFSET,LENGTH`: `m` + a chunk, or `l` + the last one.
-    fn read_description(&self, args: &[u8]) -> Action {
-        let Some((annex, range)) = split(args, b':') else { return reply(E_BAD) };
-        if annex != b"target.xml" {
-            return reply(E_BAD);
-        }
-        let Some((off, len)) = parse_addr_len(range) else { return reply(E_BAD) };
-        let xml = self.xml.as_bytes();
-        let start = usize::try_from(off).unwrap_or(usize::MAX).min(xml.len());
-        let len = usize::try_from(len).unwrap_or(usize::MAX).min(PACKET_SIZE - 16);
-        let end = start.saturating_add(len).min(xml.len());
-        let mut out = vec![if end == xml.len() { b'l' } else { b'm' }];
-        out.extend_from_slice(&xml[start..end]);
-        Action::Reply(out)
-    }
-
     /// `Z`/`z` TYPE,ADDR,KIND.
     fn breakpoint(&mut self, insert: bool, args: &[u8]) -> Action {
         let Some((ty, addr_kind)) = split(args, b',') else { return reply(E_BAD) };
@@ -189,7 +187,12 @@ impl Session {
         let kind = match ty {
             b"0" | b"1" => None,
             // Reads cannot be seen by single-stepping: only where the host fires them.
-            b"3" | b"4" if !self.data_watch => return reply(""),
+            b"3" | b"4" if !self.data_watch => {
+                if insert {
+                    self.say_no_read_watch();
+                }
+                return reply("");
+            }
             b"2" => Some(WatchKind::Write),
             b"3" => Some(WatchKind::Read),
             b"4" => Some(WatchKind::Access),
@@ -220,6 +223,20 @@ impl Session {
             return reply("OK");
         }
         reply(if self.points.insert_watch(w) { "OK" } else { E_FULL })
+    }
+
+    /// Says once why `rwatch`/`awatch` are refused: gdb's own words for the empty reply ("Could
+    /// not insert hardware watchpoint", "too many hardware breakpoints/watchpoints") do not.
+    fn say_no_read_watch(&mut self) {
+        if !self.said.read_watch {
+            self.said.read_watch = true;
+            self.notes.push(
+                "mini_hypervisor: gdb: rwatch/awatch refused: this KVM fires no data breakpoints, and a read \
+                 cannot be seen by single-stepping (only a change can); use `watch` for writes, or break on the \
+                 code that reads (docs/GDB.md)"
+                    .to_owned(),
+            );
+        }
     }
 
     fn write_all_registers<T: Target + ?Sized>(&mut self, t: &T, hex: &[u8]) -> Action {
@@ -267,6 +284,17 @@ impl Session {
             }
         }
     }
+}
+
+/// `qXfer:...:read:ANNEX:OFFSET,LENGTH` of `doc`: `m` + a chunk, or `l` + the last one.
+fn xfer(doc: &[u8], range: &[u8]) -> Action {
+    let Some((off, len)) = parse_addr_len(range) else { return reply(E_BAD) };
+    let start = usize::try_from(off).unwrap_or(usize::MAX).min(doc.len());
+    let len = usize::try_from(len).unwrap_or(usize::MAX).min(PACKET_SIZE - 16);
+    let end = start.saturating_add(len).min(doc.len());
+    let mut out = vec![if end == doc.len() { b'l' } else { b'm' }];
+    out.extend_from_slice(&doc[start..end]);
+    Action::Reply(out)
 }
 
 fn watch_reply(w: &Watch) -> String {
@@ -375,9 +403,14 @@ mod tests {
         assert_eq!(ask(&mut s, &t, "Z2,1000,101"), "E01");
         assert_eq!(ask(&mut s, &t, "Z2,1000,0"), "E01");
         assert_eq!(ask(&mut s, &t, "Z2,ffffffffffffffff,2"), "E01", "wraps around");
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
         assert_eq!(ask(&mut s, &t, "Z3,1000,4"), "");
         assert_eq!(ask(&mut s, &t, "Z4,1000,4"), "");
+        assert_eq!(ask(&mut s, &t, "z3,1000,4"), "");
         assert_eq!(ask(&mut s, &t, "Z9,1000,4"), "");
+        // ... and the stub says why, once (gdb's own message does not).
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].contains("rwatch/awatch refused: this KVM fires no data breakpoints"), "{:?}", s.notes);
         assert_eq!(ask(&mut s, &t, "Z0,zz,1"), "E01");
         // Where they fire, a debug register takes 1, 2, 4 or 8 aligned bytes.
         let mut native = session(true);
@@ -406,8 +439,19 @@ mod tests {
         let t = FakeTarget::new(false);
         assert_eq!(
             ask(&mut s, &t, "qSupported:multiprocess+;xmlRegisters=i386"),
-            "PacketSize=4000;qXfer:features:read+"
+            "PacketSize=4000;qXfer:features:read+;qXfer:threads:read+;QStartNoAckMode+"
         );
+        assert!(SUPPORTED.starts_with(&format!("PacketSize={PACKET_SIZE:x};")));
+        assert_eq!(s.handle(b"QStartNoAckMode", &t), Action::NoAck);
+        assert_eq!(ask(&mut s, &t, "QStartNoAckMode:1"), "");
+        assert_eq!(ask(&mut s, &t, "QNonStop:1"), "");
+        // The thread list in one packet, in chunks as gdb asks.
+        assert_eq!(ask(&mut s, &t, "qXfer:threads:read::0,fff"), format!("l{THREADS}"));
+        assert_eq!(ask(&mut s, &t, "qXfer:threads:read::0,8"), "m<?xml ve");
+        assert_eq!(ask(&mut s, &t, &format!("qXfer:threads:read::{:x},1000", THREADS.len() - 2)), "l>\n");
+        assert!(THREADS.contains("<thread id=\"1\"/>"), "{THREADS}");
+        assert_eq!(ask(&mut s, &t, "qXfer:threads:read:x:0,fff"), "", "threads have no annex");
+        assert_eq!(ask(&mut s, &t, "qXfer:threads:read::zz"), "E01");
         let mut xml = Vec::new();
         for _ in 0..100 {
             let r = ask(&mut s, &t, &format!("qXfer:features:read:target.xml:{:x},200", xml.len()));

@@ -30,6 +30,8 @@ pub struct Said {
     watch: bool,
     breakpoints: bool,
     rate: bool,
+    /// Why `rwatch`/`awatch` are refused (said in `session.rs`).
+    pub(super) read_watch: bool,
 }
 
 /// How the guest was resumed, to make sense of its next debug exit.
@@ -179,6 +181,8 @@ impl Session {
         }
         run.stepping = (step || over || all) && !run.at_hlt(t, pc);
         self.program(t, run.stepping, Some(pc))?;
+        // gdb's single step stops at once: its registers can come from the exit.
+        t.store_exit_regs(step && run.stepping);
         self.running = Some(run);
         Ok(())
     }
@@ -202,6 +206,7 @@ impl Session {
         self.slots = [None; 4];
         self.programmed = None;
         let _ = t.set_debug(&Default::default());
+        t.store_exit_regs(false);
     }
 
     /// A debug exit at `pc`: `Some(stop reply)` to tell gdb, or `None` to run on silently (a
@@ -334,9 +339,11 @@ mod tests {
         assert_eq!(all.debugreg[..2], [0x1234, 0x2000]);
         assert_eq!(all.debugreg[7], 5 | 0x600);
         assert!(!stepping(&t), "no more stepping");
+        assert_eq!(t.store_exit_regs.get(), Some(false), "a continue's exits store no registers");
         assert_eq!(s.on_trap(&t, 0x2000, 0xffff_0ff2), Some(b"T05thread:01;".to_vec()), "the next breakpoint");
-        // gdb's step from a breakpoint: one step, then stop.
+        // gdb's step from a breakpoint: one step, then stop, with the registers from the exit.
         s.resume(&t, true).unwrap();
+        assert_eq!(t.store_exit_regs.get(), Some(true));
         assert_eq!(s.on_trap(&t, 0x2001, STEP), Some(b"T05thread:01;".to_vec()));
     }
 
@@ -374,6 +381,7 @@ mod tests {
         t.regs.borrow_mut().rip = 0x23;
         s.resume(&t, true).unwrap();
         assert!(!stepping(&t));
+        assert_eq!(t.store_exit_regs.get(), Some(false), "the hlt ends the VM: no stop to report");
         // And so does continuing from a breakpoint on the hlt: DR7 leaves that breakpoint out.
         s.forget_breakpoints();
         assert_eq!(ask(&mut s, &t, "Z0,23,1"), "OK");

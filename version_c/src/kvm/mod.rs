@@ -401,6 +401,40 @@ impl Vcpu {
         })
     }
 
+    /// With `on`, KVM stores the registers and the system registers into the run area at every
+    /// exit (`KVM_CAP_SYNC_REGS`), where [`Vcpu::stored_regs`] reads them without an ioctl
+    /// (`KVM_GET_REGS` and `KVM_GET_SREGS` each cost several µs on a nested KVM, where they
+    /// load and put the vCPU). What is stored now is from before: marked stale.
+    pub fn store_regs_at_exits(&self, on: bool) -> io::Result<()> {
+        let sets = if on { KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS } else { 0 };
+        self.run.write(RUN_VALID_REGS as u64, &sets.to_le_bytes())?;
+        self.stale_stored_regs()
+    }
+
+    /// The registers and system registers KVM stored at the last exit, if it stores them and
+    /// nothing wrote registers since (see [`Vcpu::stale_stored_regs`]).
+    pub fn stored_regs(&self) -> io::Result<Option<(KvmRegs, KvmSregs)>> {
+        let mut sets = [0u8; 8];
+        self.run.read(RUN_VALID_REGS as u64, &mut sets)?;
+        let both = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+        if u64::from_le_bytes(sets) & both != both {
+            return Ok(None);
+        }
+        let regs: KvmRegs = self.run.read_obj(RUN_SYNC_REGS)?;
+        if regs.rflags & RFLAGS_FIXED == 0 {
+            return Ok(None); // stale
+        }
+        Ok(Some((regs, self.run.read_obj(RUN_SYNC_REGS + size_of::<KvmRegs>())?)))
+    }
+
+    /// Marks the stored registers stale, after registers were written with an ioctl: RFLAGS
+    /// 0 in the stored copy, which no vCPU can have (bit 1 is always set) and which KVM
+    /// overwrites at the next exit. (A kernel older than 4.16 never stores them: they stay
+    /// stale, and every read is an ioctl.)
+    pub fn stale_stored_regs(&self) -> io::Result<()> {
+        self.run.write((RUN_SYNC_REGS + std::mem::offset_of!(KvmRegs, rflags)) as u64, &0u64.to_le_bytes())
+    }
+
     /// Copies I/O data out of the run area (`offset` is relative to the exit's data).
     pub fn io_data(&self, io: &IoExit, offset: usize, dst: &mut [u8]) -> io::Result<()> {
         self.run.read((io.data_offset + offset) as u64, dst)

@@ -271,6 +271,16 @@ pub struct KvmSignalMask {
 pub const RUN_EXIT_REASON: usize = 8;
 /// Offset of the exit union in `kvm_run`.
 pub const RUN_EXIT_UNION: usize = 32;
+/// Offset of `kvm_run.kvm_valid_regs` (u64): the register sets KVM stores into `kvm_run.s` at
+/// every exit (`KVM_CAP_SYNC_REGS`, Linux 4.16).
+pub const RUN_VALID_REGS: usize = 288;
+/// Offset of `kvm_run.s.regs`: the stored `kvm_regs`, followed by the stored `kvm_sregs`.
+pub const RUN_SYNC_REGS: usize = 304;
+/// `kvm_valid_regs` bits: the general registers, the system registers.
+pub const KVM_SYNC_X86_REGS: u64 = 1;
+pub const KVM_SYNC_X86_SREGS: u64 = 2;
+/// RFLAGS bit 1: reserved, always 1.
+pub const RFLAGS_FIXED: u64 = 0x2;
 /// Offsets in `struct kvm_coalesced_mmio_ring` (at its page of the vCPU mapping): the indices
 /// `first` (we consume from it) and `last` (KVM adds at it), then the entries.
 pub const RING_FIRST: usize = 0;
