@@ -5,6 +5,7 @@
 //!   Rust names demangled);
 //! - [`crash`]: the crash report in words, and the code-overwritten check;
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
+//! - [`ring`]: serial output batched by KVM (when it goes on, and draining it);
 //! - [`text`]: how a name from a guest's ELF is escaped before it is shown;
 //! - [`test_rng`]: the seeded generator of every crate's fuzz tests.
 //!
@@ -25,6 +26,7 @@ macro_rules! diag {
 pub mod crash;
 pub mod gdb;
 mod page_walk;
+pub mod ring;
 pub mod stats;
 pub mod symbols;
 mod target;

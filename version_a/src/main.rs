@@ -23,7 +23,6 @@ mod hooks;
 mod image;
 mod long_mode;
 mod serial;
-mod serial_ring;
 mod vm;
 
 use std::fmt;
@@ -33,6 +32,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
+use inspect::ring::{self, SerialRing};
 use inspect::stats::Stats;
 use inspect::trace::Trace;
 // The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`.
@@ -46,7 +46,6 @@ use hooks::Tools;
 use image::Image;
 use long_mode::{Layout, PageSize};
 use serial::Ports;
-use serial_ring::SerialRing;
 use vm::{Outcome, Setup, Vm};
 
 /// Exit statuses (docs/REFERENCE.md §1).
@@ -128,7 +127,7 @@ fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<S
         line_buffered,
         timeout: config.timeout.clone(),
         // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-        ring: SerialRing { countdown: config.coalesce.then_some(serial_ring::COALESCE_AFTER), ..Default::default() },
+        ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
         tools,
     })
 }

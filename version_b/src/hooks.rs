@@ -14,11 +14,13 @@ use std::sync::{Arc, OnceLock};
 
 use crate::kvm::{
     GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmGuestDebug, KvmRegs, KvmSregs, Machine, Vcpu, VcpuExit,
+    KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmCoalescedMmio, KvmGuestDebug, KvmRegs, KvmSregs, Machine,
+    Vcpu, VcpuExit,
 };
 use crate::signals::Kick;
 use inspect::crash::Explain;
 use inspect::gdb::{self, Debugger, Pause};
+use inspect::ring::Queued;
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
 use inspect::trace::Trace;
@@ -199,6 +201,11 @@ pub fn exit(exit: &VcpuExit) -> Exit {
         VcpuExit::BadIo { size, count, data_offset } => Exit::BadIo { size, count, data_offset },
         VcpuExit::Unknown(reason) => Exit::Unknown(reason),
     }
+}
+
+/// A write KVM queued in the coalesced ring, as the toolbox's ring sees it.
+pub fn queued((slot, entry): (u32, KvmCoalescedMmio)) -> Queued {
+    Queued { slot, port: entry.phys_addr, len: entry.len, pio: entry.pio == 1, data: entry.data }
 }
 
 /// `--trace`: the line of exit number `n`, after it was handled (an `in` shows its answer).

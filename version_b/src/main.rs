@@ -23,7 +23,6 @@ mod hooks;
 mod image;
 mod long_mode;
 mod serial;
-mod serial_ring;
 mod vm;
 mod watchdog;
 
@@ -39,6 +38,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
+use inspect::ring::{self, SerialRing};
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
 use inspect::trace::Trace;
@@ -51,7 +51,6 @@ use image::Image;
 use kvm::Kvm;
 use long_mode::{Layout, PageSize};
 use serial::{Console, Ports, Serial};
-use serial_ring::SerialRing;
 use signals::{Interruptible, Interrupts, KICK_SIGNAL, Kick, Listener, SigSet};
 use vm::{Failure, Outcome, Report, Setup, Vm};
 use watchdog::{Event, Watch, Watched};
@@ -268,10 +267,7 @@ impl<'a> Shared<'a> {
             line_buffered: self.line_buffered,
             timeout: config.timeout.clone(),
             // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-            ring: SerialRing {
-                countdown: config.coalesce.then_some(serial_ring::COALESCE_AFTER),
-                ..Default::default()
-            },
+            ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
             tools,
         }
     }

@@ -26,7 +26,6 @@ mod image;
 mod long_mode;
 mod sandbox;
 mod serial;
-mod serial_ring;
 #[cfg(test)]
 mod test_dir;
 mod vm;
@@ -44,6 +43,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
+use inspect::ring::{self, SerialRing};
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
 use inspect::trace::Trace;
@@ -59,7 +59,6 @@ use kvm::Kvm;
 use long_mode::{Layout, PageSize};
 use sandbox::{Sandbox, SharedFiles};
 use serial::{Console, Ports, Serial};
-use serial_ring::SerialRing;
 use signals::{Interruptible, Interrupts, KICK_SIGNAL, Kick, Listener, SigSet};
 use vm::{Failure, Outcome, Report, Setup, Vm};
 use watchdog::{Event, Watch, Watched};
@@ -308,10 +307,7 @@ impl<'a> Shared<'a> {
             line_buffered: self.line_buffered,
             timeout: config.timeout.clone(),
             // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-            ring: SerialRing {
-                countdown: config.coalesce.then_some(serial_ring::COALESCE_AFTER),
-                ..Default::default()
-            },
+            ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
             tools,
         }
     }

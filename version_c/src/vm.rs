@@ -12,7 +12,7 @@
 //! What the C does not have enters the loop at one named hook each, a field that is `None` or
 //! off unless asked for, so that a feature that is off costs nothing: `interrupts` (a stop or
 //! a pause from outside: `signals.rs`), `ring` (serial output batched by KVM:
-//! `serial_ring.rs`), and the toolbox's `tools` (`hooks.rs`): `--stats`, `--trace`, `--gdb`
+//! the toolbox's `ring`), and the toolbox's `tools` (`hooks.rs`): `--stats`, `--trace`, `--gdb`
 //! and the crash report.
 #![forbid(unsafe_code)]
 
@@ -20,10 +20,13 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::kvm::{self, IoExit, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SIGNAL_MASK, KVM_SET_SREGS, Kvm, VcpuExit};
+use crate::kvm::{
+    self, IoExit, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SIGNAL_MASK, KVM_SET_SREGS, Kvm, RING_MAX, VcpuExit,
+};
 use crate::signals::{Interrupts, StopReason, Wake};
 use inspect::crash;
 use inspect::gdb::{Debugger, Resume, Stop};
+use inspect::ring::{DRAIN_EVERY, DrainError, SerialRing};
 use inspect::stats::Stats;
 
 use crate::args::Timeout;
@@ -31,8 +34,7 @@ use crate::fileio::FILE_PORT;
 use crate::hooks::{self, Stopped, Tools};
 use crate::image::Image;
 use crate::long_mode::{self, Layout};
-use crate::serial::{BulkRam, IoError, Ports, SERIAL_PORT};
-use crate::serial_ring::{DRAIN_EVERY, SerialRing};
+use crate::serial::{BulkRam, GuestError, IoError, Ports, SERIAL_PORT};
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,9 +226,12 @@ impl Vm {
             && let Some(left) = &mut self.ring.countdown
         {
             *left = left.saturating_sub(io.bytes as u64);
-            let (trace, stats) = (self.tools.trace.is_some(), self.tools.stats.is_some());
-            if *left == 0 && self.ring.start(&mut self.machine, &self.label, trace, trace || stats) {
-                self.on_ring();
+            if *left == 0 {
+                let registered = self.machine.coalesce_port(SERIAL_PORT);
+                let (trace, stats) = (self.tools.trace.is_some(), self.tools.stats.is_some());
+                if self.ring.started(registered, SERIAL_PORT, &self.label, trace, trace || stats) {
+                    self.on_ring();
+                }
             }
         }
         None
@@ -260,8 +265,16 @@ impl Vm {
     fn drain_ring(&mut self) -> Option<Outcome> {
         let stop = || self.interrupts.stop_requested().is_some();
         let (vcpu, _) = self.machine.parts();
-        let drained = self.ring.drain(vcpu, &mut self.ports, self.tools.stats.as_mut(), &self.label, &stop);
-        drained.err().map(|e| self.io_failure(e))
+        let pop = || vcpu.pop_coalesced().map(|entry| entry.map(hooks::queued));
+        let out = |bytes: &[u8]| self.ports.serial_out(1, bytes, &stop);
+        let drained = self.ring.drain((SERIAL_PORT, RING_MAX), pop, out, self.tools.stats.as_mut(), &self.label);
+        drained.err().map(|e| {
+            self.io_failure(match e {
+                DrainError::Ring(e) => host(e),
+                DrainError::Wide(size) => IoError::Guest(GuestError::WideSerial { size, out: true }),
+                DrainError::Out(e) => e,
+            })
+        })
     }
 
     /// The ring has just gone on: on a terminal, it must be drained now and then.

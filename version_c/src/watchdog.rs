@@ -20,8 +20,8 @@
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use crate::serial_ring::DRAIN_EVERY;
 use crate::signals::{KICK_SIGNAL, Kick, Listener, SigSet, StopReason};
+use inspect::ring::DRAIN_EVERY;
 
 /// How often VMs that are being stopped are kicked again until they end.
 const RETRY: Duration = Duration::from_millis(100);
