@@ -7,7 +7,9 @@
  * The library (hv.h) gives you the serial port (puts_e9, put_dec, put_hex,
  * getchar_e9, ...) and, in version C, files (f_open, f_read, f_write,
  * f_close).  There is no libc: no printf, no malloc, no floating point.
- * Returning from guest_main halts the VM (exit status 0).
+ * A file (version C): f_open("out.txt", O_WRITE) creates it in this VM's
+ * private directory <stem>_vm<N>_files/; f_write(vfd, buf, n) appends n
+ * bytes; f_close(vfd).  See ../docs/REFERENCE.md §5.
  *
  * Output:
  *   template: hello from the guest\n
@@ -20,7 +22,7 @@ static int square(int x)
     return x * x;
 }
 
-void guest_main(void)
+void guest_main(void)           /* hv.c's _start, at address 0, calls it */
 {
     int i;
 
@@ -31,8 +33,5 @@ void guest_main(void)
         put_dec(square(i));
         putchar_e9('\n');
     }
-    /* A file (version C): f_open("out.txt", O_WRITE) creates it in this
-     * VM's private directory <stem>_vm<N>_files/; f_write(vfd, buf, n)
-     * appends n bytes; f_close(vfd).  See ../docs/REFERENCE.md §5. */
     puts_e9("template: done\n");
-}
+}                               /* returning halts the VM: exit status 0 */

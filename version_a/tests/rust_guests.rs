@@ -25,6 +25,17 @@ fn rs_hello_prints_and_halts_in_every_memory_and_page_size() {
     }
 }
 
+/// The Rust template the README quotes, as template.c is for C.
+#[test]
+fn rs_template_prints_its_squares_and_halts() {
+    if !kvm_available() {
+        return;
+    }
+    let r = run(&["-q", "-m", "2", "-p", "2", "-g", &guest("rs_template.img")]);
+    let expected = "template: hello from the guest\n1 squared is 1\n2 squared is 4\n3 squared is 9\ntemplate: done\n";
+    assert_eq!((r.status, r.stdout(), r.stderr.as_str()), (0, expected.to_owned(), ""));
+}
+
 #[test]
 fn rs_counter_counts_stdin_to_its_end() {
     if !kvm_available() {
