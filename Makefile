@@ -119,6 +119,7 @@ test: guests
 	scripts/check-guest-flags
 	scripts/check-build-progress
 	$(MAKE) --no-print-directory demo-check
+	scripts/check-readme
 
 # The Rust guests are no cargo project (guest/README.md): cargo fmt --all does not see them.
 RUSTFMT ?= rustfmt
