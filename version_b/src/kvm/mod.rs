@@ -1,24 +1,10 @@
-//! The KVM room: `/dev/kvm`, the VM with its RAM and its vCPU, as owning handles.
+//! The KVM room: `/dev/kvm`, the VM with its RAM and its vCPU, as owning handles, over the
+//! requests and structs of `<linux/kvm.h>` that `sys.rs` declares. What each type rules out,
+//! and what each `unsafe` block relies on: docs/UNSAFE.md.
 //!
 //! C counterpart: `vm_init` and `vm_destroy` (open `/dev/kvm`, check the API version, create
 //! the VM and its memory slot, create the vCPU and map its `kvm_run` area; then unmap and close
 //! it all), and the reads of `run->exit_reason` and `run->io` in the `KVM_RUN` loop.
-//!
-//! - `sys.rs`: the ioctl requests (typed by their argument) and structs of `<linux/kvm.h>`;
-//! - here: the calls, [`Kvm`] (`/dev/kvm`), [`Machine`] (what `vm_init` makes: the VM fd,
-//!   [`GuestRam`], the [`Vcpu`] and its run area, each [`Mapping`] reached only by
-//!   bounds-checked copies), decoding `kvm_run` into a [`VcpuExit`].
-//!
-//! What the types rule out, so that safe code cannot break what the `unsafe` blocks rely on
-//! (the crate root shows each as a `compile_fail` example):
-//! - a request takes only its own argument type (`Ioctl<Write, KvmRegs>` takes a `KvmRegs`);
-//!   registering host memory is no safe call at all;
-//! - a [`Machine`] owns its parts privately and drops them in the one safe order: the vCPU and
-//!   its run area, then the memory slot is removed (KVM forgets the RAM's address), then the
-//!   RAM is unmapped, then the VM fd is closed. No safe code can free, move out or replace the
-//!   RAM while KVM maps it;
-//! - guest RAM and the run area are reached only through bounds-checked copies, on the one
-//!   thread that runs the vCPU: neither a [`Vcpu`] nor [`GuestRam`] can go to another thread.
 #![allow(unsafe_code)]
 
 mod sys;
@@ -32,10 +18,6 @@ use std::ptr::NonNull;
 
 pub use sys::*;
 
-// ---------------------------------------------------------------------------------------------
-// ioctl calls: one per kind of request, each taking only the request's own argument type
-// ---------------------------------------------------------------------------------------------
-
 /// `ioctl(fd, number, arg)`; a negative result becomes an `io::Error` that names the request
 /// (as the C's `perror("KVM_CREATE_VM")` does).
 ///
@@ -44,8 +26,7 @@ pub use sys::*;
 /// address of a live object of the size the kernel reads or writes (writable for `_IOR`),
 /// holding no address the kernel keeps using after the call unless the caller keeps that
 /// memory alive for as long.
-// SAFETY: an `unsafe fn` because the kernel reads or writes through `arg`; its callers below
-// each state why their argument fits their request.
+// SAFETY: the kernel reads or writes through `arg`; each caller says why its `arg` fits.
 unsafe fn ioctl(fd: &File, number: u64, name: &str, arg: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: forwarded from this function's contract; `fd` is an open descriptor we own.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), number as _, arg) };
@@ -58,39 +39,30 @@ unsafe fn ioctl(fd: &File, number: u64, name: &str, arg: libc::c_ulong) -> io::R
 }
 
 impl Ioctl<Value, ()> {
-    /// An integer in, an integer out.
     fn call(&self, fd: &File, arg: libc::c_ulong) -> io::Result<libc::c_int> {
-        // SAFETY: an `_IO` request (its type says so): the kernel takes `arg` as a plain
-        // integer and never dereferences it.
+        // SAFETY: an `_IO` request (its type says so): the kernel never dereferences `arg`.
         unsafe { ioctl(fd, self.number, self.name, arg) }
     }
 }
 
 impl Ioctl<NewFd, ()> {
-    /// An integer in, a new file descriptor out, owned at once so that every path closes it.
+    /// The new descriptor is owned at once, so that every path closes it.
     fn call(&self, fd: &File, arg: libc::c_ulong) -> io::Result<File> {
         let raw = Ioctl::<Value, ()> { number: self.number, name: self.name, kind: PhantomData }.call(fd, arg)?;
-        // SAFETY: a `NewFd` request returns a new descriptor for us alone: nothing else owns it
-        // or will close it.
+        // SAFETY: a `NewFd` request returns a new descriptor that nothing else owns or closes.
         Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 }
 
 impl<T: Pod> Ioctl<Write, T> {
-    /// The kernel reads a `T`.
     fn call(&self, fd: &File, value: &T) -> io::Result<()> {
-        // SAFETY: the request's number encodes `T` (or, for a header type such as
-        // `KvmSignalMask`, a header followed by data inside the same `T`), so the kernel reads
-        // only inside this live value; `T: Pod` has no uninitialised bytes and no address the
-        // kernel would follow.
+        // SAFETY: the request's number encodes `T` (or, for `KvmSignalMask`, a header that the
+        // mask follows inside the same `T`), so the kernel reads only inside this live value;
+        // `T: Pod` has no uninitialised bytes and no address the kernel would follow.
         unsafe { ioctl(fd, self.number, self.name, value as *const T as libc::c_ulong) }?;
         Ok(())
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// /dev/kvm, and the machine vm_init makes
-// ---------------------------------------------------------------------------------------------
 
 /// The page size of x86-64, which KVM uses for the pages of the vCPU mapping.
 const PAGE_SIZE: usize = 4096;
@@ -113,18 +85,16 @@ impl Kvm {
     }
 }
 
-/// The VM that the C's `vm_init` makes (C: `struct vm`): the VM fd, guest RAM registered as
-/// guest-physical `[0, len)`, and one vCPU with its run area. Its parts are private; fields
-/// drop top to bottom: the vCPU, then the [`Slot`] (memory slot removed, RAM unmapped, VM fd
-/// closed).
+/// What the C's `vm_init` makes (C: `struct vm`), all private: the VM fd, guest RAM, one vCPU.
+/// Fields drop top to bottom: the vCPU, then the [`Slot`]: the memory slot removed (KVM forgets
+/// the RAM), the RAM unmapped, the VM fd closed.
 #[derive(Debug)]
 pub struct Machine {
     vcpu: Vcpu,
     slot: Slot,
 }
 
-/// Guest RAM in memory slot 0 of its VM. Dropping it first removes the slot, so that KVM no
-/// longer uses the RAM's address, then unmaps the RAM, then closes the VM fd.
+/// Guest RAM in memory slot 0 of its VM, and the VM fd.
 #[derive(Debug)]
 struct Slot {
     ram: GuestRam,
@@ -137,15 +107,13 @@ impl Machine {
     pub fn new(kvm: &Kvm, ram_size: usize) -> io::Result<Machine> {
         let vm = VmFd { fd: KVM_CREATE_VM.call(&kvm.fd, 0)? };
         let ram = Mapping::new(ram_size, None)?;
-        // Slot 0, guest-physical 0.
         let (size, addr) = (ram.len as u64, ram.ptr.as_ptr() as u64);
         let region = KvmUserspaceMemoryRegion { memory_size: size, userspace_addr: addr, ..Default::default() };
         let arg = &region as *const KvmUserspaceMemoryRegion as libc::c_ulong;
         // SAFETY: `arg` points to a live region struct of the size the request encodes, which
         // the kernel copies. The kernel keeps using the RAM's address afterwards: the RAM goes
-        // into a `Slot` with this VM fd, whose `Drop` removes the slot before the RAM is
-        // unmapped, and the `Slot` is private to the `Machine`, so no safe code can free, move
-        // or replace the RAM meanwhile.
+        // into a `Slot`, private to the `Machine`, whose `Drop` removes the slot before the RAM
+        // is unmapped, so no safe code can free, move or replace the RAM meanwhile.
         unsafe { ioctl(&vm.fd, KVM_SET_USER_MEMORY_REGION.number, KVM_SET_USER_MEMORY_REGION.name, arg) }?;
         let slot = Slot { ram, vm };
         let mmap_size = usize::try_from(KVM_GET_VCPU_MMAP_SIZE.call(&kvm.fd, 0)?).map_err(io::Error::other)?;
@@ -192,7 +160,6 @@ impl Drop for Slot {
             // KVM may still use the RAM: never unmap it (the process ends soon anyway).
             self.ram.len = 0;
         }
-        // Then the fields: the RAM is unmapped, the VM fd closed.
     }
 }
 
@@ -202,15 +169,9 @@ pub struct VmFd {
     fd: File,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Guest RAM and the run area: owned mappings reached only by bounds-checked copies
-// ---------------------------------------------------------------------------------------------
-
-/// An owned memory mapping (guest RAM, a vCPU's run area), unmapped on drop. No `&[u8]` into
-/// it is ever handed out: the guest and the kernel write to it behind Rust's back. Neither `Send` nor `Sync` (the raw pointer):
-/// a VM is created on the thread that runs it and stays there, and since every VM has one
-/// vCPU, run by that same thread, the guest never writes while we copy (the vCPU is outside
-/// `KVM_RUN` then).
+/// An owned memory mapping (guest RAM, a vCPU's run area), unmapped on drop, reached only by
+/// bounds-checked copies (the guest and the kernel write to it behind Rust's back). Neither
+/// `Send` nor `Sync`: it stays on the thread that runs its VM's one vCPU, outside `KVM_RUN`.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -249,8 +210,7 @@ impl Mapping {
         }
     }
 
-    /// Copies `dst.len()` bytes at `off` (for guest RAM: the guest-physical address) out of
-    /// the mapping.
+    /// Copies the `dst.len()` bytes at `off` (in guest RAM: the guest-physical address) out.
     pub fn read(&self, off: u64, dst: &mut [u8]) -> io::Result<()> {
         let src = self.at(off, dst.len())?;
         // SAFETY: `src` is the start of `dst.len()` bytes inside the mapping (`at` checked);
@@ -273,9 +233,8 @@ impl Mapping {
     /// Reads a plain-old-data value at `off` (any alignment).
     fn read_obj<T: Pod>(&self, off: usize) -> io::Result<T> {
         let src = self.at(off as u64, size_of::<T>())?.cast::<T>();
-        // SAFETY: the bytes are inside the mapping (`at` checked) and not written meanwhile
-        // (as in `read`); `T: Pod` makes every bit pattern a valid `T`; `read_unaligned` has
-        // no alignment requirement.
+        // SAFETY: the bytes are inside the mapping (`at` checked) and not written meanwhile (as
+        // in `read`); `T: Pod` makes any bits a valid `T`; `read_unaligned` needs no alignment.
         Ok(unsafe { src.read_unaligned() })
     }
 }
@@ -283,24 +242,17 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.len > 0 {
-            // SAFETY: `ptr`/`len` describe a mapping this value created and owns alone; it is
-            // unmapped once, here, and no pointer into it outlives `self`. (`len` 0: a mapping
-            // that KVM may still use, deliberately kept.)
+            // SAFETY: `ptr`/`len` describe a mapping this value created and owns alone, unmapped
+            // once, here; no pointer into it outlives `self`. (`len` 0: KVM may still use it.)
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         }
     }
 }
 
-/// Guest RAM (C: `mem`): guest-physical `[0, len)`, a [`Mapping`] that only its
-/// [`Machine`] owns.
+/// Guest RAM (C: `mem`): guest-physical `[0, len)`, owned by its [`Machine`] alone.
 pub type GuestRam = Mapping;
 
-// ---------------------------------------------------------------------------------------------
-// The vCPU, its exits, and the coalesced ring
-// ---------------------------------------------------------------------------------------------
-
-/// A vCPU (C: `vcpu_fd` and `run`): its fd and its mapped `kvm_run` area, which one thread
-/// reads and writes, always between two `KVM_RUN`s.
+/// A vCPU (C: `vcpu_fd` and `run`): its fd and its mapped `kvm_run` area.
 #[derive(Debug)]
 pub struct Vcpu {
     fd: File,
@@ -326,8 +278,7 @@ pub enum VcpuExit {
     InternalError { suberror: u32 },
     /// A debug exception for the debugger (`KVM_EXIT_DEBUG`, see `KVM_SET_GUEST_DEBUG`).
     Debug { exception: u32, pc: u64, dr6: u64 },
-    /// `KVM_RUN` returned early: a signal is pending (`EINTR`, `KVM_EXIT_INTR`) or KVM asked
-    /// to be called again (`EAGAIN`). Not an error: the loop looks at its signals and resumes.
+    /// `KVM_RUN` returned early (`EINTR`, `EAGAIN`, `KVM_EXIT_INTR`): not an error.
     Intr,
     /// An I/O exit whose size or data location makes no sense (never seen from a sane kernel).
     BadIo { size: u8, count: u32, data_offset: u64 },
@@ -335,16 +286,14 @@ pub enum VcpuExit {
     Unknown(u32),
 }
 
-/// An I/O exit: `count` accesses of `size` bytes to `port`; their `size * count` bytes are at
-/// `data_offset` in the run area (bounds already checked). Read them with
-/// [`Vcpu::io_data`]; answer an IN with [`Vcpu::set_io_data`].
+/// An I/O exit: `count` accesses of `size` bytes to `port`; their `bytes` (`size * count`) are
+/// at `data_offset` in the run area (bounds already checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoExit {
     pub out: bool,
     pub port: u16,
     pub size: u8,
     pub count: u32,
-    /// `size * count`: how many bytes the exit moves.
     pub bytes: usize,
     pub data_offset: usize,
 }
@@ -401,10 +350,9 @@ impl Vcpu {
         })
     }
 
-    /// With `on`, KVM stores the registers and the system registers into the run area at every
-    /// exit (`KVM_CAP_SYNC_REGS`), where [`Vcpu::stored_regs`] reads them without an ioctl
-    /// (`KVM_GET_REGS` and `KVM_GET_SREGS` each cost several µs on a nested KVM, where they
-    /// load and put the vCPU). What is stored now is from before: marked stale.
+    /// With `on`, KVM stores the registers and system registers in the run area at every exit
+    /// (`KVM_CAP_SYNC_REGS`): no ioctl to read them, each of which costs several µs on a nested
+    /// KVM. What is stored now is from before: marked stale.
     pub fn store_regs_at_exits(&self, on: bool) -> io::Result<()> {
         let sets = if on { KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS } else { 0 };
         self.run.write(RUN_VALID_REGS as u64, &sets.to_le_bytes())?;
@@ -412,7 +360,7 @@ impl Vcpu {
     }
 
     /// The registers and system registers KVM stored at the last exit, if it stores them and
-    /// nothing wrote registers since (see [`Vcpu::stale_stored_regs`]).
+    /// nothing wrote registers since.
     pub fn stored_regs(&self) -> io::Result<Option<(KvmRegs, KvmSregs)>> {
         let mut sets = [0u8; 8];
         self.run.read(RUN_VALID_REGS as u64, &mut sets)?;
@@ -427,10 +375,9 @@ impl Vcpu {
         Ok(Some((regs, self.run.read_obj(RUN_SYNC_REGS + size_of::<KvmRegs>())?)))
     }
 
-    /// Marks the stored registers stale, after registers were written with an ioctl: RFLAGS
-    /// 0 in the stored copy, which no vCPU can have (bit 1 is always set) and which KVM
-    /// overwrites at the next exit. (A kernel older than 4.16 never stores them: they stay
-    /// stale, and every read is an ioctl.)
+    /// Marks the stored registers stale, after an ioctl wrote registers: RFLAGS 0 in the stored
+    /// copy, which no vCPU can have (bit 1 is always set) and KVM overwrites at the next exit.
+    /// (Before Linux 4.16 KVM stores nothing: they stay stale, and every read is an ioctl.)
     pub fn stale_stored_regs(&self) -> io::Result<()> {
         self.run.write((RUN_SYNC_REGS + std::mem::offset_of!(KvmRegs, rflags)) as u64, &0u64.to_le_bytes())
     }
@@ -440,8 +387,7 @@ impl Vcpu {
         self.run.read((io.data_offset + offset) as u64, dst)
     }
 
-    /// Copies the answer of an IN exit into the run area; KVM hands it to the guest at the
-    /// next `run`.
+    /// Copies the answer of an IN exit into the run area, for the guest at the next `run`.
     pub fn set_io_data(&self, io: &IoExit, offset: usize, src: &[u8]) -> io::Result<()> {
         self.run.write((io.data_offset + offset) as u64, src)
     }

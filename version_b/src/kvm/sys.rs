@@ -5,16 +5,10 @@
 //! C counterpart: the `#include <linux/kvm.h>` at the top of `mini_hypervisor.c`.
 //! `tests/layout.rs` compares every number, size and offset here with what the C compiler
 //! computes from the kernel's own header.
-// SAFETY: the only unsafe items of this file are the `unsafe trait Pod` and its `unsafe impl`
-// markers below, each with its own SAFETY line.
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
 use std::mem::size_of;
-
-// ---------------------------------------------------------------------------------------------
-// 1. ioctl numbers
-// ---------------------------------------------------------------------------------------------
 
 // asm-generic/ioctl.h (x86-64): nr 8 bits @0, type 8 bits @8, size 14 bits @16, dir 2 bits @30.
 const IOC_NONE: u32 = 0;
@@ -22,10 +16,9 @@ const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 const KVMIO: u32 = 0xAE;
 
-/// An ioctl request whose type says what it takes: [`Read`] (the kernel fills a `T`),
-/// [`Write`] (the kernel reads a `T`), [`Value`] (an integer in, an integer out) or [`NewFd`]
-/// (an integer in, a new file descriptor out). The number is built from the same `T`, so a
-/// request can be called only with its own argument type (`kvm/mod.rs` has the calls).
+/// An ioctl request whose type says what it takes: its kind ([`Read`], [`Write`], [`Value`],
+/// [`NewFd`]) and its argument `T`, from which its number is built, so that it can be called
+/// only with its own argument type (`kvm/mod.rs` has the calls).
 #[derive(Debug)]
 pub struct Ioctl<K, T> {
     pub(super) number: u64,
@@ -51,60 +44,47 @@ const fn ioc(dir: u32, nr: u32, size: usize) -> u64 {
     ((dir << 30) | ((size as u32) << 16) | (KVMIO << 8) | nr) as u64
 }
 
-impl<K, T> Ioctl<K, T> {
-    const fn new(number: u64, name: &'static str) -> Self {
-        Ioctl { number, name, kind: PhantomData }
-    }
+/// `_IO(KVMIO, nr)`.
+const fn io<K>(nr: u32, name: &'static str) -> Ioctl<K, ()> {
+    Ioctl { number: ioc(IOC_NONE, nr, 0), name, kind: PhantomData }
+}
 
+/// `_IOR(KVMIO, nr, T)`.
+const fn ior<T>(nr: u32, name: &'static str) -> Ioctl<Read, T> {
+    Ioctl { number: ioc(IOC_READ, nr, size_of::<T>()), name, kind: PhantomData }
+}
+
+/// `_IOW(KVMIO, nr, T)`.
+const fn iow<T>(nr: u32, name: &'static str) -> Ioctl<Write, T> {
+    Ioctl { number: ioc(IOC_WRITE, nr, size_of::<T>()), name, kind: PhantomData }
+}
+
+impl<K, T> Ioctl<K, T> {
     /// The request number, as `<linux/kvm.h>` computes it (`tests/layout.rs` compares them).
     pub const fn number(&self) -> u64 {
         self.number
     }
 }
 
-impl<T> Ioctl<Read, T> {
-    /// `_IOR(KVMIO, nr, T)`.
-    const fn ior(nr: u32, name: &'static str) -> Self {
-        Ioctl::new(ioc(IOC_READ, nr, size_of::<T>()), name)
-    }
-}
-
-impl<T> Ioctl<Write, T> {
-    /// `_IOW(KVMIO, nr, T)`; `size` is `size_of::<T>()` but for a header type (see
-    /// [`KvmSignalMask`]).
-    const fn iow(nr: u32, size: usize, name: &'static str) -> Self {
-        Ioctl::new(ioc(IOC_WRITE, nr, size), name)
-    }
-}
-
-impl<K> Ioctl<K, ()> {
-    /// `_IO(KVMIO, nr)`.
-    const fn io(nr: u32, name: &'static str) -> Self {
-        Ioctl::new(ioc(IOC_NONE, nr, 0), name)
-    }
-}
-
-pub const KVM_GET_API_VERSION: Ioctl<Value, ()> = Ioctl::io(0x00, "KVM_GET_API_VERSION");
-pub const KVM_CREATE_VM: Ioctl<NewFd, ()> = Ioctl::io(0x01, "KVM_CREATE_VM");
-pub const KVM_CHECK_EXTENSION: Ioctl<Value, ()> = Ioctl::io(0x03, "KVM_CHECK_EXTENSION");
-pub const KVM_GET_VCPU_MMAP_SIZE: Ioctl<Value, ()> = Ioctl::io(0x04, "KVM_GET_VCPU_MMAP_SIZE");
-pub const KVM_CREATE_VCPU: Ioctl<NewFd, ()> = Ioctl::io(0x41, "KVM_CREATE_VCPU");
+pub const KVM_GET_API_VERSION: Ioctl<Value, ()> = io(0x00, "KVM_GET_API_VERSION");
+pub const KVM_CREATE_VM: Ioctl<NewFd, ()> = io(0x01, "KVM_CREATE_VM");
+pub const KVM_CHECK_EXTENSION: Ioctl<Value, ()> = io(0x03, "KVM_CHECK_EXTENSION");
+pub const KVM_GET_VCPU_MMAP_SIZE: Ioctl<Value, ()> = io(0x04, "KVM_GET_VCPU_MMAP_SIZE");
+pub const KVM_CREATE_VCPU: Ioctl<NewFd, ()> = io(0x41, "KVM_CREATE_VCPU");
 /// Not [`Pod`]: the region carries a host address that the kernel keeps using, so no safe
 /// call takes it; only `Machine::new` registers guest RAM (an `unsafe` block in `kvm/mod.rs`).
-pub const KVM_SET_USER_MEMORY_REGION: Ioctl<Write, KvmUserspaceMemoryRegion> =
-    Ioctl::iow(0x46, size_of::<KvmUserspaceMemoryRegion>(), "KVM_SET_USER_MEMORY_REGION");
-pub const KVM_REGISTER_COALESCED_MMIO: Ioctl<Write, KvmCoalescedMmioZone> =
-    Ioctl::iow(0x67, size_of::<KvmCoalescedMmioZone>(), "KVM_REGISTER_COALESCED_MMIO");
-pub const KVM_RUN: Ioctl<Value, ()> = Ioctl::io(0x80, "KVM_RUN");
-pub const KVM_GET_REGS: Ioctl<Read, KvmRegs> = Ioctl::ior(0x81, "KVM_GET_REGS");
-pub const KVM_SET_REGS: Ioctl<Write, KvmRegs> = Ioctl::iow(0x82, size_of::<KvmRegs>(), "KVM_SET_REGS");
-pub const KVM_GET_SREGS: Ioctl<Read, KvmSregs> = Ioctl::ior(0x83, "KVM_GET_SREGS");
-pub const KVM_SET_SREGS: Ioctl<Write, KvmSregs> = Ioctl::iow(0x84, size_of::<KvmSregs>(), "KVM_SET_SREGS");
+pub const KVM_SET_USER_MEMORY_REGION: Ioctl<Write, KvmUserspaceMemoryRegion> = iow(0x46, "KVM_SET_USER_MEMORY_REGION");
+pub const KVM_REGISTER_COALESCED_MMIO: Ioctl<Write, KvmCoalescedMmioZone> = iow(0x67, "KVM_REGISTER_COALESCED_MMIO");
+pub const KVM_RUN: Ioctl<Value, ()> = io(0x80, "KVM_RUN");
+pub const KVM_GET_REGS: Ioctl<Read, KvmRegs> = ior(0x81, "KVM_GET_REGS");
+pub const KVM_SET_REGS: Ioctl<Write, KvmRegs> = iow(0x82, "KVM_SET_REGS");
+pub const KVM_GET_SREGS: Ioctl<Read, KvmSregs> = ior(0x83, "KVM_GET_SREGS");
+pub const KVM_SET_SREGS: Ioctl<Write, KvmSregs> = iow(0x84, "KVM_SET_SREGS");
 /// `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`: the size encoded is that of the 4-byte header
-/// (`len`); the mask itself follows it ([`KvmSignalMask`]).
-pub const KVM_SET_SIGNAL_MASK: Ioctl<Write, KvmSignalMask> = Ioctl::iow(0x8b, 4, "KVM_SET_SIGNAL_MASK");
-pub const KVM_SET_GUEST_DEBUG: Ioctl<Write, KvmGuestDebug> =
-    Ioctl::iow(0x9b, size_of::<KvmGuestDebug>(), "KVM_SET_GUEST_DEBUG");
+/// (`len`), not of the [`KvmSignalMask`] (header and mask) that the kernel reads.
+pub const KVM_SET_SIGNAL_MASK: Ioctl<Write, KvmSignalMask> =
+    Ioctl { number: ioc(IOC_WRITE, 0x8b, 4), name: "KVM_SET_SIGNAL_MASK", kind: PhantomData };
+pub const KVM_SET_GUEST_DEBUG: Ioctl<Write, KvmGuestDebug> = iow(0x9b, "KVM_SET_GUEST_DEBUG");
 
 /// The only API version there has ever been (`KVM_API_VERSION`).
 pub const KVM_API_VERSION: i32 = 12;
@@ -129,10 +109,6 @@ pub const KVM_EXIT_IO_OUT: u8 = 1;
 pub const KVM_GUESTDBG_ENABLE: u32 = 0x1;
 pub const KVM_GUESTDBG_SINGLESTEP: u32 = 0x2;
 pub const KVM_GUESTDBG_USE_HW_BP: u32 = 0x2_0000;
-
-// ---------------------------------------------------------------------------------------------
-// 2. Structs of <linux/kvm.h>, field names as in C (`type_` for `type`), padding spelled out
-// ---------------------------------------------------------------------------------------------
 
 /// `struct kvm_regs`: the general-purpose registers.
 #[repr(C)]
@@ -255,8 +231,8 @@ pub struct KvmCoalescedMmio {
 }
 
 /// `struct kvm_signal_mask` followed by the mask it announces: `len` is the size of the
-/// kernel's `sigset_t` (8 on x86-64), then the mask, bit `n - 1` for signal `n`. While a vCPU
-/// is inside `KVM_RUN`, this is its thread's signal mask.
+/// kernel's `sigset_t` (8 on x86-64), then the mask, bit `n - 1` for signal `n`: the thread's
+/// mask while its vCPU is inside `KVM_RUN`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct KvmSignalMask {
@@ -338,10 +314,8 @@ pub struct KvmDebugExitArch {
     pub dr7: u64,
 }
 
-/// Plain-old-data types: any bytes make a valid value, and no value holds an address the
-/// kernel would follow. Only these are copied out of guest memory or the run area, or handed
-/// to an ioctl by the safe calls of `kvm/mod.rs`. `KvmUserspaceMemoryRegion` is deliberately
-/// not `Pod`: it carries a host address that the kernel keeps using.
+/// Plain-old-data: the only types the safe calls of `kvm/mod.rs` copy out of a mapping or hand
+/// to an ioctl (not [`KvmUserspaceMemoryRegion`], see [`KVM_SET_USER_MEMORY_REGION`]).
 ///
 /// # Safety
 /// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other
@@ -350,10 +324,9 @@ pub struct KvmDebugExitArch {
 /// the kernel takes for an address.
 pub unsafe trait Pod: Copy + Default {}
 // SAFETY: each of these is a #[repr(C)] struct of integers (or of other such structs) with
-// explicit padding fields (tests/layout.rs checks their sizes and offsets against the C
-// header, so there are no hidden gaps), and none has a
-// field the kernel takes for an address (the `data_offset` of KvmRunIo is an offset into the
-// run area, read by us, never passed back).
+// explicit padding fields (tests/layout.rs checks their sizes and offsets against the C header:
+// no hidden gaps), and none has a field the kernel takes for an address (KvmRunIo's
+// `data_offset` is an offset into the run area, read by us, never passed back).
 unsafe impl Pod for KvmRegs {}
 // SAFETY: as above.
 unsafe impl Pod for KvmSregs {}
@@ -373,8 +346,8 @@ unsafe impl Pod for KvmRunFailEntry {}
 unsafe impl Pod for KvmRunInternal {}
 // SAFETY: as above.
 unsafe impl Pod for KvmDebugExitArch {}
-// SAFETY: as above. The kernel reads the 4-byte header (`len` = 8), then the 8 bytes of mask
-// that follow it, all inside this 12-byte value: the request encodes the header's size.
+// SAFETY: as above; the kernel reads the 4-byte header (`len` = 8), then the 8 bytes of mask
+// that follow it, all inside this 12-byte value.
 unsafe impl Pod for KvmSignalMask {}
 // SAFETY: u32 is an integer.
 unsafe impl Pod for u32 {}
