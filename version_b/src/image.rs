@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use crate::long_mode::{Layout, PageSize};
 
-/// `open(2)` flags: never wait for a writer (a FIFO swapped in after the type check), never
-/// become our controlling terminal.
+/// `open(2)` flags: never wait for a writer (a FIFO swapped in after the type check) or become
+/// our controlling terminal.
 const O_NONBLOCK_NOCTTY: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
 
 /// A guest image that passed every check, with its bytes.
@@ -24,8 +24,7 @@ pub struct Image {
     pub bytes: Arc<[u8]>,
 }
 
-/// Why an image cannot be used: its `Display` is the one line naming the path, the reason and
-/// what to do.
+/// Why an image cannot be used: one line naming the path, the reason and what to do.
 #[derive(Debug)]
 pub struct ImageError {
     path: PathBuf,
@@ -40,7 +39,6 @@ enum Why {
     NotRegular(&'static str),
     Read(io::Error),
     Empty,
-    /// `size` bytes do not fit under `layout`.
     TooLarge {
         size: u64,
         layout: Layout,
@@ -73,10 +71,9 @@ impl fmt::Display for ImageError {
 }
 
 /// C: `load_guest_image`. Opens, checks and reads the image at `path` for a VM of `layout`.
-/// Never blocks: a FIFO, socket or device is refused by its type before it is opened (opening
-/// a FIFO would wait for a writer), and the open itself is non-blocking in case the path was
-/// swapped for one in between. Reads at most one byte more than fits, so that a huge (or
-/// growing) file is not slurped.
+/// Never blocks: a FIFO, socket or device is refused by its type before it is opened (a FIFO
+/// would wait for a writer). Reads at most one byte more than fits, so that a huge (or growing)
+/// file is not slurped.
 pub fn load(path: &Path, layout: &Layout) -> Result<Image, ImageError> {
     let error = |why| ImageError { path: path.to_owned(), why };
     // `metadata` follows symlinks, like open(2), and never blocks.

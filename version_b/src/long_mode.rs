@@ -1,19 +1,15 @@
-//! The guest machine's starting state, as plain data (docs/REFERENCE.md §2).
+//! The guest machine's starting state, as plain data (docs/REFERENCE.md §2): RAM `[0, M)`
+//! mapped to itself (virtual = physical), 64-bit long mode, flat segments.
 //!
 //! C counterpart: `setup_long_mode` (page tables, CR3, CR4.PAE, CR0.PE|PG, EFER.LME|LMA) and
 //! `setup_segments_64` (flat 64-bit code and data segments), the same in every version of the
-//! C's `mini_hypervisor.c`.
-//!
-//! Unlike the C, which puts the tables at a fixed 0x11000 that a large image overwrites, the
-//! tables take the last pages below the top of RAM, M:
+//! C's `mini_hypervisor.c`. Unlike the C, which puts the tables at a fixed 0x11000 that a large
+//! image overwrites, the tables take the last pages below the top of RAM, M:
 //!
 //! ```text
 //!  0 ......................... image ... free ... stack | PML4 | PDPT | PD | PT... |  M
 //!  RIP = 0                                   RSP = CR3 ^
 //! ```
-//!
-//! PML4 is the lowest table page (CR3 = RSP), then PDPT, PD and, for 4 KiB pages, one page
-//! table per 2 MiB of RAM. Only `[0, M)` is mapped, identity (virtual = physical).
 #![forbid(unsafe_code)]
 
 use crate::kvm::{KvmDtable, KvmSegment, KvmSregs};
@@ -127,21 +123,17 @@ pub const CODE_SEGMENT: KvmSegment = KvmSegment {
 pub const DATA_SEGMENT: KvmSegment = KvmSegment { selector: 2 << 3, type_: 3, db: 1, l: 0, ..CODE_SEGMENT };
 
 /// C: `setup_long_mode` and `setup_segments_64`: the special registers for 64-bit long mode
-/// with paging rooted at `layout`'s PML4. Starts from what `KVM_GET_SREGS` returned, so that
-/// TR, LDT and the rest stay valid.
-///
-/// No interrupt table: IDTR base 0, limit 0. The reset value (limit 0xFFFF) would make the
-/// CPU read "gate descriptors" out of the guest's own code at address 0 and jump to garbage
-/// on an exception; with limit 0 every exception the guest does not handle ends in a triple
-/// fault with RIP still on the faulting instruction. A guest may load its own IDT (`lidt`).
+/// with paging rooted at `layout`'s PML4, from what `KVM_GET_SREGS` returned (so that TR, LDT
+/// and the rest stay valid). No interrupt table (IDTR limit 0; the reset 0xFFFF would have the
+/// CPU read gates out of the guest's code at 0): an exception the guest does not handle is a
+/// triple fault with RIP still on the faulting instruction.
 pub fn long_mode_sregs(mut sregs: KvmSregs, layout: &Layout) -> KvmSregs {
     sregs.cr3 = layout.tables_base;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.cr0 = (CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG) & !CR0_EM;
     sregs.efer = EFER_LME | EFER_LMA;
     sregs.cs = CODE_SEGMENT;
-    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) =
-        (DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT, DATA_SEGMENT);
+    [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] = [DATA_SEGMENT; 5];
     sregs.idt = KvmDtable { base: 0, limit: 0, ..sregs.idt };
     sregs
 }

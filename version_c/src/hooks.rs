@@ -1,11 +1,8 @@
-//! Where this version meets the toolbox (`inspect`, the crate of what the C never had: the GDB
-//! stub, guest symbols, the crash report in words, `--trace`, `--stats`).
-//!
-//! The toolbox sees a stopped VM only through its own trait, [`inspect::Target`], implemented
-//! here in a few lines over `kvm/` ([`Stopped`]). [`Tools`] holds the tools a run asked for;
-//! the run loop calls each through one line, and none is built, or its ELF read, unless it is
-//! needed: `--trace`, `--stats` and `--gdb` when given, the crash report when the VM fails,
-//! the code check when the guest changed its image's bytes.
+//! Where this version meets the toolbox (`inspect`, what the C never had: the GDB stub, guest
+//! symbols, the crash report in words, `--trace`, `--stats`), which sees a stopped VM only
+//! through its trait [`inspect::Target`], implemented here over `kvm/` ([`Stopped`]). [`Tools`]
+//! holds the tools a run asked for; none is built, or its ELF read, unless needed (the crash
+//! report when the VM fails, the code check when the guest changed its image's bytes).
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -59,15 +56,13 @@ impl Tools {
         }
     }
 
-    /// The crash report and the code check, for the VM's end (only when the VM failed or
-    /// changed its image): with the page tables as the hypervisor built them, made again here,
-    /// for the report to compare with RAM.
+    /// The crash report and the code check, with the page tables as the hypervisor built them
+    /// (made again here, for the report to compare with RAM).
     pub fn explain(&self) -> Explain {
         Explain::new(self.memory_map(), self.symbols(), self.layout.page_tables())
     }
 
-    /// `--gdb`: the debugger for the VM, on the listening socket; gdb's Ctrl-C goes through
-    /// `kick`.
+    /// `--gdb`: the debugger for the VM, on the listening socket; gdb's Ctrl-C goes through `kick`.
     pub fn debug_with(&mut self, kvm: &Kvm, listener: TcpListener, kick: Kick) {
         let pause = Arc::new(GdbPause(kick));
         let data_watch = data_breakpoints_fire(kvm);
@@ -95,28 +90,12 @@ pub struct Stopped<'a> {
 
 /// `kvm_regs` and the toolbox's `Regs` have the same fields.
 macro_rules! copy_regs {
-    ($from:expr => $to:ident) => {{
+    ($from:expr => $to:ident) => {
+        copy_regs!($from => $to: rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags)
+    };
+    ($from:expr => $to:ident: $($field:ident)*) => {{
         let r = $from;
-        $to {
-            rax: r.rax,
-            rbx: r.rbx,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            rsp: r.rsp,
-            rbp: r.rbp,
-            r8: r.r8,
-            r9: r.r9,
-            r10: r.r10,
-            r11: r.r11,
-            r12: r.r12,
-            r13: r.r13,
-            r14: r.r14,
-            r15: r.r15,
-            rip: r.rip,
-            rflags: r.rflags,
-        }
+        $to { $($field: r.$field),* }
     }};
 }
 
