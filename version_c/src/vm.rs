@@ -1,19 +1,15 @@
 //! The VM's life: create it, then run it until it halts or fails (docs/REFERENCE.md §2).
 //!
 //! C counterpart: `run_vm` in `Version_C/mini_hypervisor.c`, the body of each VM's thread, in
-//! its order:
-//! 1. [`Vm::create`]: `vm_init` (the VM, its RAM, its vCPU), `setup_long_mode` and
-//!    `setup_segments_64` (page tables, control registers, segments), `load_guest_image`, and
-//!    the registers (RIP 0, RSP, RFLAGS 2);
-//! 2. [`Vm::run`]: `while (stop == 0) { ioctl(KVM_RUN); switch (run->exit_reason) ... }`, a
-//!    `match` with one arm per exit reason, each arm one call;
-//! 3. the VM's output flushed and a failure reported; `Drop` does `vm_destroy`.
+//! its order: [`Vm::create`] (`vm_init`, `setup_long_mode`, `setup_segments_64`,
+//! `load_guest_image`, the registers), then [`Vm::run`] (`while (stop == 0) { ioctl(KVM_RUN);
+//! switch (run->exit_reason) ... }`, one `match` arm per exit reason), the output flushed and a
+//! failure reported; `Drop` does `vm_destroy`.
 //!
-//! What the C does not have enters the loop at one named hook each, a field that is `None` or
-//! off unless asked for, so that a feature that is off costs nothing: `interrupts` (a stop or
-//! a pause from outside: `signals.rs`), `ring` (serial output batched by KVM:
-//! the toolbox's `ring`), and the toolbox's `tools` (`hooks.rs`): `--stats`, `--trace`, `--gdb`
-//! and the crash report.
+//! What the C does not have enters the loop at one named hook each, on a field that is `None`
+//! or off unless asked for, so that a feature that is off costs nothing: `interrupts` (a stop or
+//! a pause from outside: `signals.rs`), `ring` (serial output batched by KVM) and `tools`
+//! (`hooks.rs`: `--stats`, `--trace`, `--gdb`, the crash report).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -51,11 +47,9 @@ pub enum Failure {
     Exit(VcpuExit),
     /// `KVM_RUN` or another ioctl failed: the message.
     Kvm(String),
-    /// A port access that ended the VM.
     Io(IoError),
     /// Stopped from outside (`--timeout`, a stop signal).
     Stopped(StopReason, Option<Timeout>),
-    /// A debug exit with no debugger attached.
     UnexpectedDebug(u64),
     /// `k` in gdb.
     Killed,
@@ -69,12 +63,10 @@ pub struct Report {
     pub outcome: Outcome,
     pub exits: u64,
     pub wall: Duration,
-    /// `--stats`: the counters.
     pub stats: Option<Stats>,
 }
 
-/// What the VM needs besides its image: a name, its ports, how it hears signals, the options
-/// and the tools that are on.
+/// What the VM needs besides its image: its name, ports, signals, options and tools.
 #[derive(Debug)]
 pub struct Setup {
     /// `vm0 (image path)`, for messages.
@@ -88,13 +80,10 @@ pub struct Setup {
     pub tools: Tools,
 }
 
-/// The VM that runs: it owns everything its loop touches (C: `struct vm` and the locals of
-/// `run_vm`).
+/// The running VM, owner of all its loop touches (C: `struct vm` and the locals of `run_vm`).
 #[derive(Debug)]
 pub struct Vm {
-    /// The VM fd, guest RAM and the vCPU with its run area (`kvm/`).
     machine: kvm::Machine,
-    /// The ports the guest sees.
     ports: Ports,
     label: String,
     line_buffered: bool,
@@ -110,6 +99,7 @@ impl Vm {
     /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the register setup before the
     /// `KVM_RUN` loop. The page tables go to the top of RAM, the image to 0.
     pub fn create(kvm: &Kvm, layout: &Layout, image: &Image, setup: Setup) -> io::Result<Vm> {
+        let Setup { label, ports, interrupts, line_buffered, timeout, ring, tools } = setup;
         let mut machine = kvm::Machine::new(kvm, layout.mem_size as usize)?;
         let (vcpu, ram) = machine.parts();
         ram.write(layout.tables_base, &layout.page_tables())?;
@@ -120,19 +110,8 @@ impl Vm {
         let regs = kvm::KvmRegs { rip: 0, rsp: layout.tables_base, rflags: 0x2, ..Default::default() };
         vcpu.set(KVM_SET_REGS, &regs)?;
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
-        let mask = kvm::KvmSignalMask { len: 8, sigset: setup.interrupts.run_mask };
-        vcpu.set(KVM_SET_SIGNAL_MASK, &mask)?;
-        Ok(Vm {
-            machine,
-            ports: setup.ports,
-            label: setup.label,
-            line_buffered: setup.line_buffered,
-            timeout: setup.timeout,
-            exits: 0,
-            interrupts: setup.interrupts,
-            ring: setup.ring,
-            tools: setup.tools,
-        })
+        vcpu.set(KVM_SET_SIGNAL_MASK, &kvm::KvmSignalMask { len: 8, sigset: interrupts.run_mask })?;
+        Ok(Vm { machine, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
     }
 
     /// Runs the guest until it halts or fails, then writes out its output and reports a
@@ -189,8 +168,7 @@ impl Vm {
         }
     }
 
-    /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the ports, through a
-    /// small stack buffer (no allocation on the exit path).
+    /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the ports.
     fn on_io(&mut self, io: IoExit) -> Option<Outcome> {
         let (vcpu, ram) = self.machine.parts();
         let ram = BulkRam { ram, size: self.tools.layout.mem_size };
@@ -316,8 +294,7 @@ impl Vm {
     }
 
     /// However the VM ended, its output reaches stdout (a stopped VM's only while stdout takes
-    /// it), and a failure is reported. Then, if the guest changed its image's bytes in RAM,
-    /// the code check (it reads the ELF only then).
+    /// it), and a failure is reported; then the code check, if the guest changed its image.
     fn finish(&mut self, mut outcome: Outcome) -> Outcome {
         // A stopped VM whose stdout takes nothing gives its output up at the watchdog's next kick.
         let flushed = self.ports.flush(&|| self.interrupts.stop_requested().is_some());
@@ -369,25 +346,18 @@ impl fmt::Display for Failure {
             Failure::Io(IoError::Stopped) => f.write_str("stopped"),
             Failure::Stopped(StopReason::Timeout, Some(t)) => write!(f, "timed out after {} s", t.given),
             Failure::Stopped(StopReason::Timeout, None) => f.write_str("timed out"),
-            Failure::Stopped(StopReason::Signal(libc::SIGINT | libc::SIGTERM), _) => {
-                f.write_str("interrupted (SIGINT/SIGTERM)")
-            }
-            Failure::Stopped(StopReason::Signal(signal), _) => write!(f, "interrupted ({})", signal_name(*signal)),
+            Failure::Stopped(StopReason::Signal(signal), _) => match *signal {
+                libc::SIGINT | libc::SIGTERM => f.write_str("interrupted (SIGINT/SIGTERM)"),
+                libc::SIGHUP => f.write_str("interrupted (SIGHUP)"),
+                libc::SIGQUIT => f.write_str("interrupted (SIGQUIT)"),
+                libc::SIGUSR1 => f.write_str("interrupted (SIGUSR1)"),
+                libc::SIGUSR2 => f.write_str("interrupted (SIGUSR2)"),
+                n => write!(f, "interrupted (signal {n})"),
+            },
             Failure::UnexpectedDebug(pc) => write!(f, "unexpected debug exit at {pc:#x} (no debugger attached)"),
             Failure::Killed => f.write_str("killed by the debugger"),
             Failure::NotRun(why) => f.write_str(why),
         }
-    }
-}
-
-/// The name of a stop signal.
-fn signal_name(signal: libc::c_int) -> String {
-    match signal {
-        libc::SIGHUP => "SIGHUP".to_owned(),
-        libc::SIGQUIT => "SIGQUIT".to_owned(),
-        libc::SIGUSR1 => "SIGUSR1".to_owned(),
-        libc::SIGUSR2 => "SIGUSR2".to_owned(),
-        n => format!("signal {n}"),
     }
 }
 
