@@ -4,28 +4,13 @@
 //!
 //! C counterpart: none; Ctrl-C kills the C hypervisor with guest output still in its buffers.
 //!
-//! **No signal handler anywhere.** The signals this program uses ([`ours`]: the stop signals,
-//! SIGALRM for the timer, and [`KICK_SIGNAL`] for the debugger's thread to interrupt the VM)
-//! are blocked from the start ([`Listener::block`], in `main` before any thread starts). The
-//! vCPU unblocks them only while it is inside `KVM_RUN` (`KVM_SET_SIGNAL_MASK` with
-//! [`Listener::run_mask`]), so:
-//! - a signal that arrives while the guest runs makes `KVM_RUN` return `EINTR`;
-//! - one that arrives while the thread is anywhere else stays pending, and the next `KVM_RUN`
-//!   returns `EINTR` at once: no window in which a signal is lost;
-//! - nothing ever runs asynchronously: the thread takes the pending signals from a signalfd
-//!   ([`Listener::take`]) when it chooses to, and decides what they mean ([`Interrupts`]).
-//!
-//! A blocking read of stdin or write to stdout waits with `poll(2)` on its file and on the
-//! signalfd together ([`Interruptible`]), so a stop ends those waits too.
-//!
-//! This needs Linux 4.15 or later, the minimum of the whole hypervisor (docs/UNSAFE.md; the
-//! serial ring's `KVM_CAP_COALESCED_PIO` is 4.19, but optional): `signalfd` and
-//! `KVM_SET_SIGNAL_MASK` are older, but only since 4.15 does a blocked signal that
+//! **No signal handler anywhere** (docs/UNSAFE.md says why and how): the signals of [`OURS`]
+//! are blocked from the start ([`Listener::block`], before any thread starts) and unblocked only
+//! inside `KVM_RUN` (`KVM_SET_SIGNAL_MASK`), which one makes return `EINTR`, at once if it was
+//! pending before. The thread takes them from a signalfd ([`Listener::take`]) when it chooses,
+//! and [`Interrupts`] says what they mean; a wait for stdin or stdout polls that signalfd too
+//! ([`Interruptible`]). Linux 4.15 or later: only since then does a blocked signal that
 //! `KVM_SET_SIGNAL_MASK` unblocks reach `KVM_RUN` as `EINTR` on every path.
-//!
-//! Safety: the `unsafe` blocks below are system calls that take plain integers or pointers to
-//! live local values (`rt_sigprocmask`, `signalfd4`, `poll`, `setitimer`, `pthread_kill`,
-//! `pthread_self`) and the adoption of the descriptor `signalfd4` returns.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -74,15 +59,13 @@ impl SigSet {
 }
 
 /// The signals that stop every VM, as SIGTERM does: Ctrl-C, `kill`, a closed terminal (SIGHUP),
-/// Ctrl-\ and the user signals, whose default action would kill the process with guest output
-/// still in its buffers.
+/// Ctrl-\ and the user signals, whose default action would lose the guest's buffered output.
 pub const STOP_SIGNALS: SigSet =
     SigSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2]);
 
-/// The signal the debugger's thread sends the VM's thread to make it leave `KVM_RUN` (or a
-/// wait) and look at its [`Kick`]: SIGURG, whose default action is to be ignored, so that even
-/// a thread that did not block it could not be killed by it (it is sent for a socket's urgent
-/// data only to a process that asks, which this one never does).
+/// The signal that makes the VM's thread leave `KVM_RUN` (or a wait) and look at its [`Kick`]:
+/// SIGURG, ignored by default, so that it kills no thread that did not block it (the kernel
+/// sends it for a socket's urgent data only to a process that asks, which this one never does).
 pub const KICK_SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Every signal this program uses: the stop signals, SIGALRM (the timer), the kick.
@@ -109,13 +92,6 @@ pub struct Listener {
     run_mask: SigSet,
 }
 
-/// What [`Listener::wait`] waits for on a file, besides the signals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ready {
-    Read,
-    Write,
-}
-
 /// Why [`Listener::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woke {
@@ -127,9 +103,8 @@ pub enum Woke {
 }
 
 impl Listener {
-    /// Blocks `set` in the calling thread (and in every thread it starts afterwards), so that
-    /// none of them can kill the process or run a handler, and makes a non-blocking signalfd
-    /// that takes them.
+    /// Blocks `set` in the calling thread and every thread it starts afterwards (none of them can
+    /// then kill the process or run a handler), and makes a non-blocking signalfd that takes them.
     pub fn block(set: SigSet) -> io::Result<Listener> {
         let before = sigprocmask(libc::SIG_BLOCK, Some(set))?;
         let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
@@ -156,11 +131,11 @@ impl Listener {
         taken
     }
 
-    /// Waits until `file` is ready for `ready`, one of the listened signals is pending for
-    /// this thread, or `timeout` passes (`None`: no limit). The signals are not taken.
-    pub fn wait(&self, file: Option<(BorrowedFd<'_>, Ready)>, timeout: Option<Duration>) -> io::Result<Woke> {
-        let (fd, events) =
-            file.map_or((-1, 0), |(f, r)| (f.as_raw_fd(), if r == Ready::Read { libc::POLLIN } else { libc::POLLOUT }));
+    /// Waits until `file` has one of its `poll(2)` events (`POLLIN`, `POLLOUT`), one of the
+    /// listened signals is pending for this thread, or `timeout` passes (`None`: no limit). The
+    /// signals are not taken.
+    pub fn wait(&self, file: Option<(BorrowedFd<'_>, i16)>, timeout: Option<Duration>) -> io::Result<Woke> {
+        let (fd, events) = file.map_or((-1, 0), |(f, events)| (f.as_raw_fd(), events));
         let mut fds = [
             libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd, events, revents: 0 },
@@ -203,7 +178,7 @@ impl Interruptible {
 impl Read for Interruptible {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(l) = &self.listener
-            && l.wait(Some((self.file.as_fd(), Ready::Read)), None)? != Woke::File
+            && l.wait(Some((self.file.as_fd(), libc::POLLIN)), None)? != Woke::File
         {
             return Err(io::ErrorKind::Interrupted.into());
         }
@@ -215,7 +190,7 @@ impl Write for Interruptible {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut most = buf.len();
         if let Some(l) = &self.listener {
-            if l.wait(Some((self.file.as_fd(), Ready::Write)), None)? != Woke::File {
+            if l.wait(Some((self.file.as_fd(), libc::POLLOUT)), None)? != Woke::File {
                 return Err(io::ErrorKind::Interrupted.into());
             }
             most = most.min(WRITE_CHUNK);
@@ -256,9 +231,7 @@ pub struct Kick {
 struct KickShared {
     /// A pause was asked and not yet taken.
     pause: AtomicU8,
-    /// The thread inside [`Kick::deliver_here`], if any. A kick signals it under this lock, and
-    /// the thread clears it under this lock before it leaves, so a kick never signals a thread
-    /// that has ended.
+    /// The thread inside [`Kick::deliver_here`], if any (set, cleared and signalled under this lock).
     thread: Mutex<Option<libc::pthread_t>>,
 }
 
@@ -289,9 +262,8 @@ impl Kick {
     }
 
     /// Runs `body` on this thread with kicks delivered here (the VM runs its whole life inside
-    /// this). Kicks sent while no thread is inside are recorded and found later. The kick
-    /// signal must be blocked on this thread (asserted in debug builds), or it would be lost
-    /// (SIGURG's default action is to be ignored): neither `KVM_RUN` nor a wait would end.
+    /// this); kicks sent while no thread is inside are recorded and found later. The kick signal
+    /// must be blocked on this thread (asserted in debug builds), or it would be lost (ignored).
     pub fn deliver_here<R>(&self, body: impl FnOnce() -> R) -> R {
         /// Clears the slot when `body` returns or unwinds.
         struct Unregister<'a>(&'a KickShared);
@@ -347,7 +319,6 @@ pub enum Wake {
 /// enforces it, and the debugger's kick (with `--gdb`).
 #[derive(Debug)]
 pub struct Interrupts {
-    /// The debugger's kick, with `--gdb`.
     pub kick: Option<Kick>,
     /// The signal mask for `KVM_RUN` (`KVM_SET_SIGNAL_MASK`, as the kernel's two 32-bit
     /// words): the listener's signals unblocked.
@@ -363,18 +334,15 @@ pub struct Interrupts {
 }
 
 impl Interrupts {
-    /// The VM's signals, `timeout` not counting yet ([`Interrupts::start_clock`]). `kick`: the
-    /// debugger's, with `--gdb`.
+    /// The VM's signals, `timeout` not counting yet ([`Interrupts::start_clock`]).
     pub fn new(listener: Arc<Listener>, timeout: Option<Duration>, kick: Option<Kick>) -> Interrupts {
         let run_mask = [listener.run_mask.0 as u32, (listener.run_mask.0 >> 32) as u32];
         let (deadline, taken, stop) = (Cell::new(None), Cell::new(SigSet::EMPTY), Cell::new(None));
         Interrupts { run_mask, listener, kick, timeout, deadline, taken, stop }
     }
 
-    /// The VM starts at `start` (before its first instruction, or its wait for gdb): `--timeout`
-    /// counts from there, as in every version (docs/REFERENCE.md §2). The deadline is fixed
-    /// first, then the timer armed, so that however soon the SIGALRM comes, it finds the
-    /// deadline due.
+    /// `--timeout` counts from `start`: the deadline is fixed first, then the timer armed, so
+    /// that however soon the SIGALRM comes, it finds the deadline due.
     pub fn start_clock(&self, start: Instant) -> io::Result<()> {
         self.start_clock_with(start, |after| set_alarm(after, Duration::ZERO))
     }
