@@ -50,7 +50,6 @@ pub struct Config {
     pub timeout: Option<Timeout>,
     pub stats: bool,
     pub trace: bool,
-    /// `--gdb <port>`: vm0 waits for a debugger on 127.0.0.1:port before its first instruction.
     pub gdb: Option<u16>,
     /// Batch port 0xE9 output in a kernel ring when KVM can (`--no-coalesce`: false).
     pub coalesce: bool,

@@ -1,10 +1,7 @@
-//! mini_hypervisor, version A: the FFI room. Every `unsafe` of version A is in this library:
-//! `kvm/` (the KVM ioctls, guest RAM and the vCPU's run area) and `signals.rs` (signal masks,
-//! the signalfd, `poll`, the timer). The program itself (`main.rs` and its modules) forbids
-//! `unsafe` and reaches the kernel only through the safe types declared here.
-//!
-//! What those types rule out does not compile. RAM never leaves its machine, so nothing can
-//! free or replace it while KVM maps it:
+//! mini_hypervisor, version A: the FFI room, where every `unsafe` of the version is (`kvm/`,
+//! `signals.rs`; docs/UNSAFE.md). The program (`main.rs` and its modules) forbids `unsafe` and
+//! reaches the kernel only through the safe types declared here, which make what they rule out not
+//! compile. RAM never leaves its machine, so nothing can free or replace it while KVM maps it:
 //! ```compile_fail,E0616
 //! fn steal(machine: version_a::kvm::Machine) -> version_a::kvm::GuestRam {
 //!     machine.ram
@@ -16,15 +13,13 @@
 //!     vcpu.set(version_a::kvm::KVM_SET_REGS, s).unwrap();
 //! }
 //! ```
-//! A memory region carries a host address the kernel keeps using: it is not `Pod`, so no safe
-//! call takes it:
+//! A memory region carries a host address the kernel keeps using: not `Pod`, no safe call takes it:
 //! ```compile_fail,E0277
 //! fn leak(vcpu: &version_a::kvm::Vcpu, r: &version_a::kvm::KvmUserspaceMemoryRegion) {
 //!     vcpu.set(version_a::kvm::KVM_SET_USER_MEMORY_REGION, r).unwrap();
 //! }
 //! ```
-//! A machine, its vCPU and its RAM stay on the thread that made them (they are neither `Send`
-//! nor `Sync`):
+//! A machine, its vCPU and its RAM stay on the thread that made them (neither `Send` nor `Sync`):
 //! ```compile_fail,E0277
 //! fn send(machine: version_a::kvm::Machine) {
 //!     std::thread::spawn(move || drop(machine));

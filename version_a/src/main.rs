@@ -4,13 +4,10 @@
 //! options → check the image → open /dev/kvm → create the VM (`vm.rs`: `vm_init`,
 //! `setup_long_mode`, `load_guest_image`) → the `KVM_RUN` loop → exit status. The VM runs on
 //! this thread; the only threads ever started are the debugger's (`--gdb`).
-//!
-//! This program forbids `unsafe`: it reaches the kernel only through the safe types of the
-//! crate's library, its FFI room (`lib.rs`: `kvm/` and `signals.rs`).
 #![forbid(unsafe_code)]
 
-/// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
-/// a full disk) is dropped, and the exit status still tells. Every module uses it.
+/// `eprintln!` that never panics: a diagnostic that cannot be written is dropped (the exit
+/// status still tells). Every module uses it.
 macro_rules! diag {
     ($($arg:tt)*) => {{
         use std::io::Write as _;

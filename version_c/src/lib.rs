@@ -1,11 +1,8 @@
-//! mini_hypervisor, version C: the FFI room. Every `unsafe` of version C is in this library:
-//! `kvm/` (the KVM ioctls, guest RAM and the vCPU's run area), `signals.rs` (signal masks,
-//! the signalfd, `poll`) and `hostfs.rs` (`openat`, `unlinkat` in a VM's private directory).
-//! The program itself (`main.rs` and its modules) forbids `unsafe` and reaches the kernel only
-//! through the safe types declared here.
-//!
-//! What those types rule out does not compile. RAM never leaves its machine, so nothing can
-//! free or replace it while KVM maps it:
+//! mini_hypervisor, version C: the FFI room, where every `unsafe` of the version is (`kvm/`,
+//! `signals.rs`, `hostfs.rs`; docs/UNSAFE.md). The program (`main.rs` and its modules) forbids
+//! `unsafe` and reaches the kernel only through the safe types declared here, which make what they
+//! rule out not compile. RAM never leaves its machine, so nothing can free or replace it while KVM
+//! maps it:
 //! ```compile_fail,E0616
 //! fn steal(machine: version_c::kvm::Machine) -> version_c::kvm::GuestRam {
 //!     machine.ram
@@ -17,15 +14,13 @@
 //!     vcpu.set(version_c::kvm::KVM_SET_REGS, s).unwrap();
 //! }
 //! ```
-//! A memory region carries a host address the kernel keeps using: it is not `Pod`, so no safe
-//! call takes it:
+//! A memory region carries a host address the kernel keeps using: not `Pod`, no safe call takes it:
 //! ```compile_fail,E0277
 //! fn leak(vcpu: &version_c::kvm::Vcpu, r: &version_c::kvm::KvmUserspaceMemoryRegion) {
 //!     vcpu.set(version_c::kvm::KVM_SET_USER_MEMORY_REGION, r).unwrap();
 //! }
 //! ```
-//! A machine, its vCPU and its RAM stay on the thread that made them (they are neither `Send`
-//! nor `Sync`):
+//! A machine, its vCPU and its RAM stay on the thread that made them (neither `Send` nor `Sync`):
 //! ```compile_fail,E0277
 //! fn send(machine: version_c::kvm::Machine) {
 //!     std::thread::spawn(move || drop(machine));

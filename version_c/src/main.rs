@@ -5,13 +5,10 @@
 //! `pthread_create` running `run_vm`, which creates and runs its VM: `vm.rs`) → join them →
 //! exit status. While the VMs run, this thread is their watchdog (`watchdog.rs`): the stop
 //! signals and `--timeout`.
-//!
-//! This program forbids `unsafe`: it reaches the kernel only through the safe types of the
-//! crate's library, its FFI room (`lib.rs`: `kvm/`, `signals.rs` and `hostfs.rs`).
 #![forbid(unsafe_code)]
 
-/// `eprintln!` that never panics: a diagnostic that cannot be written (stderr closed, or on
-/// a full disk) is dropped, and the exit status still tells. Every module uses it.
+/// `eprintln!` that never panics: a diagnostic that cannot be written is dropped (the exit
+/// status still tells). Every module uses it.
 macro_rules! diag {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
