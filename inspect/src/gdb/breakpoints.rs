@@ -125,19 +125,17 @@ impl Breakpoints {
     }
 
     /// The watchpoints in debug registers (none where the host fires no data breakpoints):
-    /// read and access ones first, then writes, four at most.
+    /// read and access ones first, then the writes a register can hold, four at most.
     fn native(&self) -> impl Iterator<Item = Watch> + '_ {
         let reads = self.watches.iter().filter(|w| w.kind != WatchKind::Write);
-        let writes = self.watches.iter().filter(|w| w.kind == WatchKind::Write);
+        let writes = self.watches.iter().filter(|w| w.kind == WatchKind::Write && fits_register(w));
         reads.chain(writes).copied().filter(|_| self.native_watch).take(DEBUG_REGS)
     }
 
-    /// The write watchpoints the stub emulates by single-stepping.
+    /// The write watchpoints the stub emulates by single-stepping: those not in a register.
     pub fn emulated(&self) -> impl Iterator<Item = Watch> + '_ {
-        let native = self.native().count();
         let writes = self.watches.iter().filter(|w| w.kind == WatchKind::Write).copied();
-        let in_registers = native.saturating_sub(self.watches.len() - writes.clone().count());
-        writes.skip(in_registers)
+        writes.filter(|w| !self.native().any(|n| n == *w))
     }
 
     /// More instruction breakpoints than the debug registers the watchpoints leave free.
@@ -168,6 +166,11 @@ impl Breakpoints {
         }
         slots
     }
+}
+
+/// Whether a debug register can watch exactly `w`'s bytes: 1, 2, 4 or 8 of them, aligned.
+pub fn fits_register(w: &Watch) -> bool {
+    matches!(w.len, 1 | 2 | 4 | 8) && w.addr % w.len == 0
 }
 
 /// DR7 for `slots`: for register i, the local enable `L<i>` (bit 2i), `R/W<i>` (bits 16+4i) and
@@ -309,5 +312,21 @@ mod tests {
             n.insert_watch(w(WatchKind::Write, 0x1000 + i, 1));
         }
         assert!(!n.insert_watch(w(WatchKind::Write, 0x9000, 1)), "a limit for hostile clients");
+    }
+
+    /// A debug register watches 1, 2, 4 or 8 aligned bytes: any other write watchpoint is
+    /// compared by stepping, even where the host fires data breakpoints.
+    #[test]
+    fn a_write_watchpoint_no_register_can_hold_is_emulated() {
+        let mut n = Breakpoints::new(true);
+        let odd = [w(WatchKind::Write, 0x1000, 3), w(WatchKind::Write, 0x2000, 16), w(WatchKind::Write, 0x3002, 4)];
+        for x in odd {
+            assert!(n.insert_watch(x));
+        }
+        assert!(n.insert_watch(w(WatchKind::Write, 0x4008, 8)));
+        assert_eq!(n.emulated().collect::<Vec<_>>(), odd);
+        assert_eq!(n.slots(false, None)[0], Some(Slot::Watch(w(WatchKind::Write, 0x4008, 8))));
+        assert_eq!(n.slots(false, None)[1..], [None; 3]);
+        assert!(fits_register(&w(WatchKind::Write, 0x4008, 8)) && !fits_register(&w(WatchKind::Write, 0x4004, 8)));
     }
 }

@@ -3,7 +3,7 @@
 //! whatever the packet: a malformed one gets `E01` or the empty reply.
 
 use super::Stop;
-use super::breakpoints::{Breakpoints, DEBUG_REGS, MAX_EMULATED_WATCH, Slot, Watch, WatchKind};
+use super::breakpoints::{Breakpoints, DEBUG_REGS, MAX_EMULATED_WATCH, Slot, Watch, WatchKind, fits_register};
 use super::monitor;
 use super::paging::{read_virt, write_virt};
 use super::protocol::{PACKET_SIZE, from_hex, parse_addr_len, parse_hex, split, to_hex};
@@ -210,7 +210,7 @@ impl Session {
         // A debug register watches 1, 2, 4 or 8 aligned bytes; an emulated watchpoint
         // compares any range up to MAX_EMULATED_WATCH bytes.
         let fits = if self.data_watch && kind != WatchKind::Write {
-            matches!(len, 1 | 2 | 4 | 8) && addr % len == 0
+            len > 0 && fits_register(&Watch { kind, addr, len })
         } else {
             (1..=MAX_EMULATED_WATCH).contains(&len) && addr.checked_add(len).is_some()
         };
