@@ -68,6 +68,12 @@ fn rs_panic_prints_where_and_why_then_fails_in_hv_fail() {
     let line = r.stderr.lines().find(|l| l.contains("failed at RIP")).unwrap_or_else(|| panic!("{}", r.stderr));
     assert!(line.contains("in hv_fail+") && line.contains("triple fault"), "{line}");
     assert!(r.stderr.contains("ud2") && r.stderr.contains("IDTR limit 0"), "{}", r.stderr);
+    // The backtrace follows the frame pointers from hv_fail out to the student's line.
+    let chain = r.stderr.split("  backtrace:\n").nth(1).unwrap_or_else(|| panic!("{}", r.stderr));
+    let chain: Vec<_> = chain.lines().take_while(|l| l.starts_with("    ")).collect();
+    let at_index = chain.iter().position(|l| l.contains(" in rs_panic::main+") && l.ends_with(" (rs_panic.rs:34)"));
+    assert!(at_index.is_some_and(|n| n >= 2), "{chain:?}");
+    assert!(chain.last().is_some_and(|l| l.ends_with(" in _start+0xd")), "{chain:?}");
     // A message without arguments (assert! with a plain string) is printed as it is.
     let r = run_with_input(&["-q", "-m", "2", "-p", "2", "-g", &guest("rs_panic.img")], b"a");
     assert_eq!((r.status, r.stdout()), (1, "panicked at rs_panic.rs:38: a week has seven days\n".to_owned()));
@@ -86,6 +92,16 @@ fn rs_pagefault_is_reported_at_its_function_and_line() {
     assert!(!r.stderr.contains("_RNv"), "no mangled name: {}", r.stderr);
     assert!(line.contains("triple fault"), "{line}");
     assert!(r.stderr.contains("page fault at 0x40000000 (CR2): beyond the 2 MiB of RAM"), "{}", r.stderr);
+    let chain = r.stderr.split("  backtrace:\n").nth(1).unwrap_or_else(|| panic!("{}", r.stderr));
+    let frames: Vec<_> = chain
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.split_once(" in ").map_or(l, |(_, f)| f))
+        .collect();
+    assert_eq!(frames.len(), 3, "{chain}");
+    assert!(frames[0].starts_with("rs_pagefault::store+0x4 (rs_pagefault.rs:30)"), "{chain}");
+    assert!(frames[1].starts_with("guest_main+") && frames[1].ends_with(" (rs_pagefault.rs:19)"), "{chain}");
+    assert_eq!(frames[2], "_start+0xd", "{chain}");
 }
 
 /// gdb 13 on rs_hello.elf: a breakpoint on a Rust function, an argument, the backtrace through

@@ -105,6 +105,8 @@ core::arch::global_asm!(
     ".globl hv_fail",
     ".type hv_fail, @function",
     "hv_fail:",
+    "    push %rbp", // a frame as rustc makes them: the crash report's backtrace follows it
+    "    mov %rsp, %rbp",
     "    push $0", // 16 zero bytes on the stack: lidt's operand, limit 0 and base 0
     "    push $0",
     "    lidt (%rsp)", // the empty interrupt table (works even after a guest's own lidt)

@@ -2,7 +2,10 @@
 //! its ELF (`.debug_frame`): at each frame, the rules for its address say where the caller's
 //! frame (the CFA) is and where the return address and the registers were saved. This works
 //! at `-O0` and at `-O2` alike, also where a function keeps no frame pointer, and in its
-//! prologue; a frame-pointer chain would follow `-O0` code only.
+//! prologue; a frame-pointer chain would follow `-O0` code only. Where the ELF has no such
+//! information for a function (a Rust guest: rustc writes none with `-C panic=abort`), the
+//! frame pointer is followed instead, if the function's code, as its ELF holds it, begins by
+//! setting one up (`push %rbp; mov %rsp,%rbp`, which the Rust guests are built to do).
 //!
 //! Nothing the guest left is trusted: the walk stops after [`MAX_FRAMES`] frames; every read
 //! is of an aligned 8-byte word through the guest's own page tables, inside RAM; each frame's
@@ -74,7 +77,7 @@ pub(crate) fn unwind(s: &Stack, symbols: &Symbols, max: usize) -> Backtrace {
     let stop = |frames: Vec<u64>, why: String| Backtrace { frames, stop: Some(why) };
     while frames.len() < max {
         let pc = *frames.last().unwrap_or(&0);
-        let row = match symbols.frame_row(lookup) {
+        let row = match symbols.frame_row(lookup).or_else(|| frame_pointer_row(symbols, lookup, frames.len() == 1)) {
             Some(row) => row,
             // RIP outside the code (a call through a bad pointer): the state right after the
             // call, whose return address is on top of the stack.
@@ -145,6 +148,25 @@ pub(crate) fn unwind(s: &Stack, symbols: &Symbols, max: usize) -> Backtrace {
     stop(frames, format!("more frames not shown (at most {max})"))
 }
 
+/// The rules at `pc` from the frame-pointer convention, for a function without call-frame
+/// information whose code begins with `push %rbp; mov %rsp,%rbp`: before the `push` (and, at
+/// RIP, on a `ret`, after the `pop %rbp`) the return address is on top of the stack; after the
+/// `push`, above the saved RBP; once RBP is set, RBP locates both. `None` for any other code.
+pub(crate) fn frame_pointer_row(symbols: &Symbols, pc: u64, innermost: bool) -> Option<Row> {
+    const PROLOGUE: [u8; 4] = [0x55, 0x48, 0x89, 0xe5];
+    const RET: u8 = 0xc3;
+    let (_, offset) = symbols.function(pc)?;
+    if symbols.code_at(pc - offset, PROLOGUE.len())? != PROLOGUE {
+        return None;
+    }
+    Some(match offset {
+        0 => Row::AFTER_CALL,
+        _ if innermost && symbols.code_at(pc, 1) == Some(&[RET]) => Row::AFTER_CALL,
+        1..4 => Row::frame_pointer(false),
+        _ => Row::frame_pointer(true),
+    })
+}
+
 /// The backtrace lines of the crash report: `  backtrace:`, then one line per frame, `    #0
 /// 0x1e in guest_main+0xe (crash.c:9)`, callers named by the line of their call (a run of
 /// three or more frames with the same return address, a recursion, in two lines), then why
@@ -175,18 +197,27 @@ pub(crate) fn lines(s: &Stack, symbols: &Symbols) -> String {
 /// For `--trace`: when RIP is in the guest library, the first caller outside it,
 /// `guest_main+0x2a (myfiles.c:17)`, so that the student's own line shows; `None` when RIP is
 /// already in the student's code, or no such caller is found (a tail call leaves none: the
-/// caller jumped to the library instead of calling it). The library is recognised by source
-/// file: a function whose first instruction's line is in `hv.c` or `hv.h`, and `_start`
-/// (assembly in `hv.c`, without lines).
+/// caller jumped to the library instead of calling it). The C library is recognised by source
+/// file: a function whose first instruction's line is in `hv.c` or `hv.h`; the Rust one, and
+/// what it brings of the Rust toolchain, by name (`hv::…`, `core::…`, `<hv::File as …>::…`);
+/// and the assembly both have, `_start` and `hv_fail`, without lines.
 pub(crate) fn first_outside_library(s: &Stack, symbols: &Symbols) -> Option<String> {
-    let in_library = |addr: u64| match symbols.function_file(addr) {
-        Some(file) => matches!(file, "hv.c" | "hv.h"),
-        None => symbols.function(addr).is_some_and(|(name, _)| name == "_start"),
-    };
+    let in_library =
+        |addr: u64| symbols.function(addr).is_some_and(|(name, _)| in_guest_library(name, symbols.function_file(addr)));
     if !in_library(s.regs.rip) {
         return None;
     }
     let trace = unwind(s, symbols, MAX_FRAMES);
     let caller = trace.frames.iter().skip(1).find(|&&ret| !in_library(ret.wrapping_sub(1)))?;
     symbols.describe_return(*caller)
+}
+
+/// Whether the function `name`, whose first line is in `file`, is the guest library's (see
+/// [`first_outside_library`]).
+pub(crate) fn in_guest_library(name: &str, file: Option<&str>) -> bool {
+    const RUST_LIBRARY: [&str; 4] = ["hv::", "core::", "compiler_builtins::", "__rustc::"];
+    let path = name.strip_prefix('<').unwrap_or(name);
+    matches!(file, Some("hv.c" | "hv.h"))
+        || RUST_LIBRARY.iter().any(|crate_| path.starts_with(crate_))
+        || matches!(name, "_start" | "hv_fail")
 }

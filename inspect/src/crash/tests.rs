@@ -589,6 +589,37 @@ fn the_backtrace_follows_the_call_frame_information_and_stops_at_a_bad_return_ad
     );
 }
 
+/// A function without call-frame information (a Rust guest's) is followed by its frame pointer
+/// when its code begins by setting one up, with the rules of where in it RIP is.
+#[test]
+fn without_call_frame_information_a_frame_pointer_prologue_is_followed() {
+    use crate::symbols::frame::Row;
+    let (_, elf, image) = guest("rs_pagefault");
+    let symbols = Symbols::parse(&elf, &image).unwrap();
+    let store = image.windows(4).position(|w| w == [0x55, 0x48, 0x89, 0xe5]).unwrap() as u64;
+    assert!(symbols.function(store).is_some_and(|(name, at)| name == "rs_pagefault::store" && at == 0));
+    assert_eq!(symbols.frame_row(store), None, "rustc writes no call-frame information here");
+    let ret = store + image[store as usize..].iter().position(|&b| b == 0xc3).unwrap() as u64;
+    let row = |pc, innermost| backtrace::frame_pointer_row(&symbols, pc, innermost);
+    assert_eq!(row(store, true), Some(Row::AFTER_CALL), "before the push");
+    assert_eq!(row(store + 1, true), Some(Row::frame_pointer(false)), "after the push");
+    assert_eq!(row(store + 4, true), Some(Row::frame_pointer(true)), "RBP set");
+    assert_eq!(row(ret, true), Some(Row::AFTER_CALL), "on its ret, RBP is the caller's again");
+    assert_eq!(row(ret, false), Some(Row::frame_pointer(true)), "a caller is never on its ret");
+    assert_eq!(row(0, true), None, "_start sets up no frame");
+}
+
+#[test]
+fn the_guest_library_is_told_by_file_in_c_and_by_crate_in_rust() {
+    use backtrace::in_guest_library as lib;
+    assert!(lib("outb", Some("hv.h")) && lib("f_open", Some("hv.c")) && lib("_start", None));
+    assert!(!lib("guest_main", Some("myfiles.c")) && !lib("greet", Some("mine.c")));
+    assert!(lib("hv::port::outb", Some("port.rs")) && lib("<hv::file::File as core::ops::drop::Drop>::drop", None));
+    assert!(lib("core::panicking::panic_fmt", None) && lib("__rustc::rust_begin_unwind", None));
+    assert!(lib("hv_fail", None) && !lib("rs_filecopy::copy", Some("rs_filecopy.rs")));
+    assert!(!lib("hvac::run", None), "a crate whose name begins as hv's is not hv");
+}
+
 #[test]
 fn a_ud2_the_compiler_put_after_a_null_access_is_said_so() {
     let (_, elf, image) = guest("nulltrap");

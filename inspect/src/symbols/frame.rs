@@ -20,7 +20,9 @@ use super::read::Reader;
 /// The registers a row has rules for, by DWARF number: rax, rdx, rcx, rbx, rsi, rdi, rbp,
 /// rsp, r8..r15, and 16, the return address (RIP).
 pub const REGS: usize = 17;
-/// DWARF's number of RSP.
+/// DWARF's numbers of RBP and RSP.
+pub const RBP: usize = 6;
+/// See [`RBP`].
 pub const RSP: usize = 7;
 /// The return-address column of the x86-64 ABI.
 pub const RA: usize = 16;
@@ -61,6 +63,18 @@ impl Row {
         rules[RA] = Rule::Offset(-8);
         Row { cfa: Some((RSP as u8, 8)), rules, ra: RA }
     };
+
+    /// The row of a function that keeps a frame pointer (`push %rbp; mov %rsp,%rbp` first, as
+    /// rustc's `-C force-frame-pointers=yes` makes every function), where no call-frame
+    /// information covers it: the caller's RBP at CFA - 16, the return address at CFA - 8;
+    /// CFA = RSP + 16 right after the `push`, RBP + 16 once RBP is set.
+    pub fn frame_pointer(rbp_set: bool) -> Row {
+        let mut rules = [Rule::Same; REGS];
+        rules[RA] = Rule::Offset(-8);
+        rules[RBP] = Rule::Offset(-16);
+        let cfa = if rbp_set { (RBP as u8, 16) } else { (RSP as u8, 16) };
+        Row { cfa: Some(cfa), rules, ra: RA }
+    }
 }
 
 #[derive(Debug)]

@@ -211,6 +211,13 @@ impl Symbols {
         self.line(addr - offset).map(|(file, _)| file)
     }
 
+    /// The `n` bytes of the ELF's code at `addr`, as the compiler wrote them.
+    pub(crate) fn code_at(&self, addr: u64, n: usize) -> Option<&[u8]> {
+        let (start, bytes) =
+            self.code.iter().find(|(start, bytes)| addr >= *start && addr - start < bytes.len() as u64)?;
+        bytes.get(usize::try_from(addr - start).ok()?..)?.get(..n)
+    }
+
     /// Whether `addr` lies in the ELF's code.
     pub fn in_code(&self, addr: u64) -> bool {
         self.code.iter().any(|(start, bytes)| addr >= *start && addr - start < bytes.len() as u64)
@@ -330,8 +337,8 @@ impl fmt::Debug for SymbolFile {
 }
 
 /// How the symbol `name` is shown: demangled if it is a Rust name (v0 or legacy), else as it
-/// is; a control character, or one of the invisible characters that change how a terminal
-/// lays out the text around them (zero-width, bidirectional overrides), as `?`; at most
+/// is; escaped as every name from the ELF is ([`crate::text::escape`]: printable ASCII as it
+/// is, `\` doubled, any other byte `\xNN`); at most
 /// [`MAX_NAME`] bytes, a longer name cut at a character boundary and ending in `...`.
 fn shown_name(name: &str) -> Box<str> {
     let demangled = demangle::demangle(name);
