@@ -761,7 +761,8 @@ fn built_entry(built: &[u8], page: u64, index: u64) -> u64 {
 }
 
 /// Random and hostile stacks and registers under real guests' call-frame information (`-O2`
-/// guests, and debugme, always `-O0`, whose frames go through RBP): the walk never panics,
+/// guests, and debugme, always `-O0`, whose frames go through RBP), and under Rust guests'
+/// frame pointers (rs_panic, rs_pagefault: no call-frame information): the walk never panics,
 /// never shows more than [`backtrace::MAX_FRAMES`] frames, and every caller it shows is in the
 /// guest's code. The seed is printed; `MH_BACKTRACE_SEED=N` repeats a run.
 #[test]
@@ -771,13 +772,14 @@ fn random_and_hostile_stacks_give_a_bounded_backtrace_and_no_panic() {
         Ok(s) => s.parse().expect("MH_BACKTRACE_SEED: a decimal number"),
         Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     };
-    let guests: Vec<(Symbols, Vec<u8>)> = ["crash", "debugme", "recurse", "tables", "nulltrap"]
-        .iter()
-        .map(|name| {
-            let (_, elf, image) = guest(name);
-            (Symbols::parse(&elf, &image).unwrap(), image)
-        })
-        .collect();
+    let guests: Vec<(Symbols, Vec<u8>)> =
+        ["crash", "debugme", "recurse", "tables", "nulltrap", "rs_panic", "rs_pagefault"]
+            .iter()
+            .map(|name| {
+                let (_, elf, image) = guest(name);
+                (Symbols::parse(&elf, &image).unwrap(), image)
+            })
+            .collect();
     let mut rng = Rng::new(seed);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for _ in 0..3000 {
