@@ -22,7 +22,6 @@ mod long_mode;
 mod serial;
 mod vm;
 
-use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::os::fd::AsFd;
@@ -70,19 +69,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything after parsing, in the C's order. `Err`: a startup failure, no VM ran.
-fn run(config: &Config) -> Result<Outcome, StartError> {
+/// Everything after parsing, in the C's order. `Err`: why no VM ran, in one line that says what
+/// to do where it can.
+fn run(config: &Config) -> Result<Outcome, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before the VM starts (docs/REFERENCE.md §1). C: load_guest_image.
-    let image = image::load(&config.images[0], &layout).map_err(StartError::Image)?;
-    let kvm = Kvm::open().map_err(StartError::DevKvm)?;
+    let image = image::load(&config.images[0], &layout).map_err(|e| e.to_string())?;
+    let kvm = Kvm::open().map_err(|e| kvm_open_error(&e))?;
     let setup = setup(config, &kvm, &layout, &image)?;
     let label = setup.label.clone();
     if !config.quiet {
         let (bytes, page) = (image.bytes.len(), if layout.page == PageSize::Large2M { "2 MiB" } else { "4 KiB" });
         diag!("mini_hypervisor: {label}: {} MiB RAM, {page} pages, {bytes} byte image", config.mem_size >> 20);
     }
-    let vm = Vm::create(&kvm, &layout, &image, setup).map_err(|e| StartError::Create(label.clone(), e))?;
+    let vm = Vm::create(&kvm, &layout, &image, setup).map_err(|e| format!("{label}: cannot create the VM: {e}"))?;
     let report = vm.run();
     if !config.quiet {
         let (how, ms) =
@@ -96,16 +96,16 @@ fn run(config: &Config) -> Result<Outcome, StartError> {
 }
 
 /// The VM's signals, ports and tools (`--gdb`, `--trace`, `--stats`, the crash report).
-fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<Setup, StartError> {
+fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<Setup, String> {
     // Before any thread starts: the stop signals now stop the VM instead of killing us.
-    let listener = Arc::new(Listener::block(signals::OURS).map_err(|e| StartError::Host("cannot block signals", e))?);
+    let listener = Arc::new(Listener::block(signals::OURS).map_err(|e| format!("cannot block signals: {e}"))?);
     // --gdb: the port is taken before the VM is created; the VM waits there for the debugger.
-    let gdb = config.gdb.map(hooks::listen).transpose().map_err(StartError::Gdb)?;
+    let gdb = config.gdb.map(hooks::listen).transpose()?;
     let kick = gdb.is_some().then(Kick::default);
     let timeout = config.timeout.as_ref().map(|t| t.after);
     let interrupts = Interrupts::new(Arc::clone(&listener), timeout, kick.clone());
-    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdout", e))?);
-    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdin", e))?);
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("stdout: {e}"))?);
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("stdin: {e}"))?);
     let (line_buffered, label) = (stdout.is_terminal(), format!("vm0 ({})", image.path.display()));
     let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
     let stats = config.stats.then(Stats::new);
@@ -127,30 +127,6 @@ fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<S
         ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
         tools,
     })
-}
-
-/// Why no VM ran: one line, saying what to do where it can.
-#[derive(Debug)]
-enum StartError {
-    Image(image::ImageError),
-    DevKvm(io::Error),
-    Gdb(String),
-    /// A system call of the setup failed: which, and why.
-    Host(&'static str, io::Error),
-    /// The VM could not be created: its label, and why.
-    Create(String, io::Error),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::Image(e) => write!(f, "{e}"),
-            StartError::Gdb(message) => f.write_str(message),
-            StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
-            StartError::Host(what, e) => write!(f, "{what}: {e}"),
-            StartError::Create(label, e) => write!(f, "{label}: cannot create the VM: {e}"),
-        }
-    }
 }
 
 /// `--help`, `--version`: the text on stdout; exit status 1 if it cannot be written.

@@ -29,7 +29,6 @@ mod vm;
 mod watchdog;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
 use std::net::TcpListener;
@@ -88,19 +87,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything after parsing. `Err`: a startup failure, no VM ran.
-fn run(config: &Config) -> Result<Vec<Report>, StartError> {
+/// Everything after parsing. `Err`: why no VM ran, in one line that says what to do where it can.
+fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (docs/REFERENCE.md §1). C: load_guest_image.
     let images = config.images.iter().map(|path| image::load(path, &layout));
-    let images = images.collect::<Result<Vec<_>, _>>().map_err(StartError::Image)?;
+    let images = images.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let files = Files::check(config)?;
     // Before any thread starts: the stop signals now stop the VMs instead of killing us. This
     // thread, the watchdog, takes them, and the kicks of VM threads that end.
-    let watchdog = Listener::block(signals::OURS).map_err(|e| StartError::Host("cannot block signals", e))?;
-    let kvm = Kvm::open().map_err(StartError::DevKvm)?;
+    let watchdog = Listener::block(signals::OURS).map_err(|e| format!("cannot block signals: {e}"))?;
+    let kvm = Kvm::open().map_err(|e| kvm_open_error(&e))?;
     // --gdb: the port is taken before any VM is created; VM 0 waits there for the debugger.
-    let gdb = config.gdb.map(hooks::listen).transpose().map_err(StartError::Gdb)?;
+    let gdb = config.gdb.map(hooks::listen).transpose()?;
     let shared = Shared::new(config, &kvm, &layout, files)?;
     let labels: Vec<String> =
         images.iter().enumerate().map(|(index, image)| format!("vm{index} ({})", image.path.display())).collect();
@@ -229,10 +228,9 @@ struct Files {
 
 impl Files {
     /// Every `-f` path and `--files-dir` checked before any VM starts (docs/REFERENCE.md §1, §5).
-    fn check(config: &Config) -> Result<Files, StartError> {
-        let shared = Arc::new(SharedFiles::check(&config.files).map_err(|e| StartError::Files(e.to_string()))?);
-        let dir =
-            sandbox::check_files_dir(config.files_dir.as_deref()).map_err(|e| StartError::Files(e.to_string()))?;
+    fn check(config: &Config) -> Result<Files, String> {
+        let shared = Arc::new(SharedFiles::check(&config.files).map_err(|e| e.to_string())?);
+        let dir = sandbox::check_files_dir(config.files_dir.as_deref()).map_err(|e| e.to_string())?;
         if !config.quiet && !shared.is_empty() {
             diag!("mini_hypervisor: {} shared file(s) from -f, visible to every VM", shared.len());
         }
@@ -263,11 +261,10 @@ struct Shared<'a> {
 }
 
 impl<'a> Shared<'a> {
-    fn new(config: &'a Config, kvm: &'a Kvm, layout: &'a Layout, files: Files) -> Result<Shared<'a>, StartError> {
-        let listener =
-            Arc::new(Listener::block(SigSet::of(&[KICK_SIGNAL])).map_err(|e| StartError::Host("signalfd", e))?);
-        let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdout", e))?);
-        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| StartError::Host("stdin", e))?);
+    fn new(config: &'a Config, kvm: &'a Kvm, layout: &'a Layout, files: Files) -> Result<Shared<'a>, String> {
+        let listener = Arc::new(Listener::block(SigSet::of(&[KICK_SIGNAL])).map_err(|e| format!("signalfd: {e}"))?);
+        let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("stdout: {e}"))?);
+        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("stdin: {e}"))?);
         let line_buffered = stdout.is_terminal();
         let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
         let console = Arc::new(Console::new(stdout, stdin, line_buffered));
@@ -306,29 +303,6 @@ impl<'a> Shared<'a> {
             // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
             ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
             tools,
-        }
-    }
-}
-
-/// Why no VM ran: one line, saying what to do where it can.
-#[derive(Debug)]
-enum StartError {
-    Image(image::ImageError),
-    DevKvm(io::Error),
-    Gdb(String),
-    /// A `-f` path or `--files-dir` that cannot be used.
-    Files(String),
-    /// A system call of the setup failed: which, and why.
-    Host(&'static str, io::Error),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StartError::Image(e) => write!(f, "{e}"),
-            StartError::Files(message) | StartError::Gdb(message) => f.write_str(message),
-            StartError::DevKvm(e) => f.write_str(&kvm_open_error(e)),
-            StartError::Host(what, e) => write!(f, "{what}: {e}"),
         }
     }
 }
