@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,7 @@ pub const KICK_SIGNAL: libc::c_int = libc::SIGURG;
 /// Every signal this program uses: the stop signals, SIGALRM (the timer), the kick.
 pub const OURS: SigSet = STOP_SIGNALS.union(SigSet::of(&[libc::SIGALRM, KICK_SIGNAL]));
 
-/// `rt_sigprocmask(how, set)` on the calling thread; returns the mask it had before. `None`
-/// only reads the mask.
+/// `rt_sigprocmask(how, set)` on the calling thread (`None`: only reads); returns the mask before.
 fn sigprocmask(how: libc::c_int, set: Option<SigSet>) -> io::Result<SigSet> {
     let new = set.map(|s| s.0);
     let new_ptr = new.as_ref().map_or(std::ptr::null(), |bits| bits as *const u64);
@@ -108,8 +107,7 @@ impl Listener {
     pub fn block(set: SigSet) -> io::Result<Listener> {
         let before = sigprocmask(libc::SIG_BLOCK, Some(set))?;
         let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
-        // SAFETY: `&set.0` points to a live u64 of the 8 bytes the kernel reads; -1 asks for a
-        // new descriptor.
+        // SAFETY: `&set.0` points to the live 8-byte mask the kernel reads; -1 asks for a new fd.
         let raw = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &set.0 as *const u64, 8usize, flags) };
         let raw = libc::c_int::try_from(raw).ok().filter(|&fd| fd >= 0).ok_or_else(io::Error::last_os_error)?;
         // SAFETY: signalfd4 just returned `raw`, a new descriptor that nothing else owns.
@@ -142,8 +140,7 @@ impl Listener {
         ];
         let ms = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX));
         loop {
-            // SAFETY: `fds` is a live, writable array of 2 pollfd: poll reads them and writes
-            // their `revents`, nothing else.
+            // SAFETY: `fds` is a live, writable array of 2 pollfd; poll writes only their `revents`.
             match unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } {
                 0 => return Ok(Woke::Timeout),
                 // The file first: what it can take is written before any signal is looked at.
@@ -164,8 +161,7 @@ pub struct Interruptible {
     listener: Option<Arc<Listener>>,
 }
 
-/// At most this much per write(2) once poll says the file takes output: a pipe then takes it
-/// whole, without blocking (`PIPE_BUF`).
+/// At most this much per write(2) once poll says the file takes output: a pipe takes it whole (`PIPE_BUF`).
 const WRITE_CHUNK: usize = 4096;
 
 impl Interruptible {
@@ -203,12 +199,6 @@ impl Write for Interruptible {
     }
 }
 
-impl AsFd for Interruptible {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
-}
-
 /// Why the VM is being stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -218,10 +208,8 @@ pub enum StopReason {
     Signal(libc::c_int),
 }
 
-/// Lets the debugger's thread stop the running guest (gdb's Ctrl-C): it records the request,
-/// then sends [`KICK_SIGNAL`] to the VM's thread while that thread is inside
-/// [`Kick::deliver_here`]. Whether that thread is in `KVM_RUN`, in a wait, or about to enter
-/// one, it finds the signal and then the request ([`Kick::take_pause`]).
+/// Lets the debugger's thread stop the running guest (gdb's Ctrl-C): it records the request, then
+/// sends [`KICK_SIGNAL`] to the VM's thread, which finds the signal wherever it is, then the request.
 #[derive(Debug, Clone, Default)]
 pub struct Kick {
     shared: Arc<KickShared>,
@@ -230,7 +218,7 @@ pub struct Kick {
 #[derive(Debug, Default)]
 struct KickShared {
     /// A pause was asked and not yet taken.
-    pause: AtomicU8,
+    pause: AtomicBool,
     /// The thread inside [`Kick::deliver_here`], if any (set, cleared and signalled under this lock).
     thread: Mutex<Option<libc::pthread_t>>,
 }
@@ -244,21 +232,20 @@ impl Kick {
     /// Stops the guest for the debugger, without ending the VM.
     pub fn pause(&self) {
         // Release: the thread that takes the signal sees the request.
-        self.shared.pause.store(1, Ordering::Release);
+        self.shared.pause.store(true, Ordering::Release);
         let thread = lock(&self.shared.thread);
         if let Some(thread) = *thread {
-            // SAFETY: `thread` was stored by `deliver_here` on that thread, which clears it
-            // under this same lock before it returns, so while we hold the lock the thread is
-            // alive and its pthread_t valid. The signal is blocked there (`deliver_here`
-            // checks): it stays pending until that thread takes it, so it can neither kill the
-            // process nor be lost.
+            // SAFETY: `thread` was stored by `deliver_here` on that thread, which clears it under
+            // this lock before it returns: while we hold the lock, the thread is alive and its
+            // pthread_t valid. The signal is blocked there (`deliver_here` checks): it stays
+            // pending until that thread takes it, so it can neither kill the process nor be lost.
             unsafe { libc::pthread_kill(thread, KICK_SIGNAL) };
         }
     }
 
     /// The VM's side: whether a pause was asked since the last call (taken once).
     pub fn take_pause(&self) -> bool {
-        self.shared.pause.swap(0, Ordering::Acquire) != 0
+        self.shared.pause.swap(false, Ordering::Acquire)
     }
 
     /// Runs `body` on this thread with kicks delivered here (the VM runs its whole life inside
@@ -295,8 +282,7 @@ fn timeval_at_least(d: Duration) -> libc::timeval {
     }
 }
 
-/// The process's interval timer: SIGALRM after `first`, then every `every` (zero: once).
-/// `first` zero turns it off.
+/// The process's interval timer: SIGALRM after `first` (zero: off), then every `every` (zero: once).
 fn set_alarm(first: Duration, every: Duration) -> io::Result<()> {
     let it = libc::itimerval { it_interval: timeval_at_least(every), it_value: timeval_at_least(first) };
     // SAFETY: `it` is an initialised itimerval; a null old-value pointer is allowed.
@@ -361,14 +347,12 @@ impl Interrupts {
         let _ = set_alarm(every, every);
     }
 
-    /// Whether anything was taken inside a wait and not acted on yet (checked before each
-    /// `KVM_RUN`, for no system call).
+    /// Whether signals taken inside a wait await action (checked before each `KVM_RUN`: no syscall).
     pub fn has_taken(&self) -> bool {
         self.taken.get() != SigSet::EMPTY
     }
 
-    /// Takes what is pending and says whether the VM is being stopped. Blocking waits call
-    /// this when a signal interrupts them.
+    /// Takes what is pending and says whether the VM is being stopped (asked by interrupted waits).
     pub fn stop_requested(&self) -> Option<StopReason> {
         self.collect();
         self.stop.get()
