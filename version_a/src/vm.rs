@@ -6,10 +6,8 @@
 //! switch (run->exit_reason) ... }`, one `match` arm per exit reason), the output flushed and a
 //! failure reported; `Drop` does `vm_destroy`.
 //!
-//! What the C does not have enters the loop at one named hook each, on a field that is `None`
-//! or off unless asked for, so that a feature that is off costs nothing: `interrupts` (a stop or
-//! a pause from outside: `signals.rs`), `ring` (serial output batched by KVM) and `tools`
-//! (`hooks.rs`: `--stats`, `--trace`, `--gdb`, the crash report).
+//! What the C does not have enters the loop at one `// Hook:` each, on a field that is off
+//! unless asked for: `interrupts` (`signals.rs`), `ring` (serial output batched by KVM), `tools`.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -98,8 +96,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the register setup before the
-    /// `KVM_RUN` loop. The page tables go to the top of RAM, the image to 0.
+    /// C: `vm_init`, `setup_long_mode`, `load_guest_image` and the registers before the `KVM_RUN` loop.
     pub fn create(kvm: &Kvm, layout: &Layout, image: &Image, setup: Setup) -> io::Result<Vm> {
         let Setup { label, ports, interrupts, line_buffered, timeout, ring, tools } = setup;
         let mut machine = kvm::Machine::new(kvm, layout.mem_size as usize)?;
@@ -107,8 +104,7 @@ impl Vm {
         ram.write(layout.tables_base, &layout.page_tables())?;
         ram.write(0, &image.bytes)?;
         vcpu.set(KVM_SET_SREGS, &long_mode::long_mode_sregs(vcpu.get(KVM_GET_SREGS)?, layout))?;
-        // RIP = 0 (the image's first byte), RSP = just below the page tables, RFLAGS = 0x2
-        // (bit 1 is always set; interrupts off).
+        // RIP = 0 (the image's first byte), RSP = below the page tables, RFLAGS = 0x2 (bit 1 is always set).
         let regs = kvm::KvmRegs { rip: 0, rsp: layout.tables_base, rflags: 0x2, ..Default::default() };
         vcpu.set(KVM_SET_REGS, &regs)?;
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
@@ -116,8 +112,7 @@ impl Vm {
         Ok(Vm { machine, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
     }
 
-    /// Runs the guest until it halts or fails, then writes out its output and reports a
-    /// failure on stderr (one line naming the VM, the reason and RIP, then the registers).
+    /// Runs the guest until it halts or fails, then writes out its output and reports a failure.
     pub fn run(mut self) -> Report {
         let start = Instant::now();
         // --timeout counts from here, before the first instruction (or the wait for gdb), as in
@@ -303,9 +298,8 @@ impl Vm {
         if let Outcome::Failed(failure) = &outcome {
             self.tools.explain().failure(&guest, &self.label, failure.kind(), failure);
         }
-        // Hook: the code check, when the guest changed bytes of its image other than its
-        // closing run of zeros (its .bss, where its variables are): only NAME.elf can tell
-        // whether they were code, and it is read only then.
+        // Hook: the code check, when the guest changed bytes of its image before its closing zeros
+        // (its .bss): only NAME.elf, read only then, can tell whether they were code.
         let image = &self.tools.image.bytes;
         let data = image.len() - image.iter().rev().take_while(|&&b| b == 0).count();
         let mut now = vec![0u8; data];
