@@ -41,9 +41,8 @@ pub struct Tools {
 impl Tools {
     /// The image's symbols, from `NAME.elf` beside it: read the first time a tool asks.
     pub fn symbols(&self) -> Arc<SymbolFile> {
-        Arc::clone(
-            self.symbols.get_or_init(|| Arc::new(SymbolFile::new(&self.image.path, Arc::clone(&self.image.bytes)))),
-        )
+        let image = &self.image;
+        Arc::clone(self.symbols.get_or_init(|| Arc::new(SymbolFile::new(&image.path, Arc::clone(&image.bytes)))))
     }
 
     /// What the toolbox knows of the VM's memory.

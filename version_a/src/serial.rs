@@ -5,9 +5,6 @@
 //! branches do `printf("%c")` and a `scanf("%d")` behind a prompt. Ours passes raw bytes both
 //! ways and buffers like C's stdio: line-buffered when stdout is a terminal, block-buffered
 //! otherwise, flushed before blocking on stdin and when the VM ends. No syscall per guest byte.
-//!
-//! A VM being stopped (timeout, Ctrl-C) is never held by a stdout nobody reads: a write that
-//! waits for stdout ends when the stop arrives, and what stdout did not take is dropped.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -46,13 +43,9 @@ pub enum GuestError {
 
 impl fmt::Display for GuestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            GuestError::WideSerial { size, out } => write!(
-                f,
-                "{size}-byte {} serial port {SERIAL_PORT:#x} (it takes single bytes)",
-                if out { "out on" } else { "in on" }
-            ),
-        }
+        let GuestError::WideSerial { size, out } = *self;
+        let how = if out { "out on" } else { "in on" };
+        write!(f, "{size}-byte {how} serial port {SERIAL_PORT:#x} (it takes single bytes)")
     }
 }
 
@@ -92,9 +85,8 @@ impl<W: Write, R: Read> Ports<W, R> {
         Ok(())
     }
 
-    /// Bytes the guest reads from the serial port (`in`, `rep insb`): the next stdin bytes,
-    /// [`EOF_BYTE`] after end of file, with the output flushed first whenever it has to wait
-    /// for stdin.
+    /// Bytes the guest reads from the serial port (`in`, `rep insb`): the next stdin bytes, then
+    /// [`EOF_BYTE`]s; the output is flushed before any wait for stdin.
     pub fn serial_in(&mut self, size: u8, data: &mut [u8], stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         if size != 1 {
             return Err(IoError::Guest(GuestError::WideSerial { size: size.into(), out: false }));
@@ -134,10 +126,10 @@ impl<W: Write, R: Read> Ports<W, R> {
         Ok(())
     }
 
-    /// Writes out everything buffered (also when the VM ends, however it ends). A write
-    /// interrupted by a signal gives up with [`IoError::Stopped`] if `stop()` says the VM is
-    /// being stopped (the rest is lost), and goes on otherwise (std's `write_all` retries after
-    /// `EINTR`, so a stop could never end a blocked write).
+    /// Writes out everything buffered (also when the VM ends, however it ends). A write that a
+    /// signal interrupted gives up with [`IoError::Stopped`] if `stop()` says the VM is being
+    /// stopped (so a stdout nobody reads never holds it; the rest is lost), and goes on otherwise
+    /// (std's `write_all` retries after `EINTR`, so a stop could never end a blocked write).
     pub fn flush(&mut self, stop: &dyn Fn() -> bool) -> Result<(), IoError> {
         let mut rest = &self.buf[..];
         let result = loop {

@@ -100,13 +100,12 @@ impl Layout {
     }
 }
 
-/// C: `setup_segments_64`, the code segment: a flat 64-bit code segment, base 0, 4 GiB limit,
-/// type 11 (execute/read, accessed), L = 1, selector 0x8 (GDT entry 1).
+/// C: `setup_segments_64`, the code segment: flat 64-bit code, GDT entry 1.
 pub const CODE_SEGMENT: KvmSegment = KvmSegment {
     base: 0,
     limit: 0xffff_ffff,
     selector: 1 << 3,
-    type_: 11,
+    type_: 11, // execute/read, accessed
     present: 1,
     dpl: 0,
     db: 0, // must be 0 when L = 1
@@ -118,8 +117,7 @@ pub const CODE_SEGMENT: KvmSegment = KvmSegment {
     padding: 0,
 };
 
-/// C: `setup_segments_64`, the data segments: flat, type 3 (read/write, accessed), selector
-/// 0x10 (GDT entry 2).
+/// C: `setup_segments_64`, the data segments: flat, type 3 (read/write, accessed), GDT entry 2.
 pub const DATA_SEGMENT: KvmSegment = KvmSegment { selector: 2 << 3, type_: 3, db: 1, l: 0, ..CODE_SEGMENT };
 
 /// C: `setup_long_mode` and `setup_segments_64`: the special registers for 64-bit long mode

@@ -23,9 +23,8 @@ pub use sys::*;
 ///
 /// # Safety
 /// `arg` must be what the kernel expects for `number`: an integer for `_IO` requests, or the
-/// address of a live object of the size the kernel reads or writes (writable for `_IOR`),
-/// holding no address the kernel keeps using after the call unless the caller keeps that
-/// memory alive for as long.
+/// address of a live object of the size the kernel reads or writes (writable for `_IOR`), holding
+/// no address the kernel keeps using after the call unless the caller keeps that memory alive.
 // SAFETY: the kernel reads or writes through `arg`; each caller says why its `arg` fits.
 unsafe fn ioctl(fd: &File, number: u64, name: &str, arg: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: forwarded from this function's contract; `fd` is an open descriptor we own.
@@ -213,11 +212,10 @@ impl Mapping {
     /// Copies the `dst.len()` bytes at `off` (in guest RAM: the guest-physical address) out.
     pub fn read(&self, off: u64, dst: &mut [u8]) -> io::Result<()> {
         let src = self.at(off, dst.len())?;
-        // SAFETY: `src` is the start of `dst.len()` bytes inside the mapping (`at` checked);
-        // `dst` is ordinary host memory, so it cannot overlap the mapping; no reference into
-        // the mapping exists; and nothing else writes these bytes now: a `Mapping` stays on one
-        // thread, and the only other writers, the kernel and the guest's one vCPU, write only
-        // while that vCPU is inside `KVM_RUN`, which the thread holding this `Mapping` is not.
+        // SAFETY: `src` starts `dst.len()` bytes inside the mapping (`at` checked); `dst`, host
+        // memory, cannot overlap it; no reference into the mapping exists; nothing else writes
+        // these bytes now: a `Mapping` stays on one thread, and the kernel and the guest's one vCPU
+        // write only while that vCPU is inside `KVM_RUN`, which the thread holding it is not.
         unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
