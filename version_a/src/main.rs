@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 fn run(config: &Config) -> Result<Outcome, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before the VM starts (docs/REFERENCE.md §1). C: load_guest_image.
-    let image = image::load(&config.images[0], &layout).map_err(|e| e.to_string())?;
+    let image = image::load(&config.images[0], &layout)?;
     let kvm = Kvm::open().map_err(|e| kvm_open_error(&e))?;
     let setup = setup(config, &kvm, &layout, &image)?;
     let label = setup.label.clone();

@@ -4,7 +4,6 @@
 //! (and so let a large image overwrite the page tables it had put at 0x11000).
 #![forbid(unsafe_code)]
 
-use std::fmt;
 use std::fs::{FileType, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -24,82 +23,36 @@ pub struct Image {
     pub bytes: Arc<[u8]>,
 }
 
-/// Why an image cannot be used: one line naming the path, the reason and what to do.
-#[derive(Debug)]
-pub struct ImageError {
-    path: PathBuf,
-    why: Why,
-}
-
-#[derive(Debug)]
-enum Why {
-    /// It cannot be opened (missing, no permission...).
-    Open(io::Error),
-    /// It is not a regular file: what it is instead.
-    NotRegular(&'static str),
-    Read(io::Error),
-    Empty,
-    TooLarge {
-        size: u64,
-        layout: Layout,
-    },
-    /// Recognisably not a flat image: what it is, and what to give instead.
-    NotAnImage(String),
-}
-
-impl fmt::Display for ImageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "guest image {}: ", self.path.display())?;
-        match &self.why {
-            Why::Open(e) => write!(f, "{e}: check the path"),
-            Why::NotRegular(what) => write!(f, "{what}, not a regular file: give the path of a flat binary image"),
-            Why::Read(e) => write!(f, "cannot read it: {e}"),
-            Why::Empty => f.write_str("the file is empty: build the guest first (make guests)"),
-            Why::TooLarge { size, layout } => write!(
-                f,
-                "{size} bytes do not fit: with {} MiB of RAM and {} the page tables start at {:#x}, \
-                 so an image may have at most {} bytes; {}",
-                layout.mem_size >> 20,
-                if layout.page == PageSize::Large2M { "2 MiB pages" } else { "4 KiB pages" },
-                layout.tables_base,
-                layout.tables_base,
-                what_fits(*size),
-            ),
-            Why::NotAnImage(what) => f.write_str(what),
-        }
-    }
-}
-
-/// C: `load_guest_image`. Opens, checks and reads the image at `path` for a VM of `layout`.
-/// Never blocks: a FIFO, socket or device is refused by its type before it is opened (a FIFO
-/// would wait for a writer). Reads at most one byte more than fits, so that a huge (or growing)
-/// file is not slurped.
-pub fn load(path: &Path, layout: &Layout) -> Result<Image, ImageError> {
-    let error = |why| ImageError { path: path.to_owned(), why };
+/// C: `load_guest_image`. Opens, checks and reads the image at `path` for a VM of `layout`; `Err`
+/// is one line naming the path, the reason and what to do. Never blocks: a FIFO, socket or device
+/// is refused by its type before it is opened (a FIFO would wait for a writer). Reads at most one
+/// byte more than fits, so that a huge (or growing) file is not slurped.
+pub fn load(path: &Path, layout: &Layout) -> Result<Image, String> {
+    let error = |why: String| format!("guest image {}: {why}", path.display());
+    let open = |e: io::Error| error(format!("{e}: check the path"));
     // `metadata` follows symlinks, like open(2), and never blocks.
-    let meta = std::fs::metadata(path).map_err(|e| error(Why::Open(e)))?;
+    let meta = std::fs::metadata(path).map_err(open)?;
     regular(meta.file_type()).map_err(error)?;
-    let file =
-        OpenOptions::new().read(true).custom_flags(O_NONBLOCK_NOCTTY).open(path).map_err(|e| error(Why::Open(e)))?;
+    let file = OpenOptions::new().read(true).custom_flags(O_NONBLOCK_NOCTTY).open(path).map_err(open)?;
     // Check again what was opened: the path may have been replaced since.
-    let meta = file.metadata().map_err(|e| error(Why::Open(e)))?;
+    let meta = file.metadata().map_err(open)?;
     regular(meta.file_type()).map_err(error)?;
     let max = layout.tables_base;
     let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
-    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| error(Why::Read(e)))?;
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| error(format!("cannot read it: {e}")))?;
     let size = meta.len().max(bytes.len() as u64);
     match bytes.len() as u64 {
-        0 => Err(error(Why::Empty)),
-        n if n > max => Err(error(Why::TooLarge { size, layout: *layout })),
+        0 => Err(error("the file is empty: build the guest first (make guests)".to_owned())),
+        n if n > max => Err(error(too_large(size, layout))),
         _ => match not_an_image(path, &bytes) {
-            Some(what) => Err(error(Why::NotAnImage(what))),
+            Some(what) => Err(error(what)),
             None => Ok(Image { path: path.to_owned(), bytes: bytes.into() }),
         },
     }
 }
 
-/// `Ok` for a regular file; otherwise what the path is instead.
-fn regular(kind: FileType) -> Result<(), Why> {
+/// `Ok` for a regular file; otherwise what the path is instead, and what to give.
+fn regular(kind: FileType) -> Result<(), String> {
     let what = match kind {
         _ if kind.is_file() => return Ok(()),
         _ if kind.is_dir() => "is a directory",
@@ -109,7 +62,18 @@ fn regular(kind: FileType) -> Result<(), Why> {
         _ if kind.is_block_device() => "is a block device",
         _ => "is not a regular file",
     };
-    Err(Why::NotRegular(what))
+    Err(format!("{what}, not a regular file: give the path of a flat binary image"))
+}
+
+/// Why `size` bytes do not fit under `layout`, and under which `-m`/`-p` they would.
+fn too_large(size: u64, layout: &Layout) -> String {
+    let (mib, base) = (layout.mem_size >> 20, layout.tables_base);
+    let page = if layout.page == PageSize::Large2M { "2 MiB pages" } else { "4 KiB pages" };
+    format!(
+        "{size} bytes do not fit: with {mib} MiB of RAM and {page} the page tables start at {base:#x}, so an \
+         image may have at most {base} bytes; {}",
+        what_fits(size)
+    )
 }
 
 /// What a file a student might give by mistake is, and what to give instead: an ELF file

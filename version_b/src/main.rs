@@ -84,7 +84,7 @@ fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (docs/REFERENCE.md §1). C: load_guest_image.
     let images = config.images.iter().map(|path| image::load(path, &layout));
-    let images = images.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let images = images.collect::<Result<Vec<_>, _>>()?;
     // Before any thread starts: the stop signals now stop the VMs instead of killing us. This
     // thread, the watchdog, takes them, and the kicks of VM threads that end.
     let watchdog = Listener::block(signals::OURS).map_err(|e| format!("cannot block signals: {e}"))?;
