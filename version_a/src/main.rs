@@ -69,8 +69,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything after parsing, in the C's order. `Err`: why no VM ran, in one line that says what
-/// to do where it can.
+/// Everything after parsing, in the C's order. `Err`: why no VM ran (one line, saying what to do).
 fn run(config: &Config) -> Result<Outcome, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before the VM starts (docs/REFERENCE.md §1). C: load_guest_image.

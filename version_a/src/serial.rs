@@ -19,8 +19,7 @@ const BLOCK: usize = 8192;
 const INPUT_CHUNK: usize = 4096;
 /// What an `in` reads once stdin is at end of file.
 pub const EOF_BYTE: u8 = 0xFF;
-/// How many unknown ports get a warning each; past them, one line says the rest go
-/// unreported (docs/REFERENCE.md §4).
+/// Unknown ports that get a warning each; past them, one line says the rest go unreported (REFERENCE §4).
 pub const WARNED_PORTS: usize = 16;
 
 /// Why a port access ends the VM.

@@ -69,7 +69,6 @@ pub struct Report {
 /// What the VM needs besides its image: its name, ports, signals, options and tools.
 #[derive(Debug)]
 pub struct Setup {
-    /// `vm0 (image path)`, for messages.
     pub label: String,
     pub ports: Ports,
     pub interrupts: Interrupts,

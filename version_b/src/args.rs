@@ -89,13 +89,11 @@ fn err<T>(msg: impl Into<String>) -> Result<T, UsageError> {
 
 /// Sets a scalar option, refusing a second occurrence.
 macro_rules! set_once {
-    ($slot:expr, $name:expr, $value:expr) => {{
-        let value = $value;
-        if $slot.is_some() {
+    ($slot:expr, $name:expr, $value:expr) => {
+        if $slot.replace($value).is_some() {
             return err(format!("{} given more than once", $name));
         }
-        $slot = Some(value);
-    }};
+    };
 }
 
 /// The short options that take a value, which may come attached (`-m4`, `-gguest.img`).

@@ -67,8 +67,7 @@ impl Layout {
         Layout { mem_size, page, tables_base: mem_size - tables * TABLE_SIZE }
     }
 
-    /// C: the table writes of `setup_long_mode`: the page tables, as the bytes of the table
-    /// area `[tables_base, M)`.
+    /// C: the table writes of `setup_long_mode`: the bytes of the table area `[tables_base, M)`.
     pub fn page_tables(&self) -> Vec<u8> {
         let base = self.tables_base;
         let (pml4, pdpt, pd) = (base, base + TABLE_SIZE, base + 2 * TABLE_SIZE);

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use crate::long_mode::{Layout, PageSize};
 
-/// `open(2)` flags: never wait for a writer (a FIFO swapped in after the type check) or become
-/// our controlling terminal.
+/// `open(2)` flags: never wait for a writer (a FIFO swapped in after the check) nor become our tty.
 const O_NONBLOCK_NOCTTY: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
 
 /// A guest image that passed every check, with its bytes.

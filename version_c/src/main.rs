@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything after parsing. `Err`: why no VM ran, in one line that says what to do where it can.
+/// Everything after parsing. `Err`: why no VM ran (one line, saying what to do).
 fn run(config: &Config) -> Result<Vec<Report>, String> {
     let layout = Layout::new(config.mem_size, config.page);
     // Every check before any VM starts (docs/REFERENCE.md §1). C: load_guest_image.

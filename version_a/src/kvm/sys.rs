@@ -318,10 +318,9 @@ pub struct KvmDebugExitArch {
 /// to an ioctl (not [`KvmUserspaceMemoryRegion`], see [`KVM_SET_USER_MEMORY_REGION`]).
 ///
 /// # Safety
-/// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other
-/// `Pod` structs, have no padding bytes that are not spelled out as fields (so every bit
-/// pattern is a valid value and every byte of a value is initialised), and hold no field that
-/// the kernel takes for an address.
+/// Implementors must be `#[repr(C)]`, contain only integer fields, arrays of them and other `Pod`
+/// structs, have no padding bytes that are not spelled out as fields (so every bit pattern is a
+/// valid value and every byte initialised), and hold no field the kernel takes for an address.
 pub unsafe trait Pod: Copy + Default {}
 // SAFETY: each of these is a #[repr(C)] struct of integers (or of other such structs) with
 // explicit padding fields (tests/layout.rs checks their sizes and offsets against the C header:

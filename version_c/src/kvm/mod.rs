@@ -357,8 +357,7 @@ impl Vcpu {
         self.stale_stored_regs()
     }
 
-    /// The registers and system registers KVM stored at the last exit, if it stores them and
-    /// nothing wrote registers since.
+    /// The registers and system registers KVM stored at the last exit, if any and not written since.
     pub fn stored_regs(&self) -> io::Result<Option<(KvmRegs, KvmSregs)>> {
         let mut sets = [0u8; 8];
         self.run.read(RUN_VALID_REGS as u64, &mut sets)?;
