@@ -1,6 +1,5 @@
 //! Signals: how the running VM learns that it is to stop (Ctrl-C, `kill`, a closed terminal,
 //! `--timeout`), to pause for the debugger, or to drain its serial ring (docs/REFERENCE.md §2).
-//! The second FFI room of the crate, after `kvm/`.
 //!
 //! C counterpart: none; Ctrl-C kills the C hypervisor with guest output still in its buffers.
 //!
