@@ -193,13 +193,9 @@ impl<'a> Watchdog<'a> {
 }
 
 /// The rules are tested here, with a clock of the test's own and VMs that never end because
-/// nobody takes their kicks, rather than end to end: a second stop signal matters only while
-/// a VM thread is held by something a stop cannot end, and the hypervisor leaves nothing such
-/// on purpose (`KVM_RUN` returns at the kick; every wait for stdin or stdout polls the
-/// signalfd too; the gdb stub looks for a stop while it waits; host files are regular files,
-/// opened `O_NONBLOCK`), so no test can make a real VM ignore a stop. What is left of the path
-/// is `main`'s answer to [`Watched::ExitNow`] (write what stdout takes without waiting:
-/// `Console::flush_without_waiting`, unit-tested in `serial.rs`, then exit status 1).
+/// nobody takes their kicks; end to end in `tests/stop.rs`, which holds real VM threads in a
+/// ptrace stop at `KVM_RUN` (the hypervisor itself leaves nothing a stop cannot end): a second
+/// SIGTERM past [`SAME_REQUEST`] exits at once, status 1, after `Console::flush_without_waiting`.
 #[cfg(test)]
 mod tests {
     use super::*;
