@@ -4,7 +4,13 @@
 //! compile. RAM never leaves its machine, so nothing can free or replace it while KVM maps it:
 //! ```compile_fail,E0616
 //! fn steal(machine: version_a::kvm::Machine) -> version_a::kvm::GuestRam {
-//!     machine.ram
+//!     machine.slot.ram
+//! }
+//! ```
+//! ```compile_fail,E0507
+//! fn take(mut machine: version_a::kvm::Machine) -> version_a::kvm::GuestRam {
+//!     let (_, ram) = machine.parts();
+//!     *ram
 //! }
 //! ```
 //! A request takes only its own argument type (`KVM_SET_REGS` takes a `KvmRegs`):

@@ -5,7 +5,13 @@
 //! maps it:
 //! ```compile_fail,E0616
 //! fn steal(machine: version_c::kvm::Machine) -> version_c::kvm::GuestRam {
-//!     machine.ram
+//!     machine.slot.ram
+//! }
+//! ```
+//! ```compile_fail,E0507
+//! fn take(mut machine: version_c::kvm::Machine) -> version_c::kvm::GuestRam {
+//!     let (_, ram) = machine.parts();
+//!     *ram
 //! }
 //! ```
 //! A request takes only its own argument type (`KVM_SET_REGS` takes a `KvmRegs`):
