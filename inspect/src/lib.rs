@@ -4,6 +4,7 @@
 //! - [`symbols`]: guest symbols and source lines from `NAME.elf` (ELF and DWARF, read here;
 //!   Rust names demangled);
 //! - [`crash`]: the crash report in words, and the code-overwritten check;
+//! - [`image`]: what a file given as a guest image is, when it is recognisably not one;
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
 //! - [`ring`]: serial output batched by KVM (when it goes on, and draining it);
 //! - [`text`]: how a name from a guest's ELF is escaped before it is shown;
@@ -25,6 +26,7 @@ macro_rules! diag {
 
 pub mod crash;
 pub mod gdb;
+pub mod image;
 mod page_walk;
 pub mod ring;
 pub mod stats;

@@ -34,6 +34,29 @@ fn a_fifo_as_guest_image_is_refused_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An ELF file given as the image is told so, and what to give, even when it is too large to
+/// fit: it is not an image at any size, so no -m/-p would help.
+#[test]
+fn an_elf_file_too_large_to_fit_is_told_it_is_an_elf() {
+    let dir = temp_dir("startup_big_elf");
+    let elf = dir.join("big.elf");
+    let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+    bytes.resize(3 << 20, 0);
+    bytes[16] = 2; // ET_EXEC
+    std::fs::write(&elf, &bytes).unwrap();
+    let path = elf.to_str().unwrap();
+    let r = run_guarded(&dir, &["-m", "2", "-p", "4", "-g", path], b"", GUARD);
+    assert_eq!((r.status, r.stdout.is_empty()), (1, true), "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "mini_hypervisor: guest image {path}: is an ELF file, not a flat image: give big.img, the flat binary the \
+             guest Makefile makes from it (objcopy -O binary)\n"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn an_image_path_that_is_not_utf8_is_used_as_it_is() {
     if !kvm_available() {
