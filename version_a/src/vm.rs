@@ -336,14 +336,7 @@ impl fmt::Display for Failure {
             Failure::Io(IoError::Stopped) => f.write_str("stopped"),
             Failure::Stopped(StopReason::Timeout, Some(t)) => write!(f, "timed out after {} s", t.given),
             Failure::Stopped(StopReason::Timeout, None) => f.write_str("timed out"),
-            Failure::Stopped(StopReason::Signal(signal), _) => match *signal {
-                libc::SIGINT | libc::SIGTERM => f.write_str("interrupted (SIGINT/SIGTERM)"),
-                libc::SIGHUP => f.write_str("interrupted (SIGHUP)"),
-                libc::SIGQUIT => f.write_str("interrupted (SIGQUIT)"),
-                libc::SIGUSR1 => f.write_str("interrupted (SIGUSR1)"),
-                libc::SIGUSR2 => f.write_str("interrupted (SIGUSR2)"),
-                n => write!(f, "interrupted (signal {n})"),
-            },
+            Failure::Stopped(StopReason::Signal(signal), _) => f.write_str(&crash::interrupted(*signal)),
             Failure::UnexpectedDebug(pc) => write!(f, "unexpected debug exit at {pc:#x} (no debugger attached)"),
             Failure::Killed => f.write_str("killed by the debugger"),
             Failure::NotRun(why) => f.write_str(why),
@@ -391,6 +384,17 @@ mod tests {
         for (failure, want) in cases {
             let text = failure.to_string();
             assert!(text.contains(want), "{failure:?}: {text}");
+        }
+        // The toolbox names signals by their Linux numbers: the same as libc's.
+        let names = [
+            (libc::SIGINT, "SIGINT/SIGTERM"),
+            (libc::SIGQUIT, "SIGQUIT"),
+            (libc::SIGUSR1, "SIGUSR1"),
+            (libc::SIGUSR2, "SIGUSR2"),
+            (40, "signal 40"),
+        ];
+        for (signal, name) in names {
+            assert_eq!(Failure::Stopped(StopReason::Signal(signal), None).to_string(), format!("interrupted ({name})"));
         }
         let other = Failure::Exit(VcpuExit::InternalError { suberror: 3 }).to_string();
         assert!(!other.contains("emulate"), "only suberror 1 is an emulation failure: {other}");

@@ -131,6 +131,20 @@ fn tables_changed(c: &TablesChanged) -> String {
     )
 }
 
+/// The reason of a VM stopped by `signal` (its Linux number): `interrupted (SIGHUP)`; Ctrl-C
+/// and `kill` (SIGINT, SIGTERM) alike.
+pub fn interrupted(signal: i32) -> String {
+    let name = match signal {
+        2 | 15 => "SIGINT/SIGTERM",
+        1 => "SIGHUP",
+        3 => "SIGQUIT",
+        10 => "SIGUSR1",
+        12 => "SIGUSR2",
+        n => return format!("interrupted (signal {n})"),
+    };
+    format!("interrupted ({name})")
+}
+
 /// A guest address with its symbol when known: `0x1e in guest_main+0xe (crash.c:9)`, or `0x1e`
 /// (without symbols, or outside every function).
 pub fn address(addr: u64, symbols: Option<&Symbols>) -> String {

@@ -969,3 +969,20 @@ fn hostile_names_in_the_elf_reach_stderr_as_printable_text_only() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn a_signal_that_stopped_the_vm_is_named() {
+    // Linux's numbers: SIGHUP 1, SIGINT 2, SIGQUIT 3, SIGUSR1 10, SIGUSR2 12, SIGTERM 15.
+    let names = [
+        (1, "SIGHUP"),
+        (2, "SIGINT/SIGTERM"),
+        (3, "SIGQUIT"),
+        (10, "SIGUSR1"),
+        (12, "SIGUSR2"),
+        (15, "SIGINT/SIGTERM"),
+    ];
+    for (signal, name) in names {
+        assert_eq!(super::interrupted(signal), format!("interrupted ({name})"));
+    }
+    assert_eq!(super::interrupted(34), "interrupted (signal 34)");
+}
