@@ -8,6 +8,7 @@
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
 //! - [`ring`]: serial output batched by KVM (when it goes on, and draining it);
 //! - [`text`]: how a name from a guest's ELF is escaped before it is shown;
+//! - [`tools`]: the tools of one VM, as its version's run loop holds them;
 //! - [`test_rng`]: the seeded generator of every crate's fuzz tests.
 //!
 //! The toolbox sees a VM only through [`Target`], a trait of its own that each version
@@ -34,6 +35,7 @@ pub mod symbols;
 mod target;
 pub mod test_rng;
 pub mod text;
+pub mod tools;
 pub mod trace;
 
 pub use target::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};

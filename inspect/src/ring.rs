@@ -52,44 +52,48 @@ pub enum DrainError<E> {
 pub struct SerialRing {
     /// Whether the port goes through the ring (bytes may be waiting in it).
     pub on: bool,
-    /// While the ring may still go on: how many more serial bytes before it does (the run
-    /// loop counts them down, then registers the port and calls [`SerialRing::started`]).
+    /// While the ring may still go on: how many more serial bytes before it does
+    /// ([`SerialRing::count`]).
     pub countdown: Option<u64>,
-    /// `--trace`: say when it goes on and what each drain took (set by [`SerialRing::started`]).
+    /// `--trace`: say when it goes on and what each drain took.
     pub trace: bool,
+    /// `--trace` or `--stats`: say why it cannot go on.
+    pub verbose: bool,
     /// Entries in the ring (`KVM_COALESCED_MMIO_MAX`), to name the last slot of a drain (set
     /// by [`SerialRing::drain`]).
     pub slots: u32,
 }
 
 impl SerialRing {
-    /// The ring of a VM: it may go on unless `--no-coalesce`.
-    pub fn new(coalesce: bool) -> SerialRing {
-        SerialRing { countdown: coalesce.then_some(COALESCE_AFTER), ..SerialRing::default() }
+    /// The ring of a VM: it may go on unless `--no-coalesce`; `trace` and `verbose` as the fields say.
+    pub fn new(coalesce: bool, trace: bool, verbose: bool) -> SerialRing {
+        SerialRing { countdown: coalesce.then_some(COALESCE_AFTER), trace, verbose, ..SerialRing::default() }
+    }
+
+    /// The guest wrote `bytes` serial bytes through plain exits: after [`COALESCE_AFTER`] of
+    /// them, `register` has KVM queue `port` in the ring (`Ok(false)`: this KVM cannot), once,
+    /// and [`SerialRing::started`] says so. True when the ring has just gone on.
+    pub fn count(&mut self, bytes: usize, register: impl FnOnce() -> io::Result<bool>, port: u16, label: &str) -> bool {
+        let Some(left) = &mut self.countdown else { return false };
+        *left = left.saturating_sub(bytes as u64);
+        *left == 0 && self.started(register(), port, label)
     }
 
     /// The version tried to register `port` (`Ok(false)`: this KVM cannot). Says so with
-    /// `--trace`, or why not with `--trace` or `--stats` (`verbose`). True when it is on.
-    pub fn started(
-        &mut self,
-        registered: io::Result<bool>,
-        port: u16,
-        label: &str,
-        trace: bool,
-        verbose: bool,
-    ) -> bool {
-        (self.countdown, self.trace) = (None, trace);
+    /// `--trace`, or why not with `--trace` or `--stats`. True when it is on.
+    pub fn started(&mut self, registered: io::Result<bool>, port: u16, label: &str) -> bool {
+        self.countdown = None;
         match registered {
             Ok(true) => {
                 self.on = true;
-                if trace {
+                if self.trace {
                     diag!("trace: {label}: serial port {port:#x} now goes through the coalesced ring");
                 }
             }
-            Ok(false) if verbose => diag!(
+            Ok(false) if self.verbose => diag!(
                 "mini_hypervisor: {label}: this KVM cannot coalesce port writes (no KVM_CAP_COALESCED_PIO): one exit per serial byte"
             ),
-            Err(e) if verbose => {
+            Err(e) if self.verbose => {
                 diag!("mini_hypervisor: {label}: cannot coalesce serial output ({e}): one exit per byte")
             }
             _ => {}
@@ -149,18 +153,35 @@ mod tests {
 
     #[test]
     fn it_goes_on_only_after_countdown_and_registration() {
-        assert_eq!(SerialRing::new(false).countdown, None, "--no-coalesce: never");
-        let mut ring = SerialRing::new(true);
+        assert_eq!(SerialRing::new(false, false, false).countdown, None, "--no-coalesce: never");
+        let mut ring = SerialRing::new(true, false, false);
         assert_eq!(ring.countdown, Some(COALESCE_AFTER));
-        assert!(!ring.started(Ok(false), 0xe9, "vm0", false, false), "this KVM cannot");
+        assert!(!ring.started(Ok(false), 0xe9, "vm0"), "this KVM cannot");
         assert_eq!((ring.on, ring.countdown), (false, None), "tried once only");
-        let mut ring = SerialRing::new(true);
-        assert!(ring.started(Ok(true), 0xe9, "vm0", false, false) && ring.on);
+        let mut ring = SerialRing::new(true, false, false);
+        assert!(ring.started(Ok(true), 0xe9, "vm0") && ring.on);
+    }
+
+    #[test]
+    fn the_port_is_registered_once_after_coalesce_after_bytes() {
+        let mut ring = SerialRing::new(true, false, false);
+        let mut tries = 0;
+        let mut register = || {
+            tries += 1;
+            Ok(true)
+        };
+        assert!(!ring.count(COALESCE_AFTER as usize - 1, &mut register, 0xe9, "vm0"));
+        assert_eq!((ring.on, ring.countdown), (false, Some(1)));
+        assert!(ring.count(512, &mut register, 0xe9, "vm0"), "goes on at the byte that reaches it");
+        assert!(!ring.count(1, &mut register, 0xe9, "vm0"), "already on: not again");
+        assert_eq!(tries, 1);
+        let mut off = SerialRing::new(false, false, false);
+        assert!(!off.count(10_000, || panic!("--no-coalesce never registers"), 0xe9, "vm0"));
     }
 
     #[test]
     fn a_drain_hands_every_byte_over_in_order_and_counts_it() {
-        let mut ring = SerialRing::new(true);
+        let mut ring = SerialRing::new(true, false, false);
         let mut entries: Vec<Queued> = (0..150u32).map(|i| queued(i % 170, b'a' + (i % 26) as u8)).collect();
         entries.reverse();
         let mut written = Vec::new();
@@ -183,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_wide_write_in_the_ring_is_the_guests_error_and_a_failed_read_the_hosts() {
-        let mut ring = SerialRing::new(true);
+        let mut ring = SerialRing::new(true, false, false);
         let mut wide = vec![Queued { len: 2, ..queued(0, b'x') }];
         let r = ring.drain((0xe9, 170), || Ok(wide.pop()), |_: &[u8]| Ok::<(), ()>(()), None, "vm0");
         assert!(matches!(r, Err(DrainError::Wide(2))));

@@ -28,8 +28,11 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use inspect::ring::{self, SerialRing};
+use inspect::MemoryMap;
+use inspect::gdb::PauseBy;
+use inspect::ring::{COALESCE_AFTER, SerialRing};
 use inspect::stats::Stats;
+use inspect::tools::Tools;
 use inspect::trace::Trace;
 // The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`.
 use version_a::{kvm, signals};
@@ -38,7 +41,6 @@ use kvm::Kvm;
 use signals::{Interruptible, Interrupts, Kick, Listener};
 
 use args::{Command, Config};
-use hooks::Tools;
 use image::Image;
 use long_mode::{Layout, PageSize};
 use serial::Ports;
@@ -107,15 +109,19 @@ fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<S
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(|e| format!("stdin: {e}"))?);
     let (line_buffered, label) = (stdout.is_terminal(), format!("vm0 ({})", image.path.display()));
     let (stdout, stdin) = (Interruptible::new(stdout, &listener), Interruptible::new(stdin, &listener));
-    let stats = config.stats.then(Stats::new);
-    let (layout, image, symbols) = (*layout, image.clone(), OnceLock::new());
-    let mut tools = Tools { trace: None, stats, debugger: None, layout, image, symbols };
+    let (ram_size, tables_base, image_len) = (layout.mem_size, layout.tables_base, image.bytes.len() as u64);
+    let map = MemoryMap { ram_size, large_pages: layout.page == PageSize::Large2M, tables_base, image_len };
+    let (stats, image_path, symbols) = (config.stats.then(Stats::new), image.path.clone(), OnceLock::new());
+    let mut tools =
+        Tools { trace: None, stats, debugger: None, map, image_path, image: Arc::clone(&image.bytes), symbols };
     if config.trace {
         tools.trace = Some(Trace::new(&label, tools.symbols()));
     }
     if let Some((listener, kick)) = gdb.zip(kick) {
-        tools.debug_with(kvm, listener, kick);
+        let pause = PauseBy { handle: kick, pause: Kick::pause, take_pause: Kick::take_pause };
+        tools.debug_with(listener, pause, hooks::data_breakpoints_fire(kvm));
     }
+    let (trace, verbose) = (config.trace, config.trace || config.stats);
     Ok(Setup {
         ports: Ports::new(&label, stdout, stdin, line_buffered),
         label,
@@ -123,7 +129,7 @@ fn setup(config: &Config, kvm: &Kvm, layout: &Layout, image: &Image) -> Result<S
         line_buffered,
         timeout: config.timeout.clone(),
         // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-        ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
+        ring: SerialRing { countdown: config.coalesce.then_some(COALESCE_AFTER), trace, verbose, ..Default::default() },
         tools,
     })
 }

@@ -34,15 +34,17 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use inspect::ring::{self, SerialRing};
+use inspect::MemoryMap;
+use inspect::gdb::PauseBy;
+use inspect::ring::{COALESCE_AFTER, SerialRing};
 use inspect::stats::Stats;
 use inspect::symbols::SymbolFile;
+use inspect::tools::Tools;
 use inspect::trace::Trace;
 // The FFI room, this crate's library: every module reaches it as `crate::kvm`, `crate::signals`.
 use version_b::{kvm, signals};
 
 use args::{Command, Config};
-use hooks::Tools;
 use image::Image;
 use kvm::Kvm;
 use long_mode::{Layout, PageSize};
@@ -244,15 +246,21 @@ impl<'a> Shared<'a> {
         gdb: Option<(TcpListener, Kick)>,
     ) -> Setup {
         let config = self.config;
-        let (layout, image, symbols) = (*self.layout, image.clone(), OnceLock::from(symbols));
-        let stats = config.stats.then(Stats::new);
-        let mut tools = Tools { trace: None, stats, debugger: None, layout, image, symbols };
+        let (layout, image_len) = (self.layout, image.bytes.len() as u64);
+        let (ram_size, tables_base, large_pages) =
+            (layout.mem_size, layout.tables_base, layout.page == PageSize::Large2M);
+        let map = MemoryMap { ram_size, large_pages, tables_base, image_len };
+        let (stats, image_path, symbols) = (config.stats.then(Stats::new), image.path.clone(), OnceLock::from(symbols));
+        let mut tools =
+            Tools { trace: None, stats, debugger: None, map, image_path, image: Arc::clone(&image.bytes), symbols };
         if config.trace {
             tools.trace = Some(Trace::new(label, tools.symbols()));
         }
         if let Some((listener, kick)) = gdb {
-            tools.debug_with(self.kvm, listener, kick);
+            let pause = PauseBy { handle: kick, pause: Kick::pause, take_pause: Kick::take_pause };
+            tools.debug_with(listener, pause, hooks::data_breakpoints_fire(self.kvm));
         }
+        let (trace, verbose) = (config.trace, config.trace || config.stats);
         // With several VMs, output lines are prefixed with the VM's number (docs/REFERENCE.md §3).
         let prefix = (config.images.len() > 1).then(|| format!("[vm{index}] "));
         Setup {
@@ -262,7 +270,12 @@ impl<'a> Shared<'a> {
             line_buffered: self.line_buffered,
             timeout: config.timeout.clone(),
             // Not --no-coalesce: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-            ring: SerialRing { countdown: config.coalesce.then_some(ring::COALESCE_AFTER), ..Default::default() },
+            ring: SerialRing {
+                countdown: config.coalesce.then_some(COALESCE_AFTER),
+                trace,
+                verbose,
+                ..Default::default()
+            },
             tools,
         }
     }

@@ -22,9 +22,10 @@ use inspect::crash;
 use inspect::gdb::{Debugger, Resume, Stop};
 use inspect::ring::{DRAIN_EVERY, DrainError, SerialRing};
 use inspect::stats::Stats;
+use inspect::tools::Tools;
 
 use crate::args::Timeout;
-use crate::hooks::{self, Stopped, Tools};
+use crate::hooks::{self, Stopped};
 use crate::image::Image;
 use crate::long_mode::{self, Layout};
 use crate::serial::{GuestError, IoError, Ports, SERIAL_PORT};
@@ -80,6 +81,8 @@ pub struct Setup {
 #[derive(Debug)]
 pub struct Vm {
     machine: kvm::Machine,
+    /// Where the page tables are, for the crash report to compare them with RAM.
+    layout: Layout,
     ports: Ports,
     label: String,
     line_buffered: bool,
@@ -105,7 +108,7 @@ impl Vm {
         vcpu.set(KVM_SET_REGS, &regs)?;
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
         vcpu.set(KVM_SET_SIGNAL_MASK, &kvm::KvmSignalMask { len: 8, sigset: interrupts.run_mask })?;
-        Ok(Vm { machine, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
+        Ok(Vm { machine, layout: *layout, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
     }
 
     /// Runs the guest until it halts or fails, then writes out its output and reports a failure.
@@ -182,18 +185,9 @@ impl Vm {
             }
         }
         // Hook: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-        if io.out
-            && io.port == SERIAL_PORT
-            && let Some(left) = &mut self.ring.countdown
-        {
-            *left = left.saturating_sub(io.bytes as u64);
-            if *left == 0 {
-                let registered = self.machine.coalesce_port(SERIAL_PORT);
-                let (trace, stats) = (self.tools.trace.is_some(), self.tools.stats.is_some());
-                if self.ring.started(registered, SERIAL_PORT, &self.label, trace, trace || stats) {
-                    self.on_ring();
-                }
-            }
+        let register = || self.machine.coalesce_port(SERIAL_PORT);
+        if io.out && io.port == SERIAL_PORT && self.ring.count(io.bytes, register, SERIAL_PORT, &self.label) {
+            self.on_ring();
         }
         None
     }
@@ -287,16 +281,10 @@ impl Vm {
         let (vcpu, ram) = self.machine.parts();
         let guest = Stopped { vcpu, ram };
         if let Outcome::Failed(failure) = &outcome {
-            self.tools.explain().failure(&guest, &self.label, failure.kind(), failure);
+            self.tools.explain(self.layout.page_tables()).failure(&guest, &self.label, failure.kind(), failure);
         }
-        // Hook: the code check, when the guest changed bytes of its image before its closing zeros
-        // (its .bss): only NAME.elf, read only then, can tell whether they were code.
-        let image = &self.tools.image.bytes;
-        let data = image.len() - image.iter().rev().take_while(|&&b| b == 0).count();
-        let mut now = vec![0u8; data];
-        if ram.read(0, &mut now).is_ok_and(|()| *now != image[..data]) {
-            self.tools.explain().at_end(&guest, &self.label);
-        }
+        // Hook: the code check, when the guest changed its image.
+        self.tools.check_code(&guest, &self.label);
         outcome
     }
 }

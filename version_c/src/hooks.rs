@@ -1,85 +1,22 @@
 //! Where this version meets the toolbox (`inspect`, what the C never had: the GDB stub, guest
 //! symbols, the crash report in words, `--trace`, `--stats`), which sees a stopped VM only
-//! through its trait [`inspect::Target`], implemented here over `kvm/` ([`Stopped`]). [`Tools`]
-//! holds the tools a run asked for; none is built, or its ELF read, unless needed (the crash
-//! report when the VM fails, the code check when the guest changed its image's bytes).
+//! through its trait [`inspect::Target`], implemented here over `kvm/` ([`Stopped`]), and holds
+//! the tools a run asked for in [`inspect::tools::Tools`]; here is what of them needs KVM.
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::TcpListener;
-use std::sync::{Arc, OnceLock};
 
 use crate::kvm::{
     GuestRam, KVM_GET_REGS, KVM_GET_SREGS, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_SET_GUEST_DEBUG, KVM_SET_REGS, KVM_SET_SREGS, Kvm, KvmCoalescedMmio, KvmGuestDebug, KvmRegs, KvmSregs, Machine,
     Vcpu, VcpuExit,
 };
-use crate::signals::Kick;
-use inspect::crash::Explain;
-use inspect::gdb::{self, Debugger, Pause};
+use inspect::gdb;
 use inspect::ring::Queued;
-use inspect::stats::Stats;
-use inspect::symbols::SymbolFile;
 use inspect::trace::Trace;
-use inspect::{Exit, GuestDebug, MemoryMap, Regs, SystemRegs, Target};
+use inspect::{Exit, GuestDebug, Regs, SystemRegs, Target};
 
-use crate::image::Image;
 use crate::long_mode::{self, Layout, MIB, PageSize};
-
-/// The tools of the VM. Only what was asked for exists; the symbols are read at first use.
-#[derive(Debug)]
-pub struct Tools {
-    pub trace: Option<Trace>,
-    pub stats: Option<Stats>,
-    pub debugger: Option<Debugger>,
-    /// For the crash report and the code check.
-    pub layout: Layout,
-    pub image: Image,
-    pub symbols: OnceLock<Arc<SymbolFile>>,
-}
-
-impl Tools {
-    /// The image's symbols, from `NAME.elf` beside it: read the first time a tool asks.
-    pub fn symbols(&self) -> Arc<SymbolFile> {
-        let image = &self.image;
-        Arc::clone(self.symbols.get_or_init(|| Arc::new(SymbolFile::new(&image.path, Arc::clone(&image.bytes)))))
-    }
-
-    /// What the toolbox knows of the VM's memory.
-    pub fn memory_map(&self) -> MemoryMap {
-        MemoryMap {
-            ram_size: self.layout.mem_size,
-            large_pages: self.layout.page == PageSize::Large2M,
-            tables_base: self.layout.tables_base,
-            image_len: self.image.bytes.len() as u64,
-        }
-    }
-
-    /// The crash report and the code check, with the page tables as the hypervisor built them
-    /// (made again here, for the report to compare with RAM).
-    pub fn explain(&self) -> Explain {
-        Explain::new(self.memory_map(), self.symbols(), self.layout.page_tables())
-    }
-
-    /// `--gdb`: the debugger for the VM, on the listening socket; gdb's Ctrl-C goes through `kick`.
-    pub fn debug_with(&mut self, kvm: &Kvm, listener: TcpListener, kick: Kick) {
-        let pause = Arc::new(GdbPause(kick));
-        let data_watch = data_breakpoints_fire(kvm);
-        self.debugger = Some(Debugger::new(listener, pause, &self.image.path, self.memory_map(), data_watch));
-    }
-}
-
-/// gdb's Ctrl-C, through the VM's kick.
-struct GdbPause(Kick);
-
-impl Pause for GdbPause {
-    fn pause(&self) {
-        self.0.pause();
-    }
-    fn forget_pause(&self) {
-        self.0.take_pause();
-    }
-}
 
 /// A stopped vCPU and its RAM, as the toolbox sees them.
 pub struct Stopped<'a> {

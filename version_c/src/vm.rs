@@ -22,10 +22,11 @@ use inspect::crash;
 use inspect::gdb::{Debugger, Resume, Stop};
 use inspect::ring::{DRAIN_EVERY, DrainError, SerialRing};
 use inspect::stats::Stats;
+use inspect::tools::Tools;
 
 use crate::args::Timeout;
 use crate::fileio::FILE_PORT;
-use crate::hooks::{self, Stopped, Tools};
+use crate::hooks::{self, Stopped};
 use crate::image::Image;
 use crate::long_mode::{self, Layout};
 use crate::serial::{BulkRam, GuestError, IoError, Ports, SERIAL_PORT};
@@ -81,6 +82,8 @@ pub struct Setup {
 #[derive(Debug)]
 pub struct Vm {
     machine: kvm::Machine,
+    /// Where the page tables are, for the crash report to compare them with RAM.
+    layout: Layout,
     ports: Ports,
     label: String,
     line_buffered: bool,
@@ -106,7 +109,7 @@ impl Vm {
         vcpu.set(KVM_SET_REGS, &regs)?;
         // Not in the C: the signals this thread listens to interrupt the guest (signals.rs).
         vcpu.set(KVM_SET_SIGNAL_MASK, &kvm::KvmSignalMask { len: 8, sigset: interrupts.run_mask })?;
-        Ok(Vm { machine, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
+        Ok(Vm { machine, layout: *layout, ports, label, line_buffered, timeout, exits: 0, interrupts, ring, tools })
     }
 
     /// Runs the guest until it halts or fails, then writes out its output and reports a failure.
@@ -165,7 +168,7 @@ impl Vm {
     /// `KVM_EXIT_IO` (C: `case KVM_EXIT_IO`): the exit's bytes to or from the ports.
     fn on_io(&mut self, io: IoExit) -> Option<Outcome> {
         let (vcpu, ram) = self.machine.parts();
-        let ram = BulkRam { ram, size: self.tools.layout.mem_size };
+        let ram = BulkRam { ram, size: self.layout.mem_size };
         let stop = || self.interrupts.stop_requested().is_some();
         let mut chunk = [0u8; 512]; // a multiple of every access size: no allocation here
         for done in (0..io.bytes).step_by(chunk.len()) {
@@ -193,18 +196,9 @@ impl Vm {
             }
         }
         // Hook: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-        if io.out
-            && io.port == SERIAL_PORT
-            && let Some(left) = &mut self.ring.countdown
-        {
-            *left = left.saturating_sub(io.bytes as u64);
-            if *left == 0 {
-                let registered = self.machine.coalesce_port(SERIAL_PORT);
-                let (trace, stats) = (self.tools.trace.is_some(), self.tools.stats.is_some());
-                if self.ring.started(registered, SERIAL_PORT, &self.label, trace, trace || stats) {
-                    self.on_ring();
-                }
-            }
+        let register = || self.machine.coalesce_port(SERIAL_PORT);
+        if io.out && io.port == SERIAL_PORT && self.ring.count(io.bytes, register, SERIAL_PORT, &self.label) {
+            self.on_ring();
         }
         None
     }
@@ -298,16 +292,10 @@ impl Vm {
         let (vcpu, ram) = self.machine.parts();
         let guest = Stopped { vcpu, ram };
         if let Outcome::Failed(failure) = &outcome {
-            self.tools.explain().failure(&guest, &self.label, failure.kind(), failure);
+            self.tools.explain(self.layout.page_tables()).failure(&guest, &self.label, failure.kind(), failure);
         }
-        // Hook: the code check, when the guest changed bytes of its image before its closing zeros
-        // (its .bss): only NAME.elf, read only then, can tell whether they were code.
-        let image = &self.tools.image.bytes;
-        let data = image.len() - image.iter().rev().take_while(|&&b| b == 0).count();
-        let mut now = vec![0u8; data];
-        if ram.read(0, &mut now).is_ok_and(|()| *now != image[..data]) {
-            self.tools.explain().at_end(&guest, &self.label);
-        }
+        // Hook: the code check, when the guest changed its image.
+        self.tools.check_code(&guest, &self.label);
         outcome
     }
 }

@@ -60,6 +60,24 @@ pub trait Pause: Send + Sync {
     fn forget_pause(&self);
 }
 
+/// A [`Pause`] made of the version's handle `K` (its kick) and two of its methods: the one that
+/// pauses, and the one that takes a pause not yet acted on (what it says is dropped).
+#[derive(Debug)]
+pub struct PauseBy<K> {
+    pub handle: K,
+    pub pause: fn(&K),
+    pub take_pause: fn(&K) -> bool,
+}
+
+impl<K: Send + Sync> Pause for PauseBy<K> {
+    fn pause(&self) {
+        (self.pause)(&self.handle);
+    }
+    fn forget_pause(&self) {
+        (self.take_pause)(&self.handle);
+    }
+}
+
 /// Why the vCPU stopped, as the run loop tells the stub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
