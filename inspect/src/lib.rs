@@ -7,6 +7,7 @@
 //! - [`image`]: what a file given as a guest image is, when it is recognisably not one;
 //! - [`trace`] and [`stats`]: `--trace` and `--stats`;
 //! - [`ring`]: serial output batched by KVM (when it goes on, and draining it);
+//! - [`ports`]: the warnings about ports a VM does not have;
 //! - [`text`]: how a name from a guest's ELF is escaped before it is shown;
 //! - [`tools`]: the tools of one VM, as its version's run loop holds them;
 //! - [`test_rng`]: the seeded generator of every crate's fuzz tests.
@@ -29,6 +30,7 @@ pub mod crash;
 pub mod gdb;
 pub mod image;
 mod page_walk;
+pub mod ports;
 pub mod ring;
 pub mod stats;
 pub mod symbols;

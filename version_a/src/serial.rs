@@ -10,6 +10,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use inspect::ports::UnknownPorts;
+
 use crate::signals::Interruptible;
 
 pub const SERIAL_PORT: u16 = 0xE9;
@@ -19,8 +21,6 @@ const BLOCK: usize = 8192;
 const INPUT_CHUNK: usize = 4096;
 /// What an `in` reads once stdin is at end of file.
 pub const EOF_BYTE: u8 = 0xFF;
-/// Unknown ports that get a warning each; past them, one line says the rest go unreported (REFERENCE §4).
-pub const WARNED_PORTS: usize = 16;
 
 /// Why a port access ends the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +61,14 @@ pub struct Ports<W: Write = Interruptible, R: Read = Interruptible> {
     in_buf: Vec<u8>,
     in_pos: usize,
     eof: bool,
-    /// Unknown ports already warned about (one warning per port, at most 16).
-    warned: Vec<u16>,
+    /// The unknown ports it warned about.
+    warned: UnknownPorts,
 }
 
 impl<W: Write, R: Read> Ports<W, R> {
     /// `line_buffered`: flush at every newline (stdout is a terminal), else in blocks.
     pub fn new(label: &str, out: W, input: R, line_buffered: bool) -> Self {
-        let (buf, in_buf, warned) = (Vec::new(), Vec::new(), Vec::new());
+        let (buf, in_buf, warned) = (Vec::new(), Vec::new(), UnknownPorts::default());
         Ports { label: label.to_owned(), out, buf, line_buffered, input, in_buf, in_pos: 0, eof: false, warned }
     }
 
@@ -102,25 +102,11 @@ impl<W: Write, R: Read> Ports<W, R> {
     }
 
     /// Any other port: an `out` is ignored, an `in` (`Some(data)`) reads 0xFF as from an
-    /// empty ISA bus, with one warning per port.
+    /// empty ISA bus, with one warning per port (the toolbox's [`UnknownPorts`]).
     pub fn unknown(&mut self, port: u16, data: Option<&mut [u8]>) -> Result<(), IoError> {
-        let (what, effect) = if data.is_some() { ("in from", "reads 0xff") } else { ("out to", "ignored") };
+        self.warned.warn(port, data.is_some(), &self.label);
         if let Some(data) = data {
             data.fill(0xFF);
-        }
-        if self.warned.len() <= WARNED_PORTS && !self.warned.contains(&port) {
-            self.warned.push(port);
-            if self.warned.len() > WARNED_PORTS {
-                diag!(
-                    "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
-                    self.label
-                );
-            } else {
-                diag!(
-                    "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
-                    self.label
-                );
-            }
         }
         Ok(())
     }
@@ -288,6 +274,5 @@ mod tests {
         s.unknown(0x80, Some(&mut two)).unwrap();
         assert_eq!(two, [0xff, 0xff]);
         s.unknown(0x80, None).unwrap();
-        assert_eq!(s.warned, [0x80], "one warning per port");
     }
 }

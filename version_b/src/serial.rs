@@ -21,6 +21,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+use inspect::ports::UnknownPorts;
+
 use crate::signals::{self, Interruptible};
 
 pub const SERIAL_PORT: u16 = 0xE9;
@@ -251,10 +253,6 @@ impl<R: Read> Input<R> {
     }
 }
 
-/// How many unknown ports of one VM get a warning each; past them, one line says the rest go
-/// unreported (docs/REFERENCE.md §4).
-pub const WARNED_PORTS: usize = 16;
-
 /// Why a port access ends the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoError {
@@ -292,13 +290,13 @@ pub struct Ports {
     /// `vmN (image)`, for warnings.
     label: String,
     pub serial: Serial<Interruptible, Interruptible>,
-    /// Unknown ports already warned about (one warning per port, at most 16).
-    warned: Vec<u16>,
+    /// The unknown ports it warned about.
+    warned: UnknownPorts,
 }
 
 impl Ports {
     pub fn new(label: &str, serial: Serial<Interruptible, Interruptible>) -> Ports {
-        Ports { label: label.to_owned(), serial, warned: Vec::new() }
+        Ports { label: label.to_owned(), serial, warned: UnknownPorts::default() }
     }
 
     /// Bytes the guest wrote to the serial port (`out`, `rep outsb`, or the coalesced ring).
@@ -324,25 +322,11 @@ impl Ports {
     }
 
     /// Any other port: an `out` is ignored, an `in` (`Some(data)`) reads 0xFF as from an
-    /// empty ISA bus, with one warning per port.
+    /// empty ISA bus, with one warning per port (the toolbox's [`UnknownPorts`]).
     pub fn unknown(&mut self, port: u16, data: Option<&mut [u8]>) -> Result<(), IoError> {
-        let (what, effect) = if data.is_some() { ("in from", "reads 0xff") } else { ("out to", "ignored") };
+        self.warned.warn(port, data.is_some(), &self.label);
         if let Some(data) = data {
             data.fill(0xFF);
-        }
-        if self.warned.len() <= WARNED_PORTS && !self.warned.contains(&port) {
-            self.warned.push(port);
-            if self.warned.len() > WARNED_PORTS {
-                diag!(
-                    "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
-                    self.label
-                );
-            } else {
-                diag!(
-                    "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
-                    self.label
-                );
-            }
         }
         Ok(())
     }

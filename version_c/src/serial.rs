@@ -24,6 +24,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+use inspect::ports::UnknownPorts;
+
 use crate::fileio::{self, Completed, FileDevice, ShortWrite};
 use crate::kvm::GuestRam;
 use crate::signals::{self, Interruptible};
@@ -256,10 +258,6 @@ impl<R: Read> Input<R> {
     }
 }
 
-/// How many unknown ports of one VM get a warning each; past them, one line says the rest go
-/// unreported (docs/REFERENCE.md §4).
-pub const WARNED_PORTS: usize = 16;
-
 /// Why a port access ends the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoError {
@@ -301,13 +299,13 @@ pub struct Ports {
     files: FileDevice,
     /// With `--trace`: the file requests completed during the last exit, for the trace.
     completed: Vec<Completed>,
-    /// Unknown ports already warned about (one warning per port, at most 16).
-    warned: Vec<u16>,
+    /// The unknown ports it warned about.
+    warned: UnknownPorts,
 }
 
 impl Ports {
     pub fn new(label: &str, serial: Serial<Interruptible, Interruptible>, files: FileDevice) -> Ports {
-        Ports { label: label.to_owned(), serial, files, completed: Vec::new(), warned: Vec::new() }
+        Ports { label: label.to_owned(), serial, files, completed: Vec::new(), warned: UnknownPorts::default() }
     }
 
     /// `out` on the file port: `data` holds `data.len() / size` accesses of `size` bytes. `ram`:
@@ -358,25 +356,11 @@ impl Ports {
     }
 
     /// Any other port: an `out` is ignored, an `in` (`Some(data)`) reads 0xFF as from an
-    /// empty ISA bus, with one warning per port.
+    /// empty ISA bus, with one warning per port (the toolbox's [`UnknownPorts`]).
     pub fn unknown(&mut self, port: u16, data: Option<&mut [u8]>) -> Result<(), IoError> {
-        let (what, effect) = if data.is_some() { ("in from", "reads 0xff") } else { ("out to", "ignored") };
+        self.warned.warn(port, data.is_some(), &self.label);
         if let Some(data) = data {
             data.fill(0xFF);
-        }
-        if self.warned.len() <= WARNED_PORTS && !self.warned.contains(&port) {
-            self.warned.push(port);
-            if self.warned.len() > WARNED_PORTS {
-                diag!(
-                    "mini_hypervisor: warning: {}: more unknown ports: not reported any more (--trace shows every access)",
-                    self.label
-                );
-            } else {
-                diag!(
-                    "mini_hypervisor: warning: {}: {what} unknown port {port:#x} {effect} (not reported again for this port)",
-                    self.label
-                );
-            }
         }
         Ok(())
     }
