@@ -52,8 +52,8 @@ pub enum DrainError<E> {
 pub struct SerialRing {
     /// Whether the port goes through the ring (bytes may be waiting in it).
     pub on: bool,
-    /// While the ring may still go on: how many more serial bytes before it does
-    /// ([`SerialRing::count`]).
+    /// While the ring may still go on: how many more serial bytes before it does (the version's
+    /// run loop counts them down, then calls [`SerialRing::started`]).
     pub countdown: Option<u64>,
     /// `--trace`: say when it goes on and what each drain took.
     pub trace: bool,
@@ -68,15 +68,6 @@ impl SerialRing {
     /// The ring of a VM: it may go on unless `--no-coalesce`; `trace` and `verbose` as the fields say.
     pub fn new(coalesce: bool, trace: bool, verbose: bool) -> SerialRing {
         SerialRing { countdown: coalesce.then_some(COALESCE_AFTER), trace, verbose, ..SerialRing::default() }
-    }
-
-    /// The guest wrote `bytes` serial bytes through plain exits: after [`COALESCE_AFTER`] of
-    /// them, `register` has KVM queue `port` in the ring (`Ok(false)`: this KVM cannot), once,
-    /// and [`SerialRing::started`] says so. True when the ring has just gone on.
-    pub fn count(&mut self, bytes: usize, register: impl FnOnce() -> io::Result<bool>, port: u16, label: &str) -> bool {
-        let Some(left) = &mut self.countdown else { return false };
-        *left = left.saturating_sub(bytes as u64);
-        *left == 0 && self.started(register(), port, label)
     }
 
     /// The version tried to register `port` (`Ok(false)`: this KVM cannot). Says so with
@@ -160,23 +151,6 @@ mod tests {
         assert_eq!((ring.on, ring.countdown), (false, None), "tried once only");
         let mut ring = SerialRing::new(true, false, false);
         assert!(ring.started(Ok(true), 0xe9, "vm0") && ring.on);
-    }
-
-    #[test]
-    fn the_port_is_registered_once_after_coalesce_after_bytes() {
-        let mut ring = SerialRing::new(true, false, false);
-        let mut tries = 0;
-        let mut register = || {
-            tries += 1;
-            Ok(true)
-        };
-        assert!(!ring.count(COALESCE_AFTER as usize - 1, &mut register, 0xe9, "vm0"));
-        assert_eq!((ring.on, ring.countdown), (false, Some(1)));
-        assert!(ring.count(512, &mut register, 0xe9, "vm0"), "goes on at the byte that reaches it");
-        assert!(!ring.count(1, &mut register, 0xe9, "vm0"), "already on: not again");
-        assert_eq!(tries, 1);
-        let mut off = SerialRing::new(false, false, false);
-        assert!(!off.count(10_000, || panic!("--no-coalesce never registers"), 0xe9, "vm0"));
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use crate::MemoryMap;
 use crate::crash::Explain;
 use crate::gdb::{Debugger, Pause};
 use crate::stats::Stats;
 use crate::symbols::SymbolFile;
 use crate::trace::Trace;
-use crate::{MemoryMap, Target};
 
 /// The tools of a VM. Only what was asked for exists; the symbols are read at first use.
 #[derive(Debug)]
@@ -49,16 +49,5 @@ impl Tools {
     pub fn debug_with(&mut self, listener: TcpListener, pause: impl Pause + 'static, data_watch: bool) {
         let debugger = Debugger::new(listener, Arc::new(pause), &self.image_path, self.map, data_watch);
         self.debugger = Some(debugger);
-    }
-
-    /// At the VM's end, halted or not, the code check: when the guest changed bytes of its image
-    /// before its closing zeros (its .bss), only `NAME.elf`, read only then, can tell whether
-    /// they were code ([`Explain::at_end`]).
-    pub fn check_code(&self, t: &dyn Target, label: &str) {
-        let data = self.image.len() - self.image.iter().rev().take_while(|&&b| b == 0).count();
-        let mut now = vec![0u8; data];
-        if t.read_phys(0, &mut now).is_ok_and(|()| *now != self.image[..data]) {
-            self.explain(Vec::new()).at_end(t, label);
-        }
     }
 }

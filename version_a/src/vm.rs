@@ -191,9 +191,14 @@ impl Vm {
             }
         }
         // Hook: after COALESCE_AFTER serial bytes, the port goes through KVM's ring.
-        let register = || self.machine.coalesce_port(SERIAL_PORT);
-        if io.out && io.port == SERIAL_PORT && self.ring.count(io.bytes, register, SERIAL_PORT, &self.label) {
-            self.on_ring();
+        if io.out
+            && io.port == SERIAL_PORT
+            && let Some(left) = &mut self.ring.countdown
+        {
+            *left = left.saturating_sub(io.bytes as u64);
+            if *left == 0 {
+                self.start_ring();
+            }
         }
         None
     }
@@ -238,9 +243,11 @@ impl Vm {
         })
     }
 
-    /// The ring has just gone on: on a terminal, it must be drained now and then.
-    fn on_ring(&mut self) {
-        if self.line_buffered {
+    /// The serial port goes through KVM's ring, if this KVM can; on a terminal, the ring must
+    /// then be drained now and then.
+    fn start_ring(&mut self) {
+        let registered = self.machine.coalesce_port(SERIAL_PORT);
+        if self.ring.started(registered, SERIAL_PORT, &self.label) && self.line_buffered {
             self.interrupts.drain_every(DRAIN_EVERY);
         }
     }
@@ -291,8 +298,14 @@ impl Vm {
         if let Outcome::Failed(failure) = &outcome {
             self.tools.explain(self.layout.page_tables()).failure(&guest, &self.label, failure.kind(), failure);
         }
-        // Hook: the code check, when the guest changed its image.
-        self.tools.check_code(&guest, &self.label);
+        // Hook: the code check, when the guest changed bytes of its image before its closing zeros
+        // (its .bss): only NAME.elf, read only then, can tell whether they were code.
+        let image = &self.tools.image;
+        let data = image.len() - image.iter().rev().take_while(|&&b| b == 0).count();
+        let mut now = vec![0u8; data];
+        if ram.read(0, &mut now).is_ok_and(|()| *now != image[..data]) {
+            self.tools.explain(Vec::new()).at_end(&guest, &self.label);
+        }
         outcome
     }
 }
