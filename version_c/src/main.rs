@@ -137,7 +137,8 @@ fn run_all(
                 let gdb = gdb.take().map(|listener| (listener, kick.clone()));
                 let setup = shared.setup(index, image, &labels[index], (kick.clone(), Arc::clone(symbols)), gdb);
                 announce(shared.config, &labels[index], image.bytes.len());
-                let done = Done { index, tx: events_tx.clone(), watchdog: watchdog.clone() };
+                let timed = shared.config.timeout.is_some();
+                let done = Done { index, tx: events_tx.clone(), watchdog: watchdog.clone(), timed };
                 threads.push(spawn_vm(s, shared, image, setup, done));
                 kicks.push(kick);
             }
@@ -203,13 +204,18 @@ struct Done {
     index: usize,
     tx: mpsc::Sender<Event>,
     watchdog: Kick,
+    /// There is a `--timeout`: the start must wake the watchdog (without one, it reads the start
+    /// when it next wakes, and a run with no timeout spends no kick on it).
+    timed: bool,
 }
 
 impl Done {
     /// The VM is made and about to run: its `--timeout` counts from `at`.
     fn started(&self, at: Instant) {
         let _ = self.tx.send(Event::Started(self.index, at));
-        self.watchdog.wake();
+        if self.timed {
+            self.watchdog.wake();
+        }
     }
 }
 
