@@ -34,6 +34,12 @@ impl Run {
     }
 }
 
+/// The lines of one VM of a run of several (`[vmN] ` each), prefix removed, in the order they were written.
+pub fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
+    let prefix = format!("[vm{vm}] ");
+    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+}
+
 pub fn guest(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest").join(name);
     assert!(p.is_file(), "{} is missing: build the guests first (make guests)", p.display());

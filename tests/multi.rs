@@ -4,13 +4,7 @@ use crate::common;
 
 use std::process::Command;
 
-use common::{BIN, GUARD, Guarded, guest, kvm_available, run, run_with_input};
-
-/// The lines of one VM, prefix removed, in the order they were written.
-fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
-    let prefix = format!("[vm{vm}] ");
-    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
-}
+use common::{BIN, GUARD, Guarded, guest, kvm_available, lines_of, run, run_with_input};
 
 fn every_line_is_prefixed(stdout: &str, vms: usize) {
     assert!(stdout.ends_with('\n'), "whole lines only: {stdout:?}");

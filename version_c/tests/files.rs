@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{GUARD, Guarded, Run, guest, kvm_available, run_in, temp_dir};
+use common::{GUARD, Guarded, Run, guest, kvm_available, lines_of, run_in, temp_dir};
 
 const SHARED: &[u8] = b"Hello from the host's shared file!\nThis line is shared by every VM.\n";
 
@@ -63,11 +63,6 @@ fn shell(setup: &Setup, commands: &str) -> (Run, Vec<String>) {
     let r = setup.run(&["fileshell.img"], commands.as_bytes());
     let lines = r.stdout().lines().map(str::to_owned).collect();
     (r, lines)
-}
-
-fn lines_of(stdout: &str, vm: usize) -> Vec<String> {
-    let prefix = format!("[vm{vm}] ");
-    stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
 }
 
 #[test]
