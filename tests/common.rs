@@ -58,6 +58,18 @@ pub fn kvm_available() -> bool {
     }
 }
 
+/// The gdb tests need a gdb; without one (and not in CI) they are skipped.
+pub fn gdb_installed() -> bool {
+    match Command::new("gdb").arg("--version").output() {
+        Ok(out) if out.status.success() => true,
+        _ if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP: gdb is not installed");
+            false
+        }
+        _ => panic!("gdb must be installed in CI"),
+    }
+}
+
 pub fn run_with_input(args: &[&str], input: &[u8]) -> Run {
     run_in(&std::env::temp_dir(), args, input)
 }

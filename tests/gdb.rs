@@ -12,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Guarded, Run, guest, kvm_available};
+use common::{Guarded, Run, gdb_installed, guest, kvm_available};
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -32,17 +32,6 @@ fn start(image: &str, extra: &[&str], input: &[u8]) -> (Guarded, u16) {
     hv.input(input, true);
     hv.wait_for_stderr("the waiting for GDB line", |e| e.contains("waiting for GDB"));
     (hv, port)
-}
-
-fn gdb_installed() -> bool {
-    match Command::new("gdb").arg("--version").output() {
-        Ok(out) if out.status.success() => true,
-        _ if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIP: gdb is not installed");
-            false
-        }
-        _ => panic!("gdb must be installed in CI"),
-    }
 }
 
 /// Runs gdb in batch mode on debugme.elf against `port`, with `commands` after the connect.

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Guarded, guest, kvm_available, run, run_with_input};
+use common::{Guarded, gdb_installed, guest, kvm_available, run, run_with_input};
 
 const HELLO: &str = "Hello from Rust!\nfib(20) = 6765\n";
 
@@ -142,15 +142,4 @@ fn gdb_breaks_on_a_rust_function_and_walks_its_stack() {
     assert!(!out.contains("Internal error"), "{out}");
     let r = hv.finish();
     assert_eq!((r.status, r.stdout()), (0, HELLO.to_owned()), "{}", r.stderr);
-}
-
-fn gdb_installed() -> bool {
-    match Command::new("gdb").arg("--version").output() {
-        Ok(out) if out.status.success() => true,
-        _ if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIP: gdb is not installed");
-            false
-        }
-        _ => panic!("gdb must be installed in CI"),
-    }
 }
