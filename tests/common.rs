@@ -59,6 +59,23 @@ pub fn kvm_available() -> bool {
 }
 
 /// The gdb tests need a gdb; without one (and not in CI) they are skipped.
+/// A TCP port on 127.0.0.1 that nobody listens on right now, for `--gdb`: one of 20000..30000,
+/// below the kernel's range for the local ports of outgoing connections (32768 and up), so that
+/// no client connecting meanwhile (gdb, in another test) can take it between this check and the
+/// hypervisor's bind, as a port the kernel picks for port 0 could be. Each call tries the next.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 400) as u16 * 25;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10000;
+        let port = if port >= 30000 { port - 10000 } else { port };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn gdb_installed() -> bool {
     match Command::new("gdb").arg("--version").output() {
         Ok(out) if out.status.success() => true,

@@ -12,14 +12,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Guarded, Run, gdb_installed, guest, kvm_available};
+use common::{Guarded, Run, free_port, gdb_installed, guest, kvm_available};
 
 const GUARD: Duration = Duration::from_secs(60);
-
-/// A port nobody listens on right now (the kernel's pick for port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts the hypervisor on `image` with `--gdb`, `input` on its stdin, and waits until it
 /// says it is waiting for GDB. Returns it and the port.

@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -112,7 +111,7 @@ fn gdb_breaks_on_a_rust_function_and_walks_its_stack() {
         return;
     }
     let guard = Duration::from_secs(60);
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = common::free_port().to_string();
     let args = ["-m", "2", "-p", "4", "--gdb", &port, "-g", &guest("rs_hello.img")];
     let mut hv = Guarded::spawn(&std::env::temp_dir(), &args, guard);
     hv.input(b"", true);
