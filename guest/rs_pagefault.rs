@@ -24,6 +24,7 @@ fn main() {
 ///
 /// # Safety
 /// `p` must point to RAM the guest owns.
+// SAFETY: a contract for the caller (above), which main breaks on purpose.
 #[inline(never)] // a function of its own, so that the crash report has it to name
 unsafe fn store(p: *mut u64, value: u64) {
     // SAFETY: the caller's contract (which main breaks).

@@ -222,6 +222,7 @@ impl File {
     /// # Safety
     /// The hypervisor may write (read bulk) or read (write bulk) `[buf, buf + len)`: that range
     /// must be ours to give it.
+    // SAFETY: a contract for the callers (above), each of which says why its range is its own.
     unsafe fn bulk(&mut self, cmd: u8, buf: *mut u8, len: usize) -> Result<usize, Error> {
         // `expose_provenance`: the address leaves Rust's sight as a number, so the compiler
         // must assume that the port instructions below (which do not say `nomem`) touch it.

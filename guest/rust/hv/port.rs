@@ -10,6 +10,7 @@ use core::arch::asm;
 ///
 /// # Safety
 /// The byte must not make the device behind `port` touch memory that Rust code uses.
+// SAFETY: a contract for the caller (above); the body relies on nothing else.
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: one `out %al, %dx`; what the device then does is the caller's contract.
     unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags)) };
@@ -19,6 +20,7 @@ pub unsafe fn outb(port: u16, value: u8) {
 ///
 /// # Safety
 /// As for [`outb`].
+// SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
 pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: one `in %dx, %al`; what the device then does is the caller's contract.
@@ -30,6 +32,7 @@ pub unsafe fn inb(port: u16) -> u8 {
 ///
 /// # Safety
 /// As for [`outb`].
+// SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
 pub unsafe fn outw(port: u16, value: u16) {
     // SAFETY: one `out %ax, %dx`; what the device then does is the caller's contract.
     unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nostack, preserves_flags)) };
@@ -39,6 +42,7 @@ pub unsafe fn outw(port: u16, value: u16) {
 ///
 /// # Safety
 /// As for [`outb`].
+// SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
 pub unsafe fn inw(port: u16) -> u16 {
     let value: u16;
     // SAFETY: one `in %dx, %ax`; what the device then does is the caller's contract.
@@ -50,6 +54,7 @@ pub unsafe fn inw(port: u16) -> u16 {
 ///
 /// # Safety
 /// As for [`outb`].
+// SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
 pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: one `out %eax, %dx`; what the device then does is the caller's contract.
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags)) };
@@ -59,6 +64,7 @@ pub unsafe fn outl(port: u16, value: u32) {
 ///
 /// # Safety
 /// As for [`outb`].
+// SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
 pub unsafe fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: one `in %dx, %eax`; what the device then does is the caller's contract.
