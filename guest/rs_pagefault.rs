@@ -21,7 +21,6 @@ fn main() {
 }
 
 /// Writes `value` at `p`.
-///
 /// # Safety
 /// `p` must point to RAM the guest owns.
 // SAFETY: a contract for the caller (above), which main breaks on purpose.

@@ -218,7 +218,6 @@ impl File {
 
     /// One bulk request: command and vfd (bytes), address and length (dwords), then the answer
     /// (a dword, `0xFFFFFFFF` = refused). RAM is identity-mapped, so a pointer is the address.
-    ///
     /// # Safety
     /// The hypervisor may write (read bulk) or read (write bulk) `[buf, buf + len)`: that range
     /// must be ours to give it.

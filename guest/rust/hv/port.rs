@@ -7,7 +7,6 @@
 use core::arch::asm;
 
 /// `out` of one byte: `value` to `port`.
-///
 /// # Safety
 /// The byte must not make the device behind `port` touch memory that Rust code uses.
 // SAFETY: a contract for the caller (above); the body relies on nothing else.
@@ -17,7 +16,6 @@ pub unsafe fn outb(port: u16, value: u8) {
 }
 
 /// `in` of one byte from `port`.
-///
 /// # Safety
 /// As for [`outb`].
 // SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
@@ -29,7 +27,6 @@ pub unsafe fn inb(port: u16) -> u8 {
 }
 
 /// `out` of two bytes (little-endian): `value` to `port`.
-///
 /// # Safety
 /// As for [`outb`].
 // SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
@@ -39,7 +36,6 @@ pub unsafe fn outw(port: u16, value: u16) {
 }
 
 /// `in` of two bytes from `port`.
-///
 /// # Safety
 /// As for [`outb`].
 // SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
@@ -51,7 +47,6 @@ pub unsafe fn inw(port: u16) -> u16 {
 }
 
 /// `out` of four bytes (a dword, little-endian): `value` to `port`.
-///
 /// # Safety
 /// As for [`outb`].
 // SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
@@ -61,7 +56,6 @@ pub unsafe fn outl(port: u16, value: u32) {
 }
 
 /// `in` of four bytes from `port`.
-///
 /// # Safety
 /// As for [`outb`].
 // SAFETY: the caller's contract, as for `outb`; the body relies on nothing else.
