@@ -190,11 +190,12 @@ fn a_vm_that_cannot_start_fails_alone_and_says_why_even_with_q() {
         if run_with_address_space(mid, &args).is_some_and(|r| r.0 == 0) { hi = mid } else { lo = mid }
     }
     // ...and below it, some VMs cannot start while the others run (within the next 8 MiB: below
-    // some limits an allocation of the runtime fails first and aborts the process instead).
+    // some limits an allocation of the runtime fails first, and aborts the process, or ends a new
+    // thread in std's own set-up with a one-line internal error, which never hangs).
     for step in 1..=512 {
         let Some((status, stderr)) = run_with_address_space(hi - step * (16 << 10), &args) else { continue };
         let failed: Vec<&str> = stderr.lines().filter(|l| l.contains(": failed: cannot ")).collect();
-        if failed.is_empty() || failed.len() == 20 {
+        if failed.is_empty() || failed.len() == 20 || stderr.contains("mini_hypervisor: internal error: ") {
             continue;
         }
         assert_eq!(status, 1, "{stderr}");

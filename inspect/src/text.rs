@@ -28,6 +28,20 @@ pub fn is_printable(text: &str) -> bool {
     text.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
+/// The process's panic hook (`std::panic::set_hook(Box::new(report_panic))`): a panic, which
+/// is a bug or the runtime out of memory, in one line on stderr that allocates nothing. (std's
+/// own report takes a lock and may then fail to allocate, which under an address-space limit
+/// ends in a hang: the allocation error's report waits for that same lock.)
+pub fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let what = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    let what = what.unwrap_or("(no message)");
+    match info.location() {
+        Some(at) => diag!("mini_hypervisor: internal error: {what} (at {}:{})", at.file(), at.line()),
+        None => diag!("mini_hypervisor: internal error: {what}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

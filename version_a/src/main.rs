@@ -52,6 +52,8 @@ const EXIT_USAGE: u8 = 2;
 const VERSION: &str = concat!("mini_hypervisor ", env!("CARGO_PKG_VERSION"), " (version A: one VM)\n");
 
 fn main() -> ExitCode {
+    // A panic (a bug, or the runtime out of memory) in one line that cannot hang (inspect::text).
+    std::panic::set_hook(Box::new(inspect::text::report_panic));
     let config = match args::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => return print_stdout(args::USAGE),
