@@ -38,15 +38,20 @@ impl<'a> Cached<'a> {
     }
 }
 
+/// What `cell` holds, or else what `read` reads, kept in `cell` for the next time.
+fn cached<T: Copy>(cell: &Cell<Option<T>>, read: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    if let Some(value) = cell.get() {
+        return Ok(value);
+    }
+    let value = read()?;
+    cell.set(Some(value));
+    Ok(value)
+}
+
 impl Target for Cached<'_> {
     fn regs(&self) -> io::Result<Regs> {
         self.take_exit_regs();
-        if let Some(r) = self.regs.get() {
-            return Ok(r);
-        }
-        let r = self.t.regs()?;
-        self.regs.set(Some(r));
-        Ok(r)
+        cached(&self.regs, || self.t.regs())
     }
 
     fn set_regs(&self, regs: &Regs) -> io::Result<()> {
@@ -59,12 +64,7 @@ impl Target for Cached<'_> {
 
     fn system_regs(&self) -> io::Result<SystemRegs> {
         self.take_exit_regs();
-        if let Some(s) = self.system.get() {
-            return Ok(s);
-        }
-        let s = self.t.system_regs()?;
-        self.system.set(Some(s));
-        Ok(s)
+        cached(&self.system, || self.t.system_regs())
     }
 
     /// KVM may keep bits of its own (CR0, EFER): they are read again when next asked for.

@@ -297,22 +297,9 @@ pub fn target_xml() -> String {
 mod tests {
     use super::*;
 
+    /// The fake target's registers, and system registers with more set.
     fn regs() -> (Regs, SystemRegs) {
-        let r = Regs {
-            rax: 1,
-            rbx: 2,
-            rcx: 3,
-            rdx: 4,
-            rsi: 5,
-            rdi: 6,
-            rsp: 7,
-            rbp: 8,
-            r8: 9,
-            r15: 16,
-            rip: 0x1234,
-            rflags: 0x202,
-            ..Regs::default()
-        };
+        let r = *super::super::fake::FakeTarget::new(false).regs.borrow();
         let s = SystemRegs {
             cs: 0x8,
             ss: 0x10,
