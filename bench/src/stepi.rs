@@ -19,96 +19,18 @@
 //! Without gdb installed, the two gdb rows are left out (and the table says so).
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Env, Row, median, progress};
-use crate::stepping::{free_run, start};
+use crate::stepping::{Client, free_run, start};
 
 /// Instructions stepped in each run.
 const STEPS: usize = 2000;
 /// The loop's first instruction (`dec %rax` in guest_main: see guest/bench_step.c).
 const LOOP: u64 = 0x15;
-/// How long one run may take.
-const GUARD: Duration = Duration::from_secs(120);
 /// Rounds (each runs every kind once, in turn, so that a busy moment falls on all alike).
 const RUNS: usize = 5;
-
-/// gdb's remote protocol, buffered, with or without acknowledgements.
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    at: usize,
-    no_ack: bool,
-    /// Reads do not block: the client looks for the reply again and again (yielding the CPU).
-    spin: bool,
-}
-
-impl Client {
-    fn connect(port: u16) -> Result<Client, String> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-        stream.set_read_timeout(Some(GUARD)).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        Ok(Client { stream, buf: Vec::new(), at: 0, no_ack: false, spin: false })
-    }
-
-    fn spin(&mut self, on: bool) -> Result<(), String> {
-        self.spin = on;
-        self.stream.set_nonblocking(on).map_err(|e| e.to_string())
-    }
-
-    fn send(&mut self, data: &str) -> Result<(), String> {
-        let sum = data.bytes().fold(0u8, |s, b| s.wrapping_add(b));
-        self.stream.write_all(format!("${data}#{sum:02x}").as_bytes()).map_err(|e| format!("gdb client: {e}"))
-    }
-
-    fn byte(&mut self) -> Result<u8, String> {
-        if self.at == self.buf.len() {
-            self.buf.resize(8192, 0);
-            let start = Instant::now();
-            let n = loop {
-                match self.stream.read(&mut self.buf) {
-                    Err(e) if self.spin && e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < GUARD => {
-                        std::thread::yield_now();
-                    }
-                    r => break r.map_err(|e| format!("gdb client: no answer: {e}"))?,
-                }
-            };
-            if n == 0 {
-                return Err("gdb client: the stub closed the connection".to_owned());
-            }
-            self.buf.truncate(n);
-            self.at = 0;
-        }
-        self.at += 1;
-        Ok(self.buf[self.at - 1])
-    }
-
-    /// The next packet's data (acknowledgements skipped); acknowledged unless in no-ack mode.
-    fn reply(&mut self) -> Result<String, String> {
-        while self.byte()? != b'$' {}
-        let mut data = Vec::new();
-        loop {
-            match self.byte()? {
-                b'#' => break,
-                b => data.push(b),
-            }
-        }
-        self.byte()?;
-        self.byte()?;
-        if !self.no_ack {
-            self.stream.write_all(b"+").map_err(|e| format!("gdb client: {e}"))?;
-        }
-        Ok(String::from_utf8_lossy(&data).into_owned())
-    }
-
-    fn ask(&mut self, data: &str) -> Result<String, String> {
-        self.send(data)?;
-        self.reply()
-    }
-}
 
 /// Register `n` (gdb's number, hex) of a stop reply `T05...;n:VALUE;...`, if it carries it.
 fn expedited(stop: &str, n: &str) -> Option<u64> {

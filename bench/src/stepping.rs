@@ -26,28 +26,58 @@ const WATCHED: &str = "100000";
 /// How long a stepped run may take before the benchmark gives up.
 const GUARD: Duration = Duration::from_secs(120);
 
-/// The remote protocol, as much of it as the run needs.
-struct Client {
+/// gdb's remote protocol, buffered, with or without acknowledgements.
+pub(crate) struct Client {
     stream: TcpStream,
+    buf: Vec<u8>,
+    at: usize,
+    pub no_ack: bool,
+    /// Reads do not block: the client looks for the reply again and again (yielding the CPU).
+    spin: bool,
 }
 
 impl Client {
-    fn send(&mut self, data: &str) -> Result<(), String> {
+    pub(crate) fn connect(port: u16) -> Result<Client, String> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(GUARD)).map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        Ok(Client { stream, buf: Vec::new(), at: 0, no_ack: false, spin: false })
+    }
+
+    pub(crate) fn spin(&mut self, on: bool) -> Result<(), String> {
+        self.spin = on;
+        self.stream.set_nonblocking(on).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn send(&mut self, data: &str) -> Result<(), String> {
         let sum = data.bytes().fold(0u8, |s, b| s.wrapping_add(b));
         self.stream.write_all(format!("${data}#{sum:02x}").as_bytes()).map_err(|e| format!("gdb client: {e}"))
     }
 
     fn byte(&mut self) -> Result<u8, String> {
-        let mut b = [0u8];
-        match self.stream.read(&mut b) {
-            Ok(1) => Ok(b[0]),
-            Ok(_) => Err("gdb client: the stub closed the connection".to_owned()),
-            Err(e) => Err(format!("gdb client: no answer: {e}")),
+        if self.at == self.buf.len() {
+            self.buf.resize(8192, 0);
+            let start = Instant::now();
+            let n = loop {
+                match self.stream.read(&mut self.buf) {
+                    Err(e) if self.spin && e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < GUARD => {
+                        std::thread::yield_now();
+                    }
+                    r => break r.map_err(|e| format!("gdb client: no answer: {e}"))?,
+                }
+            };
+            if n == 0 {
+                return Err("gdb client: the stub closed the connection".to_owned());
+            }
+            self.buf.truncate(n);
+            self.at = 0;
         }
+        self.at += 1;
+        Ok(self.buf[self.at - 1])
     }
 
-    /// The next packet's data (acknowledgements skipped); acknowledges it.
-    fn reply(&mut self) -> Result<String, String> {
+    /// The next packet's data (acknowledgements skipped); acknowledged unless in no-ack mode.
+    pub(crate) fn reply(&mut self) -> Result<String, String> {
         while self.byte()? != b'$' {}
         let mut data = Vec::new();
         loop {
@@ -58,13 +88,20 @@ impl Client {
         }
         self.byte()?;
         self.byte()?;
-        self.stream.write_all(b"+").map_err(|e| format!("gdb client: {e}"))?;
+        if !self.no_ack {
+            self.stream.write_all(b"+").map_err(|e| format!("gdb client: {e}"))?;
+        }
         Ok(String::from_utf8_lossy(&data).into_owned())
     }
 
-    fn ask(&mut self, data: &str, want: &str) -> Result<(), String> {
+    pub(crate) fn ask(&mut self, data: &str) -> Result<String, String> {
         self.send(data)?;
-        match self.reply()? {
+        self.reply()
+    }
+
+    /// [`Client::ask`], and an error unless the reply begins with `want`.
+    fn expect(&mut self, data: &str, want: &str) -> Result<(), String> {
+        match self.ask(data)? {
             r if r.starts_with(want) => Ok(()),
             r => Err(format!("gdb client: {data} got {r:?}, expected {want}...")),
         }
@@ -103,16 +140,13 @@ pub fn start(env: &Env, image: &str) -> Result<(Child, u16), String> {
 fn stepped_once(env: &Env) -> Result<f64, String> {
     let (mut child, port) = start(env, "bench_step.img")?;
     let result = (|| {
-        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-        stream.set_read_timeout(Some(GUARD)).map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let mut c = Client { stream };
-        c.ask(&format!("Z2,{WATCHED},8"), "OK")?;
-        c.ask(&format!("Z0,{HLT},1"), "OK")?;
+        let mut c = Client::connect(port)?;
+        c.expect(&format!("Z2,{WATCHED},8"), "OK")?;
+        c.expect(&format!("Z0,{HLT},1"), "OK")?;
         let t0 = Instant::now();
-        c.ask("c", "T05")?;
+        c.expect("c", "T05")?;
         let elapsed = t0.elapsed();
-        c.ask("p10", "0d00000000000000")?; // stopped at the hlt, after every instruction
+        c.expect("p10", "0d00000000000000")?; // stopped at the hlt, after every instruction
         c.send("k")?;
         Ok(elapsed.as_secs_f64() * 1e6 / STEPPED)
     })();
