@@ -66,10 +66,9 @@ pub fn kvm_available() -> bool {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 400) as u16 * 25;
+    let start = (std::process::id() % 400) as u16 * 25; // another test process starts elsewhere
     loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10000;
-        let port = if port >= 30000 { port - 10000 } else { port };
+        let port = 20000 + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 10000;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
